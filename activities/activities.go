@@ -1,0 +1,243 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/activation-engine/activations/internal/iterable"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// Activities holds the dependencies every activity shares inside one worker process.
+type Activities struct {
+	Planners PlannerSource
+	// Budgets holds one Iterable rate budget per project, shared by every chunk the worker sends.
+	Budgets    *iterable.Budgets
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+}
+
+// New wires Activities with a planner pool, fresh budgets and a pooled HTTP client.
+func New(logger *slog.Logger) *Activities {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Activities{
+		Planners:   NewPlannerPool(logger),
+		Budgets:    iterable.NewBudgets(),
+		HTTPClient: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}},
+		Logger:     logger,
+	}
+}
+
+func (a *Activities) logger(act spec.Activation, runID string) *slog.Logger {
+	return a.Logger.With("activation", act.ID, "run", runID)
+}
+
+// Plan diffs the model against the activation's state inside the warehouse and returns the plan
+// table with its counts and chunk ranges.
+func (a *Activities) Plan(ctx context.Context, in PlanInput) (warehouse.Plan, error) {
+	act := in.Spec
+	planner, err := a.Planners.Planner(ctx, act)
+	if err != nil {
+		return warehouse.Plan{}, err
+	}
+	stop := heartbeatWhile(ctx, 5*time.Second, func() any { return nil })
+	defer stop()
+	start := time.Now()
+	plan, err := planner.Plan(ctx, PlanRequest(act, in.RunID, in.FullResync))
+	if err != nil {
+		if errors.Is(err, warehouse.ErrInvalidModel) {
+			return plan, temporal.NewNonRetryableApplicationError(
+				fmt.Sprintf("activation %s: plan: %v", act.ID, err), ErrTypeInvalidModel, err)
+		}
+		return plan, fmt.Errorf("activation %s: plan: %w", act.ID, err)
+	}
+	c := plan.Counts
+	a.logger(act, in.RunID).Info("planned", "table", plan.Table, "model_rows", c.ModelRows, "added", c.Added,
+		"changed", c.Changed, "removed", c.Removed, "unchanged", c.Unchanged, "null_keys", c.NullKeys,
+		"duplicate_keys", c.DuplicateKeys, "chunks", len(plan.Chunks), "took", time.Since(start).Round(time.Millisecond))
+	return plan, nil
+}
+
+// PlanRequest turns a spec into the warehouse's plan request.
+func PlanRequest(act spec.Activation, runID string, fullResync bool) warehouse.PlanRequest {
+	fields := make([]warehouse.Field, len(act.Destination.Fields))
+	for i, f := range act.Destination.Fields {
+		fields[i] = warehouse.Field{Column: f.Column, Field: f.Field}
+	}
+	return warehouse.PlanRequest{
+		ActivationID: act.ID,
+		RunID:        runID,
+		Query:        act.Source.Query,
+		BaseDir:      act.BaseDir,
+		PrimaryKey:   act.Source.PrimaryKey,
+		Identifier:   act.Destination.Identifier.Column,
+		Fields:       fields,
+		FullResync:   fullResync,
+		ChunkRows:    act.Sync.WithDefaults().ChunkRows,
+	}
+}
+
+// SyncChunk sends one chunk of the plan to Iterable, records every rejected row in the warehouse
+// and heartbeats a cursor, so that a retried attempt (another worker, after a crash) resumes
+// after the last answered row instead of starting over.
+func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkResult, error) {
+	act := in.Spec
+	log := a.logger(act, in.RunID).With("chunk", in.Chunk.Index)
+	prog := ChunkProgress{AfterSeq: in.Chunk.FirstSeq - 1, Result: ChunkResult{Chunk: in.Chunk.Index}}
+	if activity.HasHeartbeatDetails(ctx) {
+		var p ChunkProgress
+		if err := activity.GetHeartbeatDetails(ctx, &p); err == nil && p.AfterSeq >= prog.AfterSeq {
+			prog = p
+			prog.Result.Resumed = true
+			log.Info("resuming chunk", "after_seq", p.AfterSeq)
+		}
+	}
+	client, err := a.iterableClient(act, in.RunID)
+	if err != nil {
+		return prog.Result, err
+	}
+	planner, err := a.Planners.Planner(ctx, act)
+	if err != nil {
+		return prog.Result, err
+	}
+	s := &chunkSender{
+		act: act, runID: in.RunID, chunk: in.Chunk.Index, client: client, planner: planner,
+		window: act.Sync.WithDefaults().UsersPerRequest, prog: prog,
+	}
+	stop := heartbeatWhile(ctx, time.Duration(act.Sync.WithDefaults().HeartbeatTimeout)/4, s.progress)
+	defer stop()
+
+	err = planner.ReadChunk(ctx, warehouse.ChunkRequest{
+		ActivationID: act.ID, Table: in.Table, Fields: PlanRequest(act, in.RunID, false).Fields,
+		Chunk: in.Chunk, AfterSeq: prog.AfterSeq,
+	}, func(r warehouse.Row) error { return s.add(ctx, r) })
+	if err == nil {
+		err = s.flush(ctx)
+	}
+	res := s.progress().(ChunkProgress).Result
+	if err != nil {
+		var apiErr *iterable.APIError
+		if errors.As(err, &apiErr) && apiErr.Fatal() {
+			return res, temporal.NewNonRetryableApplicationError(
+				fmt.Sprintf("activation %s run %s chunk %d: Iterable refused the project: %v", act.ID, in.RunID, in.Chunk.Index, apiErr),
+				ErrTypeIterableFatal, err)
+		}
+		return res, fmt.Errorf("activation %s run %s chunk %d: %w", act.ID, in.RunID, in.Chunk.Index, err)
+	}
+	log.Info("chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
+		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
+	return res, nil
+}
+
+func (a *Activities) iterableClient(act spec.Activation, runID string) (*iterable.Client, error) {
+	it := act.Destination.Iterable
+	key, err := it.APIKey.Resolve()
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("activation %s: Iterable API key (%s): %v", act.ID, it.APIKey, err), ErrTypeInvalidSpec, nil)
+	}
+	base, err := iterable.BaseURL(it.Region, it.BaseURL)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("activation %s: %v", act.ID, err), ErrTypeInvalidSpec, nil)
+	}
+	s := act.Sync.WithDefaults()
+	c, err := iterable.New(iterable.Config{
+		BaseURL: base, APIKey: key, HTTPClient: a.HTTPClient, Budgets: a.Budgets,
+		UsersPerRequest: s.UsersPerRequest, RequestsPerSecond: s.RequestsPerSecond,
+		Logger: a.logger(act, runID),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("activation %s: Iterable client: %w", act.ID, err)
+	}
+	return c, nil
+}
+
+// Commit moves the finished chunks' accepted rows into the state, in one transaction.
+func (a *Activities) Commit(ctx context.Context, in CommitInput) (warehouse.CommitResult, error) {
+	planner, err := a.Planners.Planner(ctx, in.Spec)
+	if err != nil {
+		return warehouse.CommitResult{}, err
+	}
+	res, err := planner.Commit(ctx, warehouse.CommitRequest{
+		ActivationID: in.Spec.ID, RunID: in.RunID, Table: in.Table, Chunks: in.Chunks,
+	})
+	if err != nil {
+		return res, fmt.Errorf("activation %s run %s: commit: %w", in.Spec.ID, in.RunID, err)
+	}
+	a.logger(in.Spec, in.RunID).Info("committed", "chunks", len(in.Chunks), "upserted", res.Upserted,
+		"deleted", res.Deleted, "held", res.Held)
+	return res, nil
+}
+
+// Finish reads the run's top rejection reasons and drops the plan table.
+func (a *Activities) Finish(ctx context.Context, in FinishInput) (FinishResult, error) {
+	planner, err := a.Planners.Planner(ctx, in.Spec)
+	if err != nil {
+		return FinishResult{}, err
+	}
+	top, err := planner.TopReasons(ctx, in.Spec.ID, in.RunID, 10)
+	if err != nil {
+		return FinishResult{}, fmt.Errorf("activation %s run %s: top reasons: %w", in.Spec.ID, in.RunID, err)
+	}
+	if in.Table != "" {
+		if err := planner.DropPlan(ctx, in.Table); err != nil {
+			return FinishResult{}, fmt.Errorf("activation %s run %s: drop plan: %w", in.Spec.ID, in.RunID, err)
+		}
+	}
+	return FinishResult{TopReasons: top}, nil
+}
+
+// heartbeatWhile heartbeats the value of details every interval until stop is called, so a
+// long warehouse query or a rate-limit wait does not look like a dead worker.
+func heartbeatWhile(ctx context.Context, interval time.Duration, details func() any) (stop func()) {
+	if !activity.IsActivity(ctx) {
+		return func() {}
+	}
+	if interval < time.Second {
+		interval = time.Second
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if d := details(); d != nil {
+					activity.RecordHeartbeat(ctx, d)
+				} else {
+					activity.RecordHeartbeat(ctx)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// Close releases the planners (and with them the DuckDB files); the worker calls it on shutdown.
+func (a *Activities) Close() error {
+	if c, ok := a.Planners.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/activation-engine/activations/internal/iterable"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// chunkSender turns plan rows into Iterable users window by window. A window is answered as a
+// whole (sent, rejections recorded) before the cursor moves past it.
+type chunkSender struct {
+	act     spec.Activation
+	runID   string
+	chunk   int
+	client  *iterable.Client
+	planner warehouse.Planner
+	window  int
+
+	rows    []warehouse.Row
+	records []iterable.Record
+	local   []warehouse.Rejection // refused before sending
+	noop    []int                 // rows that need no request (removals kept in Iterable)
+
+	mu   sync.Mutex
+	prog ChunkProgress
+}
+
+func (s *chunkSender) progress() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.prog
+	p.Result.CreatedFields = append([]string(nil), p.Result.CreatedFields...)
+	p.Result.FilteredOutFields = append([]string(nil), p.Result.FilteredOutFields...)
+	return p
+}
+
+// add turns one row into an Iterable user, or a local rejection, and flushes a full window.
+func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
+	idx := len(s.rows)
+	s.rows = append(s.rows, r)
+	user, rej := s.user(r)
+	switch {
+	case rej != nil:
+		s.local = append(s.local, *rej)
+	case user == nil:
+		s.noop = append(s.noop, idx)
+	default:
+		s.records = append(s.records, iterable.Record{Index: idx, User: *user})
+	}
+	if len(s.rows) >= s.window {
+		return s.flush(ctx)
+	}
+	return nil
+}
+
+// user builds what Iterable receives for a row: every mapped field for an add, the changed
+// fields for a change, nulls (or nothing) for a removal.
+func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejection) {
+	d := s.act.Destination
+	reject := func(field, reason string) *warehouse.Rejection {
+		return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected, Field: field, Reason: reason}
+	}
+	if r.Op == warehouse.OpRemove && d.OnRemoved != "clear" {
+		return nil, nil
+	}
+	id, ok := identifierString(r.Identifier)
+	if !ok {
+		return nil, reject(d.Identifier.Column, fmt.Sprintf("identifier column %s is NULL or empty", d.Identifier.Column))
+	}
+	u := &iterable.User{DataFields: map[string]any{}}
+	if d.Identifier.Field == "userId" {
+		u.UserID = id
+		// In email-based projects Iterable creates a profile for an unknown userId only when asked.
+		yes := true
+		u.PreferUserID = &yes
+	} else {
+		u.Email = id
+	}
+	switch r.Op {
+	case warehouse.OpRemove:
+		for _, f := range d.Fields {
+			u.DataFields[f.Field] = nil
+		}
+	default:
+		for _, name := range r.Changed {
+			v, err := iterable.Value(r.Values[name])
+			if err != nil {
+				return nil, reject(name, fmt.Sprintf("field %s: %v", name, err))
+			}
+			u.DataFields[name] = v
+		}
+	}
+	if len(u.DataFields) == 0 {
+		return nil, nil
+	}
+	return u, nil
+}
+
+// flush sends the window's users, records its rejections in the warehouse, then moves the cursor.
+func (s *chunkSender) flush(ctx context.Context) error {
+	if len(s.rows) == 0 {
+		return nil
+	}
+	var res ChunkResult
+	rejections := append([]warehouse.Rejection(nil), s.local...)
+	for _, rj := range s.local {
+		res.Rejected.inc(rj.Op, 1)
+		res.Attempted.inc(rj.Op, 1)
+	}
+	for _, i := range s.noop {
+		res.Attempted.inc(s.rows[i].Op, 1)
+		res.Succeeded.inc(s.rows[i].Op, 1)
+	}
+	if len(s.records) > 0 {
+		batches, oversize, err := s.client.Pack(s.records, s.act.Destination.CreatesNewFields())
+		if err != nil {
+			return fmt.Errorf("pack: %w", err)
+		}
+		for _, i := range oversize {
+			r := s.rows[i]
+			res.Attempted.inc(r.Op, 1)
+			res.Rejected.inc(r.Op, 1)
+			rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected,
+				Reason: "user is larger than Iterable's 4 MB request limit on its own"})
+		}
+		for bi, b := range batches {
+			br, err := s.client.SendBatch(ctx, b)
+			res.Requests += int64(br.Requests)
+			res.RateLimited += int64(br.RateLimited)
+			if err != nil {
+				// Rows already answered in this window stay unrecorded: the retry resends the window,
+				// which Iterable treats as the same update.
+				s.addStats(res.Requests, res.RateLimited)
+				return fmt.Errorf("batch %d of window after seq %d: %w", bi, s.prog.AfterSeq, err)
+			}
+			for _, i := range br.Accepted {
+				res.Attempted.inc(s.rows[i].Op, 1)
+				res.Succeeded.inc(s.rows[i].Op, 1)
+			}
+			for _, rj := range br.Rejected {
+				r := s.rows[rj.Index]
+				res.Attempted.inc(r.Op, 1)
+				res.Rejected.inc(r.Op, 1)
+				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
+					Outcome: warehouse.OutcomeRejected, Reason: rj.Reason})
+			}
+			res.CreatedFields = mergeNames(res.CreatedFields, br.CreatedFields)
+			res.FilteredOutFields = mergeNames(res.FilteredOutFields, br.FilteredOutFields)
+		}
+	}
+	if len(rejections) > 0 {
+		if err := s.planner.RecordRejections(ctx, s.act.ID, s.runID, rejections); err != nil {
+			return fmt.Errorf("record %d rejections: %w", len(rejections), err)
+		}
+	}
+	last := s.rows[len(s.rows)-1].Seq
+	s.mu.Lock()
+	s.prog.AfterSeq = last
+	s.prog.Result.Merge(res)
+	p := s.prog
+	s.mu.Unlock()
+	if activity.IsActivity(ctx) {
+		activity.RecordHeartbeat(ctx, p)
+	}
+	s.rows, s.records, s.local, s.noop = s.rows[:0], s.records[:0], s.local[:0], s.noop[:0]
+	return nil
+}
+
+// addStats keeps request counts of a failed window so the report shows the traffic it caused.
+func (s *chunkSender) addStats(requests, rateLimited int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prog.Result.Requests += requests
+	s.prog.Result.RateLimited += rateLimited
+}
+
+func identifierString(v any) (string, bool) {
+	var s string
+	switch x := v.(type) {
+	case nil:
+		return "", false
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case int32:
+		s = strconv.FormatInt(int64(x), 10)
+	case int:
+		s = strconv.Itoa(x)
+	default:
+		s = fmt.Sprint(x)
+	}
+	return s, s != ""
+}

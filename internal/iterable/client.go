@@ -1,0 +1,320 @@
+// Package iterable is the client of Iterable's user API used by the activation engine: it packs
+// users into bulkUpdate bodies within Iterable's limits, sends them inside a per-project rate
+// budget with retries, splits rejected batches down to the guilty records, and maps every
+// failedUpdates category back to the caller's records.
+//
+// Nothing in this package puts user data (emails, userIds, field values) or the API key in an
+// error or a log line: errors end up in Temporal history, which is stored in plaintext.
+package iterable
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Base URLs of Iterable's data centres. The EU one serves userID-based and hybrid projects only.
+const (
+	USBaseURL = "https://api.iterable.com"
+	EUBaseURL = "https://api.eu.iterable.com"
+)
+
+// BaseURL picks the API base URL of a region ("us" or "eu", case-insensitive; empty means "us").
+// A non-empty override (an emulator, a proxy) wins.
+func BaseURL(region, override string) (string, error) {
+	if override != "" {
+		u, err := url.Parse(override)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", fmt.Errorf("iterable base URL override must be an absolute http(s) URL")
+		}
+		return strings.TrimRight(override, "/"), nil
+	}
+	switch strings.ToLower(strings.TrimSpace(region)) {
+	case "", "us":
+		return USBaseURL, nil
+	case "eu":
+		return EUBaseURL, nil
+	}
+	return "", fmt.Errorf("unknown Iterable region %q (want \"us\" or \"eu\")", region)
+}
+
+// Defaults of Config.
+const (
+	DefaultUsersPerRequest = 1000
+	DefaultMaxBodyBytes    = 4 * 1024 * 1024
+	DefaultMaxElapsed      = 2 * time.Minute
+	DefaultHTTPTimeout     = 60 * time.Second
+)
+
+// Config configures a Client. Zero values take the documented defaults.
+type Config struct {
+	BaseURL    string
+	APIKey     string       // the value; never logged
+	HTTPClient *http.Client // nil = a client with a 60s timeout
+	Budgets    *Budgets     // shared rate budgets; nil = a private one
+	// UsersPerRequest caps the users of one bulkUpdate body (default 1000).
+	UsersPerRequest int
+	// MaxBodyBytes caps the bytes of one bulkUpdate body (default 4 MiB, Iterable's limit).
+	MaxBodyBytes int
+	// RequestsPerSecond is the bulkUpdate budget per project (default 5). Negative = no
+	// client-side limit (emulator benchmarks); 429s are still retried.
+	RequestsPerSecond float64
+	// MaxElapsed bounds the retries of one request (default 2m).
+	MaxElapsed time.Duration
+	// RetryInitialInterval is the first backoff delay (default 500ms); tests make it small.
+	RetryInitialInterval time.Duration
+	// RetryMaxInterval caps one backoff delay (default 30s).
+	RetryMaxInterval time.Duration
+	Logger           *slog.Logger
+}
+
+// Client talks to one Iterable project. It is safe for concurrent use.
+type Client struct {
+	baseURL         string
+	apiKey          string
+	http            *http.Client
+	usersPerRequest int
+	maxBodyBytes    int
+	maxElapsed      time.Duration
+	retryInitial    time.Duration
+	retryMax        time.Duration
+	log             *slog.Logger
+
+	bulk, fields, byEmail, byUserID *Budget
+}
+
+// New checks cfg and builds a Client.
+func New(cfg Config) (*Client, error) {
+	if cfg.BaseURL == "" {
+		return nil, fmt.Errorf("iterable config: BaseURL is required (use BaseURL(region, override))")
+	}
+	base, err := BaseURL("", cfg.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("iterable config: %w", err)
+	}
+	if strings.TrimSpace(cfg.APIKey) == "" {
+		return nil, fmt.Errorf("iterable config: APIKey is empty")
+	}
+	if cfg.UsersPerRequest < 0 || cfg.MaxBodyBytes < 0 || cfg.MaxElapsed < 0 {
+		return nil, fmt.Errorf("iterable config: UsersPerRequest, MaxBodyBytes and MaxElapsed must not be negative")
+	}
+	c := &Client{
+		baseURL:         base,
+		apiKey:          cfg.APIKey,
+		http:            cfg.HTTPClient,
+		usersPerRequest: cmpDefault(cfg.UsersPerRequest, DefaultUsersPerRequest),
+		maxBodyBytes:    cmpDefault(cfg.MaxBodyBytes, DefaultMaxBodyBytes),
+		maxElapsed:      cmpDefault(cfg.MaxElapsed, DefaultMaxElapsed),
+		retryInitial:    cmpDefault(cfg.RetryInitialInterval, 500*time.Millisecond),
+		retryMax:        cmpDefault(cfg.RetryMaxInterval, 30*time.Second),
+		log:             cfg.Logger,
+	}
+	if c.maxBodyBytes < len(bodyPrefix(true))+len(bodySuffix)+2 {
+		return nil, fmt.Errorf("iterable config: MaxBodyBytes %d is too small for any request", c.maxBodyBytes)
+	}
+	if c.http == nil {
+		c.http = &http.Client{Timeout: DefaultHTTPTimeout}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	budgets := cfg.Budgets
+	if budgets == nil {
+		budgets = NewBudgets()
+	}
+	rps := cfg.RequestsPerSecond
+	if rps == 0 {
+		rps = defaultBulkUpdateRPS
+	}
+	lookups := float64(lookupRPS)
+	getFields := float64(getFieldsRPS)
+	if rps < 0 {
+		// Rate limiting disabled: disable it for every endpoint of this client.
+		lookups, getFields = -1, -1
+	}
+	c.bulk = budgets.Budget(cfg.APIKey, EndpointBulkUpdate, rps)
+	c.fields = budgets.Budget(cfg.APIKey, EndpointGetFields, getFields)
+	c.byEmail = budgets.Budget(cfg.APIKey, EndpointGetByEmail, lookups)
+	c.byUserID = budgets.Budget(cfg.APIKey, EndpointGetByUserID, lookups)
+	return c, nil
+}
+
+func cmpDefault[T int | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// BulkBudget is the shared bulkUpdate budget this client waits on.
+func (c *Client) BulkBudget() *Budget { return c.bulk }
+
+// UsersPerRequest is the most users Pack puts in one body.
+func (c *Client) UsersPerRequest() int { return c.usersPerRequest }
+
+// MaxBodyBytes is the largest body Pack produces.
+func (c *Client) MaxBodyBytes() int { return c.maxBodyBytes }
+
+// User is one user of a bulkUpdate request.
+type User struct {
+	Email        string         `json:"email,omitempty"`
+	UserID       string         `json:"userId,omitempty"`
+	PreferUserID *bool          `json:"preferUserId,omitempty"`
+	DataFields   map[string]any `json:"dataFields,omitempty"`
+}
+
+// Record is one user to send, tagged with the caller's opaque index (the caller maps it back to
+// its row).
+type Record struct {
+	Index int
+	User  User
+}
+
+// response is one HTTP answer, read whole.
+type response struct {
+	status     int
+	body       []byte
+	retryAfter time.Duration
+}
+
+// attemptStats counts what a call cost, for BatchResult.
+type attemptStats struct {
+	requests, rateLimited int
+}
+
+// Largest response body read; bulkUpdate answers list at most every identifier of the request.
+const maxResponseBytes = 32 << 20
+
+// do sends one request with the budget and retries: 429, 408, 5xx and network failures are
+// retried with exponential backoff and jitter until MaxElapsed; Retry-After is honoured for every
+// sender of the project. Non-retryable answers come back as *APIError.
+func (c *Client) do(ctx context.Context, budget *Budget, method, op, path string, body []byte, st *attemptStats) (*response, error) {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(c.retryInitial),
+		backoff.WithMaxInterval(c.retryMax),
+		backoff.WithMaxElapsedTime(c.maxElapsed),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+	)
+	for attempt := 1; ; attempt++ {
+		epoch, err := budget.acquire(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("iterable %s: waiting for the rate budget: %w", op, err)
+		}
+		st.requests++
+		resp, err := c.once(ctx, method, path, body)
+		var retryAfter time.Duration
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("iterable %s: %w", op, ctx.Err())
+			}
+			err = newTransportError(op, err)
+			if !retryableTransport(err) {
+				return nil, err
+			}
+		case resp.status >= 200 && resp.status < 300:
+			budget.Succeeded()
+			return resp, nil
+		default:
+			apiErr := parseAPIError(resp, op)
+			if resp.status == http.StatusTooManyRequests || apiErr.Code == "RateLimitExceeded" {
+				st.rateLimited++
+				budget.rateLimited(epoch, resp.retryAfter)
+				retryAfter = resp.retryAfter
+			} else if resp.status < 500 {
+				// Admitted within the limit, though refused: the rate may climb.
+				budget.Succeeded()
+			}
+			if !apiErr.Retryable() {
+				return resp, apiErr
+			}
+			err = apiErr
+		}
+		d := bo.NextBackOff()
+		if d == backoff.Stop {
+			return nil, fmt.Errorf("iterable %s: giving up after %d attempts in %s: %w",
+				op, attempt, bo.GetElapsedTime().Round(time.Millisecond), err)
+		}
+		if retryAfter > d {
+			d = retryAfter
+		}
+		c.log.LogAttrs(ctx, slog.LevelWarn, "iterable request will be retried",
+			slog.String("op", op), slog.Int("attempt", attempt), slog.Duration("delay", d),
+			slog.String("error", err.Error()))
+		if err := sleep(ctx, d); err != nil {
+			return nil, fmt.Errorf("iterable %s: %w", op, err)
+		}
+	}
+}
+
+// once sends one HTTP request and reads its answer.
+func (c *Client) once(ctx context.Context, method, path string, body []byte) (*response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Api-Key", c.apiKey)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	start := time.Now()
+	res, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
+	if err != nil {
+		return nil, err
+	}
+	c.log.LogAttrs(ctx, slog.LevelDebug, "iterable request",
+		slog.String("method", method), slog.Int("status", res.StatusCode),
+		slog.Int("requestBytes", len(body)), slog.Duration("took", time.Since(start)))
+	return &response{status: res.StatusCode, body: data, retryAfter: parseRetryAfter(res.Header.Get("Retry-After"))}, nil
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP date; anything else means no hint.
+func parseRetryAfter(v string) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseFloat(v, 64); err == nil {
+		if s <= 0 || s > 3600 {
+			return 0
+		}
+		return time.Duration(s * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := time.Until(t); d > 0 && d <= time.Hour {
+			return d
+		}
+	}
+	return 0
+}
+
+// parseAPIError reads Iterable's {code, msg, params} error body, tolerating any other body.
+func parseAPIError(resp *response, op string) *APIError {
+	var body struct {
+		Code string `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	_ = json.Unmarshal(resp.body, &body)
+	return &APIError{Status: resp.status, Code: body.Code, Msg: sanitizeMsg(body.Msg, nil), Op: op, rawMsg: body.Msg}
+}

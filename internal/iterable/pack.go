@@ -1,0 +1,178 @@
+package iterable
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Batch is one bulkUpdate request: its records and the exact body that will be sent.
+type Batch struct {
+	Records         []Record
+	Body            []byte
+	CreateNewFields bool
+
+	// spans[i] is where Records[i]'s user sits in Body, so a split reuses the encoding.
+	spans []span
+}
+
+type span struct{ start, end int }
+
+func bodyPrefix(createNewFields bool) string {
+	if createNewFields {
+		return `{"createNewFields":true,"users":[`
+	}
+	return `{"createNewFields":false,"users":[`
+}
+
+const bodySuffix = "]}"
+
+// Pack splits records into request bodies of at most UsersPerRequest users and at most
+// MaxBodyBytes bytes each, measured exactly on the encoded body
+// {"createNewFields":<bool>,"users":[...]}. Each user is encoded once and copied into its
+// batch's body. Records whose single-user body exceeds the limit are returned by index in
+// oversize: they must be rejected as too large, never sent. Record order is kept.
+//
+// A record whose email (case-insensitive) or userId already appears in the current batch starts
+// a new one: Iterable's answer names identifiers, not positions, so within a batch each must name
+// one record; and the two updates then apply in order.
+func (c *Client) Pack(records []Record, createNewFields bool) (batches []Batch, oversize []int, err error) {
+	return pack(records, createNewFields, c.usersPerRequest, c.maxBodyBytes)
+}
+
+func pack(records []Record, createNewFields bool, perRequest, maxBytes int) ([]Batch, []int, error) {
+	prefix := bodyPrefix(createNewFields)
+	overhead := len(prefix) + len(bodySuffix)
+
+	var (
+		enc      = newUserEncoder()
+		scratch  []byte
+		batches  []Batch
+		oversize []int
+		cur      []byte
+		recs     []Record
+		spans    []span
+		capGuess int
+		emails   = map[string]struct{}{}
+		userIDs  = map[string]struct{}{}
+	)
+	flush := func() {
+		if len(recs) == 0 {
+			return
+		}
+		cur = append(cur, bodySuffix...)
+		batches = append(batches, Batch{Records: recs, Body: cur, CreateNewFields: createNewFields, spans: spans})
+		capGuess = len(cur) + len(cur)/16
+		cur, recs, spans = nil, nil, nil
+		clear(emails)
+		clear(userIDs)
+	}
+
+	for i := range records {
+		u, err := enc.appendUser(scratch[:0], &records[i].User)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pack record %d: %w", records[i].Index, encodeError(err))
+		}
+		scratch = u
+		if overhead+len(u) > maxBytes {
+			oversize = append(oversize, records[i].Index)
+			continue
+		}
+		email, id := strings.ToLower(records[i].User.Email), records[i].User.UserID
+		if len(recs) > 0 && (len(recs) >= perRequest || len(cur)+1+len(u)+len(bodySuffix) > maxBytes ||
+			has(emails, email) || has(userIDs, id)) {
+			flush()
+		}
+		if email != "" {
+			emails[email] = struct{}{}
+		}
+		if id != "" {
+			userIDs[id] = struct{}{}
+		}
+		if len(recs) == 0 {
+			// Size the body like the previous one, or from this user for the first and last.
+			n := min(perRequest, len(records)-i)
+			guess := overhead + (len(u)+1)*n + n/4*len(u)/4
+			if capGuess > 0 {
+				guess = min(guess, capGuess)
+			}
+			cur = make([]byte, 0, min(guess, maxBytes))
+			cur = append(cur, prefix...)
+			recs = make([]Record, 0, n)
+			spans = make([]span, 0, n)
+		} else {
+			cur = append(cur, ',')
+		}
+		start := len(cur)
+		cur = append(cur, u...)
+		spans = append(spans, span{start, len(cur)})
+		recs = append(recs, records[i])
+	}
+	flush()
+	return batches, oversize, nil
+}
+
+func has(set map[string]struct{}, k string) bool {
+	if k == "" {
+		return false
+	}
+	_, ok := set[k]
+	return ok
+}
+
+// encodeError keeps only messages that cannot carry a value: a Marshaler's error might.
+func encodeError(err error) error {
+	var ute *json.UnsupportedTypeError
+	var uve *json.UnsupportedValueError
+	var me *json.MarshalerError
+	if errors.As(err, &me) {
+		return fmt.Errorf("user is not JSON-encodable (%s.MarshalJSON failed)", me.Type)
+	}
+	var ee encodeErr
+	if errors.As(err, &ute) || errors.As(err, &uve) || errors.As(err, &ee) {
+		return err
+	}
+	return fmt.Errorf("user is not JSON-encodable (%T)", err)
+}
+
+// halves splits b into two batches, reusing the users' encoded bytes.
+func (b Batch) halves() (Batch, Batch, error) {
+	mid := len(b.Records) / 2
+	left, err := b.sub(0, mid)
+	if err != nil {
+		return Batch{}, Batch{}, err
+	}
+	right, err := b.sub(mid, len(b.Records))
+	return left, right, err
+}
+
+func (b Batch) sub(from, to int) (Batch, error) {
+	recs := b.Records[from:to]
+	if len(b.spans) != len(b.Records) {
+		// A Batch built by hand has no spans: encode its users again.
+		bs, _, err := pack(recs, b.CreateNewFields, len(recs), int(^uint(0)>>1))
+		if err != nil {
+			return Batch{}, err
+		}
+		return bs[0], nil
+	}
+	prefix := bodyPrefix(b.CreateNewFields)
+	n := len(prefix) + len(bodySuffix)
+	for _, s := range b.spans[from:to] {
+		n += s.end - s.start + 1
+	}
+	body := make([]byte, 0, n)
+	body = append(body, prefix...)
+	spans := make([]span, 0, to-from)
+	for i, s := range b.spans[from:to] {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		start := len(body)
+		body = append(body, b.Body[s.start:s.end]...)
+		spans = append(spans, span{start, len(body)})
+	}
+	body = append(body, bodySuffix...)
+	return Batch{Records: recs, Body: body, CreateNewFields: b.CreateNewFields, spans: spans}, nil
+}

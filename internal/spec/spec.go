@@ -1,0 +1,203 @@
+// Package spec defines an activation: which model to read, which Iterable project to keep in sync,
+// and how. Activations are YAML files kept in git; Load reads a file or a folder of them and
+// Validate reports every problem at once with the file, line and key path.
+package spec
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Activation is one declared sync from a model to Iterable. It travels in workflow inputs and
+// schedule actions, so it holds no secret: API keys are references.
+type Activation struct {
+	ID          string       `yaml:"id" json:"id"`
+	Description string       `yaml:"description,omitempty" json:"description,omitempty"`
+	Source      Source       `yaml:"source" json:"source"`
+	State       State        `yaml:"state" json:"state"`
+	Destination Destination  `yaml:"destination" json:"destination"`
+	Schedule    *Schedule    `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	Sync        SyncSettings `yaml:"sync,omitempty" json:"sync,omitempty"`
+
+	// File is the spec's path and BaseDir its folder (relative paths resolve against it); both are
+	// set by Load, not written by users.
+	File    string `yaml:"-" json:"file,omitempty"`
+	BaseDir string `yaml:"-" json:"baseDir,omitempty"`
+}
+
+// Source is the model: a SQL query with a primary key.
+type Source struct {
+	Type       string        `yaml:"type" json:"type"`
+	Query      string        `yaml:"query" json:"query"`
+	PrimaryKey string        `yaml:"primaryKey" json:"primaryKey"`
+	DuckDB     *DuckDBSource `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+}
+
+// DuckDBSource optionally names a database file the model reads from.
+type DuckDBSource struct {
+	Path string `yaml:"path" json:"path"`
+}
+
+// State says where the activation's state, plans and rejections live.
+type State struct {
+	DuckDB *DuckDBState `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+}
+
+// DuckDBState is the state database file ("" = in-memory, lost when the worker stops).
+type DuckDBState struct {
+	Path string `yaml:"path" json:"path"`
+}
+
+// Destination is the Iterable project and the mapping.
+type Destination struct {
+	Type            string     `yaml:"type" json:"type"`
+	Iterable        Iterable   `yaml:"iterable" json:"iterable"`
+	Mode            string     `yaml:"mode" json:"mode"`
+	Identifier      Identifier `yaml:"identifier" json:"identifier"`
+	Fields          []Field    `yaml:"fields" json:"fields"`
+	CreateNewFields *bool      `yaml:"createNewFields,omitempty" json:"createNewFields,omitempty"`
+	// OnRemoved says what a row that left the model does in Iterable: "keep" (default: the profile
+	// keeps its values, the row leaves the state) or "clear" (its mapped fields are set to null).
+	OnRemoved string `yaml:"onRemoved,omitempty" json:"onRemoved,omitempty"`
+}
+
+// Iterable locates the project.
+type Iterable struct {
+	Region      string    `yaml:"region" json:"region"`
+	BaseURL     string    `yaml:"baseURL,omitempty" json:"baseURL,omitempty"`
+	APIKey      SecretRef `yaml:"apiKey" json:"apiKey"`
+	ProjectType string    `yaml:"projectType" json:"projectType"`
+}
+
+// SecretRef points at a secret; the value itself is never written in a spec.
+type SecretRef struct {
+	Env  string `yaml:"env,omitempty" json:"env,omitempty"`
+	File string `yaml:"file,omitempty" json:"file,omitempty"`
+}
+
+// Resolve reads the secret on the machine that needs it (the worker).
+func (r SecretRef) Resolve() (string, error) {
+	switch {
+	case r.Env != "":
+		v, ok := os.LookupEnv(r.Env)
+		if !ok || strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("secret: environment variable %s is not set", r.Env)
+		}
+		return strings.TrimSpace(v), nil
+	case r.File != "":
+		b, err := os.ReadFile(r.File)
+		if err != nil {
+			return "", fmt.Errorf("secret: read file %s: %w", r.File, err)
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return "", fmt.Errorf("secret: file %s is empty", r.File)
+		}
+		return v, nil
+	}
+	return "", fmt.Errorf("secret: neither env nor file is set")
+}
+
+// String never shows a value.
+func (r SecretRef) String() string {
+	if r.Env != "" {
+		return "env:" + r.Env
+	}
+	return "file:" + r.File
+}
+
+// Identifier maps the model column that identifies users to Iterable's email or userId.
+type Identifier struct {
+	Column string `yaml:"column" json:"column"`
+	Field  string `yaml:"field" json:"field"`
+}
+
+// Field maps one model column to one Iterable field.
+type Field struct {
+	Column string `yaml:"column" json:"column"`
+	Field  string `yaml:"field" json:"field"`
+}
+
+// Schedule is a cron expression or a fixed interval; nil means manual runs only.
+type Schedule struct {
+	Cron  string `yaml:"cron,omitempty" json:"cron,omitempty"`
+	Every string `yaml:"every,omitempty" json:"every,omitempty"`
+}
+
+// SyncSettings tune a run; zero values take the defaults below.
+type SyncSettings struct {
+	ChunkRows       int `yaml:"chunkRows,omitempty" json:"chunkRows,omitempty"`
+	Concurrency     int `yaml:"concurrency,omitempty" json:"concurrency,omitempty"`
+	UsersPerRequest int `yaml:"usersPerRequest,omitempty" json:"usersPerRequest,omitempty"`
+	// RequestsPerSecond is the bulkUpdate budget of the Iterable project (Iterable's limit: 5).
+	RequestsPerSecond float64 `yaml:"requestsPerSecond,omitempty" json:"requestsPerSecond,omitempty"`
+	// HeartbeatTimeout bounds how long a dead worker holds a chunk before another takes it over.
+	HeartbeatTimeout Duration `yaml:"heartbeatTimeout,omitempty" json:"heartbeatTimeout,omitempty"`
+}
+
+// Defaults of SyncSettings.
+const (
+	DefaultChunkRows         = 10000
+	DefaultConcurrency       = 4
+	DefaultUsersPerRequest   = 1000
+	DefaultRequestsPerSecond = 5
+	DefaultHeartbeatTimeout  = 30 * time.Second
+)
+
+// WithDefaults fills unset settings.
+func (s SyncSettings) WithDefaults() SyncSettings {
+	if s.ChunkRows <= 0 {
+		s.ChunkRows = DefaultChunkRows
+	}
+	if s.Concurrency <= 0 {
+		s.Concurrency = DefaultConcurrency
+	}
+	if s.UsersPerRequest <= 0 {
+		s.UsersPerRequest = DefaultUsersPerRequest
+	}
+	if s.RequestsPerSecond <= 0 {
+		s.RequestsPerSecond = DefaultRequestsPerSecond
+	}
+	if s.HeartbeatTimeout <= 0 {
+		s.HeartbeatTimeout = Duration(DefaultHeartbeatTimeout)
+	}
+	return s
+}
+
+// Duration is a time.Duration written as "30s" in YAML and JSON.
+type Duration time.Duration
+
+// UnmarshalText parses Go duration syntax.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes Go duration syntax.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// CreatesNewFields reports the effective createNewFields (default true: the seed says a field
+// that does not exist in Iterable yet is created).
+func (d Destination) CreatesNewFields() bool { return d.CreateNewFields == nil || *d.CreateNewFields }
+
+// StatePath is the DuckDB state file ("" = in-memory).
+func (a Activation) StatePath() string {
+	if a.State.DuckDB == nil {
+		return ""
+	}
+	return a.State.DuckDB.Path
+}
+
+// SourcePath is the DuckDB database the model reads ("" = the state database).
+func (a Activation) SourcePath() string {
+	if a.Source.DuckDB == nil {
+		return ""
+	}
+	return a.Source.DuckDB.Path
+}

@@ -1,0 +1,140 @@
+package spec_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/activation-engine/activations/internal/spec"
+)
+
+const valid = `id: users-to-iterable
+source:
+  type: duckdb
+  query: SELECT 1 AS user_id, 'a@example.com' AS email, 'Ann' AS first_name
+  primaryKey: user_id
+state:
+  duckdb: {path: .state/a.duckdb}
+destination:
+  type: iterable
+  iterable:
+    region: us
+    apiKey: {env: ITERABLE_API_KEY}
+    projectType: hybrid
+  mode: upsert
+  identifier: {column: email, field: email}
+  fields:
+    - {column: first_name, field: firstName}
+schedule: {every: 4h}
+`
+
+func write(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+func TestLoadValid(t *testing.T) {
+	dir := t.TempDir()
+	p := write(t, dir, "a.yaml", valid)
+	acts, err := spec.Load(p)
+	require.NoError(t, err)
+	require.Len(t, acts, 1)
+	a := acts[0]
+	require.Equal(t, "users-to-iterable", a.ID)
+	require.Equal(t, filepath.Join(dir, ".state/a.duckdb"), a.StatePath(), "relative paths resolve against the spec's folder")
+	require.Equal(t, dir, a.BaseDir)
+	require.True(t, a.Destination.CreatesNewFields())
+	require.NoError(t, a.Validate())
+}
+
+func TestExampleSpecIsValid(t *testing.T) {
+	acts, err := spec.Load("../../examples")
+	require.NoError(t, err)
+	require.NotEmpty(t, acts)
+}
+
+func TestProblemsNameFileLineAndPath(t *testing.T) {
+	tests := []struct {
+		name    string
+		edit    func(string) string
+		wantAll []string
+	}{
+		{"bad id", func(s string) string { return strings.Replace(s, "id: users-to-iterable", "id: Users_To", 1) },
+			[]string{"a.yaml:1: id:", "must match"}},
+		{"unknown key", func(s string) string {
+			return strings.Replace(s, "  primaryKey: user_id", "  primaryKey: user_id\n  primary_key: x", 1)
+		},
+			[]string{"a.yaml:6: source.primary_key: unknown key", "allowed here: type, query, primaryKey, duckdb"}},
+		{"eu email project", func(s string) string {
+			return strings.Replace(strings.Replace(s, "region: us", "region: eu", 1), "projectType: hybrid", "projectType: email", 1)
+		}, []string{"destination.iterable.projectType", "EU data center"}},
+		{"api key value inline", func(s string) string { return strings.Replace(s, "{env: ITERABLE_API_KEY}", "abc123", 1) },
+			[]string{"destination.iterable.apiKey"}},
+		{"bad mode", func(s string) string { return strings.Replace(s, "mode: upsert", "mode: insert", 1) },
+			[]string{"a.yaml:14: destination.mode", `"insert" is not allowed (one of: upsert)`}},
+		{"reserved field", func(s string) string { return strings.Replace(s, "field: firstName", "field: email", 1) },
+			[]string{"destination.fields[0].field", "identifies the user"}},
+		{"bad cron", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "* * *"}`, 1) },
+			[]string{"schedule.cron", "needs 5 fields"}},
+		{"bad every", func(s string) string { return strings.Replace(s, "4h", "soon", 1) },
+			[]string{"schedule.every", "not an interval"}},
+		{"userId project with email", func(s string) string { return strings.Replace(s, "projectType: hybrid", "projectType: userId", 1) },
+			[]string{"destination.identifier.field", "userId-based projects"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(t, t.TempDir(), "a.yaml", tc.edit(valid))
+			_, err := spec.Load(p)
+			require.Error(t, err)
+			var ps spec.Problems
+			require.ErrorAs(t, err, &ps)
+			for _, w := range tc.wantAll {
+				require.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestEveryProblemReportedAtOnce(t *testing.T) {
+	body := strings.NewReplacer("type: duckdb", "type: oracle", "primaryKey: user_id", "primaryKey: \"\"",
+		"mode: upsert", "mode: sometimes").Replace(valid)
+	_, err := spec.Load(write(t, t.TempDir(), "a.yaml", body))
+	var ps spec.Problems
+	require.ErrorAs(t, err, &ps)
+	require.Len(t, ps, 3, err.Error())
+}
+
+func TestFolderDuplicateIDs(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.yaml", valid)
+	write(t, dir, "b.yml", valid)
+	acts, err := spec.Load(dir)
+	require.ErrorContains(t, err, "already declared in")
+	require.Len(t, acts, 1, "the first declaration stays usable")
+}
+
+func TestSecretRef(t *testing.T) {
+	t.Setenv("SPEC_TEST_KEY", " k1 \n")
+	v, err := spec.SecretRef{Env: "SPEC_TEST_KEY"}.Resolve()
+	require.NoError(t, err)
+	require.Equal(t, "k1", v)
+	_, err = spec.SecretRef{Env: "SPEC_TEST_MISSING"}.Resolve()
+	require.ErrorContains(t, err, "SPEC_TEST_MISSING is not set")
+	p := write(t, t.TempDir(), "key", "k2\n")
+	v, err = spec.SecretRef{File: p}.Resolve()
+	require.NoError(t, err)
+	require.Equal(t, "k2", v)
+	require.Equal(t, "env:SPEC_TEST_KEY", spec.SecretRef{Env: "SPEC_TEST_KEY"}.String())
+}
+
+func TestParseEvery(t *testing.T) {
+	for in, ok := range map[string]bool{"15m": true, "4h": true, "1d": true, "30s": false, "x": false} {
+		_, err := spec.ParseEvery(in)
+		require.Equal(t, ok, err == nil, in)
+	}
+}

@@ -1,0 +1,206 @@
+package spec
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Allowed values, named once so messages and checks agree.
+var (
+	idPattern    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	sourceTypes  = []string{"duckdb"}
+	regions      = []string{"us", "eu"}
+	projectTypes = []string{"email", "userId", "hybrid"}
+	modes        = []string{"upsert"}
+	idFields     = []string{"email", "userId"}
+	onRemoved    = []string{"keep", "clear"}
+)
+
+// Iterable refuses field names it reserves for identity at the top level of a profile.
+var reservedFields = map[string]bool{"email": true, "userId": true}
+
+// Validate checks an activation without a file (for example one that came in a workflow input).
+func (a Activation) Validate() error {
+	ps := a.validate()
+	if len(ps) == 0 {
+		return nil
+	}
+	for i := range ps {
+		ps[i].File = a.File
+		if ps[i].File == "" {
+			ps[i].File = "activation " + a.ID
+		}
+	}
+	return ps
+}
+
+func (a Activation) validate() Problems {
+	var ps Problems
+	add := func(path, format string, args ...any) {
+		ps = append(ps, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	oneOf := func(path, v string, allowed []string) {
+		for _, x := range allowed {
+			if v == x {
+				return
+			}
+		}
+		if v == "" {
+			add(path, "is required (one of: %s)", strings.Join(allowed, ", "))
+			return
+		}
+		add(path, "%q is not allowed (one of: %s)", v, strings.Join(allowed, ", "))
+	}
+
+	if !idPattern.MatchString(a.ID) {
+		add("id", "%q must match %s (lowercase letters, digits and dashes, at most 63 characters)", a.ID, idPattern)
+	}
+
+	// Source.
+	if a.Source.Type == "bigquery" {
+		add("source.type", "bigquery is not supported by this version yet (supported: %s)", strings.Join(sourceTypes, ", "))
+	} else {
+		oneOf("source.type", a.Source.Type, sourceTypes)
+	}
+	if strings.TrimSpace(a.Source.Query) == "" {
+		add("source.query", "is required: the SQL query of the model")
+	}
+	if a.Source.PrimaryKey == "" {
+		add("source.primaryKey", "is required: the model column that identifies a row")
+	}
+
+	// Destination.
+	d := a.Destination
+	oneOf("destination.type", d.Type, []string{"iterable"})
+	oneOf("destination.iterable.region", d.Iterable.Region, regions)
+	oneOf("destination.iterable.projectType", d.Iterable.ProjectType, projectTypes)
+	if d.Iterable.Region == "eu" && d.Iterable.ProjectType == "email" {
+		add("destination.iterable.projectType", "Iterable's EU data center hosts only userId-based and hybrid projects, not email-based ones")
+	}
+	if u := d.Iterable.BaseURL; u != "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			add("destination.iterable.baseURL", "%q must be an http(s) URL such as https://api.iterable.com", u)
+		}
+	}
+	key := d.Iterable.APIKey
+	switch {
+	case key.Env == "" && key.File == "":
+		add("destination.iterable.apiKey", "is required: {env: VAR} or {file: /path/to/key}; never the key itself")
+	case key.Env != "" && key.File != "":
+		add("destination.iterable.apiKey", "set either env or file, not both")
+	}
+	if d.Mode == "update" {
+		add("destination.mode", "update (never create profiles) is not supported by this version yet (supported: %s)", strings.Join(modes, ", "))
+	} else {
+		oneOf("destination.mode", d.Mode, modes)
+	}
+	if d.Identifier.Column == "" {
+		add("destination.identifier.column", "is required: the model column that holds the user's email or userId")
+	}
+	oneOf("destination.identifier.field", d.Identifier.Field, idFields)
+	if d.Iterable.ProjectType == "userId" && d.Identifier.Field == "email" {
+		add("destination.identifier.field", "userId-based projects identify users by userId, not email")
+	}
+	if d.OnRemoved != "" {
+		oneOf("destination.onRemoved", d.OnRemoved, onRemoved)
+	}
+	if len(d.Fields) == 0 {
+		add("destination.fields", "map at least one column to an Iterable field")
+	}
+	seenField := map[string]int{}
+	for i, f := range d.Fields {
+		p := fmt.Sprintf("destination.fields[%d]", i)
+		if f.Column == "" {
+			add(p+".column", "is required: the model column")
+		}
+		switch {
+		case f.Field == "":
+			add(p+".field", "is required: the exact Iterable field name")
+		case reservedFields[f.Field]:
+			add(p+".field", "%q identifies the user; map it with destination.identifier instead", f.Field)
+		case strings.TrimSpace(f.Field) != f.Field:
+			add(p+".field", "%q has leading or trailing spaces", f.Field)
+		}
+		if j, dup := seenField[f.Field]; dup && f.Field != "" {
+			add(p+".field", "%q is already mapped by destination.fields[%d]", f.Field, j)
+		}
+		seenField[f.Field] = i
+	}
+
+	// Schedule.
+	if s := a.Schedule; s != nil {
+		switch {
+		case s.Cron == "" && s.Every == "":
+			add("schedule", "set cron or every, or remove schedule for manual runs only")
+		case s.Cron != "" && s.Every != "":
+			add("schedule", "set either cron or every, not both")
+		case s.Cron != "":
+			if err := checkCron(s.Cron); err != nil {
+				add("schedule.cron", "%q: %v", s.Cron, err)
+			}
+		default:
+			if _, err := ParseEvery(s.Every); err != nil {
+				add("schedule.every", "%q: %v", s.Every, err)
+			}
+		}
+	}
+
+	// Sync settings.
+	if s := a.Sync; s.UsersPerRequest < 0 || s.UsersPerRequest > 1000 {
+		add("sync.usersPerRequest", "%d must be between 1 and 1000", s.UsersPerRequest)
+	}
+	if a.Sync.ChunkRows < 0 {
+		add("sync.chunkRows", "must be positive")
+	}
+	if a.Sync.Concurrency < 0 || a.Sync.Concurrency > 64 {
+		add("sync.concurrency", "%d must be between 1 and 64", a.Sync.Concurrency)
+	}
+	if a.Sync.RequestsPerSecond < 0 {
+		add("sync.requestsPerSecond", "must be positive")
+	}
+	if hb := a.Sync.HeartbeatTimeout; hb != 0 && time.Duration(hb) < 2*time.Second {
+		add("sync.heartbeatTimeout", "%s is too short (at least 2s)", time.Duration(hb))
+	}
+	return ps
+}
+
+// ParseEvery parses an interval such as 90m, 4h or 1d.
+func ParseEvery(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		var days int
+		days, err = strconv.Atoi(n)
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("not an interval (examples: 15m, 4h, 1d)")
+	}
+	if d < time.Minute {
+		return 0, fmt.Errorf("must be at least 1m")
+	}
+	return d, nil
+}
+
+// checkCron accepts the five-field cron syntax that Temporal schedules take.
+func checkCron(expr string) error {
+	f := strings.Fields(expr)
+	if len(f) != 5 {
+		return fmt.Errorf("needs 5 fields (minute hour day-of-month month day-of-week), has %d", len(f))
+	}
+	for i, x := range f {
+		for _, r := range x {
+			if !strings.ContainsRune("0123456789*/,-?LW#", r) && !(i >= 3 && (r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z')) {
+				return fmt.Errorf("field %d has unexpected character %q", i+1, r)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+// Package duckdb implements warehouse.Planner on an embedded DuckDB database.
+//
+// One state database file holds, per activation, a state table (what was last synced) and the
+// plan tables of its runs, plus one rejections table for all activations. The model may run in
+// that database or in a separate source database attached read-only. Every step of the diff is
+// SQL that DuckDB executes; only the changed rows of a plan ever reach Go, chunk by chunk.
+package duckdb
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	duckdb "github.com/duckdb/duckdb-go/v2"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// Options configures Open.
+type Options struct {
+	// Path of the state database file (holds state, plan and rejections tables); "" = in-memory.
+	Path string
+	// SourcePath is an optional database file the model reads from. It is attached READ_ONLY and
+	// made the default catalog (USE) while the model query runs; "" = the model runs in the state
+	// database itself.
+	SourcePath string
+	// Logger receives debug and info records; nil discards them.
+	Logger *slog.Logger
+}
+
+// RejectionsTable is the table of the state database that holds every activation's rejections,
+// for users to query.
+const RejectionsTable = "rejections"
+
+// Planner is a warehouse.Planner backed by DuckDB. DuckDB lets one process open a database file,
+// so open one Planner per file and share it: it is safe for concurrent use.
+type Planner struct {
+	db      *sql.DB
+	log     *slog.Logger
+	catalog string // the state database's catalog name, already quoted
+	catName string // the same, unquoted (for the Appender)
+	source  string // quoted alias of the attached source database, "" without one
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // one per activation: serialises its Plan and Commit
+}
+
+var _ warehouse.Planner = (*Planner)(nil)
+
+// Open opens (or creates) the state database and attaches the source database, if any.
+func Open(ctx context.Context, opts Options) (*Planner, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Path != "" {
+		if err := os.MkdirAll(filepath.Dir(opts.Path), 0o755); err != nil {
+			return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
+		}
+	}
+	connector, err := duckdb.NewConnector(opts.Path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
+	}
+	db := sql.OpenDB(connector)
+	p := &Planner{db: db, log: log, locks: map[string]*sync.Mutex{}}
+	if err := p.init(ctx, opts); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
+	}
+	log.Debug("DuckDB state opened", "path", opts.Path, "source", opts.SourcePath)
+	return p, nil
+}
+
+func (p *Planner) init(ctx context.Context, opts Options) error {
+	// Hashes of TIMESTAMPTZ values are taken from their text form, which follows the time zone:
+	// pin it so a worker on another machine does not see every timestamp as changed.
+	if _, err := p.db.ExecContext(ctx, `SET GLOBAL TimeZone = 'UTC'`); err != nil {
+		return fmt.Errorf("set time zone: %w", err)
+	}
+	var catalog string
+	if err := p.db.QueryRowContext(ctx, `SELECT current_database()`).Scan(&catalog); err != nil {
+		return fmt.Errorf("read catalog name: %w", err)
+	}
+	p.catalog, p.catName = quoteIdent(catalog), catalog
+	if opts.SourcePath != "" {
+		abs, err := filepath.Abs(opts.SourcePath)
+		if err != nil {
+			return fmt.Errorf("source %s: %w", opts.SourcePath, err)
+		}
+		// Planners of one state file share DuckDB's instance (and its attachments), so the
+		// alias is derived from the source path: two sources never take each other's place.
+		alias := "activation_source_" + shortHash(abs)
+		p.source = quoteIdent(alias)
+		// ATTACH takes no parameters; the path is a literal, escaped.
+		if _, err := p.db.ExecContext(ctx, fmt.Sprintf(`ATTACH IF NOT EXISTS %s AS %s (READ_ONLY)`,
+			quoteLiteral(abs), p.source)); err != nil {
+			return fmt.Errorf("attach source %s: %w", opts.SourcePath, err)
+		}
+	}
+	_, err := p.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+p.qualified(RejectionsTable)+` (
+		activation_id VARCHAR NOT NULL,
+		run_id VARCHAR NOT NULL,
+		key VARCHAR,
+		op VARCHAR,
+		outcome VARCHAR NOT NULL,
+		field VARCHAR,
+		reason VARCHAR,
+		"at" TIMESTAMP NOT NULL
+	)`)
+	if err != nil {
+		return fmt.Errorf("create %s table: %w", RejectionsTable, err)
+	}
+	return nil
+}
+
+// Close releases the database file.
+func (p *Planner) Close() error {
+	if err := p.db.Close(); err != nil {
+		return fmt.Errorf("close DuckDB state: %w", err)
+	}
+	return nil
+}
+
+// lock serialises the state-changing steps (Plan, Commit) of one activation.
+func (p *Planner) lock(activationID string) func() {
+	p.mu.Lock()
+	m, ok := p.locks[activationID]
+	if !ok {
+		m = &sync.Mutex{}
+		p.locks[activationID] = m
+	}
+	p.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// qualified names a table of the state database, whatever catalog a connection currently uses.
+func (p *Planner) qualified(table string) string {
+	return p.catalog + ".main." + quoteIdent(table)
+}
+
+var activationIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+func checkActivationID(id string) error {
+	if !activationIDPattern.MatchString(id) {
+		return fmt.Errorf("activation id %q must match %s", id, activationIDPattern)
+	}
+	return nil
+}
+
+func tableSuffix(activationID string) string { return strings.ReplaceAll(activationID, "-", "_") }
+
+// StateTable is the name of an activation's state table.
+func StateTable(activationID string) string { return "state_" + tableSuffix(activationID) }
+
+// PlanTable is the name of the plan table of one run: stable, so a retried Plan replaces it.
+func PlanTable(activationID, runID string) string {
+	return "plan_" + tableSuffix(activationID) + "_" + shortHash(runID)
+}
+
+var planTablePattern = regexp.MustCompile(`^plan_[a-z0-9][a-z0-9_]{0,62}_[0-9a-f]{12}$`)
+
+// checkPlanTable refuses table names that Plan cannot have produced (and, with an activation
+// id, plans of another activation), so a bad input never reaches DROP or the state.
+func checkPlanTable(table, activationID string) error {
+	if !planTablePattern.MatchString(table) {
+		return fmt.Errorf("%q is not a plan table name", table)
+	}
+	if activationID != "" && !strings.HasPrefix(table, "plan_"+tableSuffix(activationID)+"_") {
+		return fmt.Errorf("plan table %s does not belong to activation %s", table, activationID)
+	}
+	return nil
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:6])
+}
+
+// quoteIdent quotes an identifier for DuckDB: column names may contain anything.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// quoteLiteral quotes a string literal. It is used only for configuration (field names, paths)
+// in places where DuckDB takes no parameters; row values always travel as parameters.
+func quoteLiteral(s string) string { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
+
+// valueColumn names the plan column holding a destination field's value. Hex keeps distinct
+// field names distinct although DuckDB matches identifiers case-insensitively.
+func valueColumn(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
+
+// DuckDB error classes whose messages describe the query (names of columns, tables, files),
+// never the data: these are safe to show in errors that reach workflow history.
+var queryErrorTypes = map[duckdb.ErrorType]bool{
+	duckdb.ErrorTypeParser: true, duckdb.ErrorTypeSyntax: true, duckdb.ErrorTypeBinder: true,
+	duckdb.ErrorTypeCatalog: true, duckdb.ErrorTypeIO: true, duckdb.ErrorTypeNotImplemented: true,
+	duckdb.ErrorTypePermission: true, duckdb.ErrorTypeMissingExtension: true,
+	duckdb.ErrorTypeAutoLoad: true, duckdb.ErrorTypePlanner: true, duckdb.ErrorTypeDependency: true,
+	duckdb.ErrorTypeParameterNotResolved: true, duckdb.ErrorTypeParameterNotAllowed: true,
+	duckdb.ErrorTypeSettings: true, duckdb.ErrorTypeInvalidConfiguration: true,
+}
+
+// Error classes of the machine rather than of the model: a retry may succeed.
+var transientErrorTypes = map[duckdb.ErrorType]bool{
+	duckdb.ErrorTypeInterrupt: true, duckdb.ErrorTypeOutOfMemory: true,
+	duckdb.ErrorTypeTransaction: true, duckdb.ErrorTypeConnection: true, duckdb.ErrorTypeFatal: true,
+	duckdb.ErrorTypeInternal: true, duckdb.ErrorTypeNetwork: true, duckdb.ErrorTypeHTTP: true,
+}
+
+// modelError classifies an error of the statement that runs the model. Errors of the model
+// itself wrap warehouse.ErrInvalidModel. Messages of errors raised while reading the data
+// (conversions, CSV parsing) are withheld, since DuckDB quotes the offending values in them.
+func modelError(ctx context.Context, activationID string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("plan %s: model query: %w", activationID, context.Cause(ctx))
+	}
+	var de *duckdb.Error
+	if !errors.As(err, &de) {
+		return fmt.Errorf("plan %s: model query: %w", activationID, err)
+	}
+	switch {
+	case transientErrorTypes[de.Type]:
+		return fmt.Errorf("plan %s: model query: %w", activationID, err)
+	case queryErrorTypes[de.Type]:
+		return fmt.Errorf("plan %s: %w: %s", activationID, warehouse.ErrInvalidModel, de.Msg)
+	default:
+		return fmt.Errorf("plan %s: %w: %s while reading the model's rows (details withheld because "+
+			"they can contain row values; run the model in DuckDB to see them)",
+			activationID, warehouse.ErrInvalidModel, errorClass(de.Msg))
+	}
+}
+
+// errorClass is the "Conversion Error" prefix of a DuckDB message, without the rest.
+func errorClass(msg string) string {
+	class, _, ok := strings.Cut(msg, ": ")
+	if !ok || len(class) > 40 || !strings.HasSuffix(class, "Error") {
+		return "DuckDB error"
+	}
+	return class
+}

@@ -1,0 +1,459 @@
+package duckdb_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	duckdbdriver "github.com/duckdb/duckdb-go/v2"
+	"github.com/stretchr/testify/require"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+	"github.com/activation-engine/activations/internal/warehouse/duckdb"
+	"github.com/activation-engine/activations/internal/warehouse/warehousetest"
+)
+
+// parquetFixture writes each model as a new Parquet file (through a separate in-memory DuckDB)
+// and reads it with a path relative to the model's base folder, as specs do.
+type parquetFixture struct {
+	dir string
+	db  *sql.DB
+	n   int
+}
+
+func newParquetFixture(t *testing.T) *parquetFixture {
+	db, err := sql.Open("duckdb", "")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return &parquetFixture{dir: t.TempDir(), db: db}
+}
+
+var duckTypes = map[warehousetest.ColumnType]string{
+	warehousetest.String: "VARCHAR", warehousetest.Int: "BIGINT", warehousetest.Float: "DOUBLE",
+	warehousetest.Bool: "BOOLEAN", warehousetest.Timestamp: "TIMESTAMP",
+}
+
+func quote(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func (f *parquetFixture) SetModel(t *testing.T, tb warehousetest.Table) warehousetest.Model {
+	t.Helper()
+	f.n++
+	var cols, marks []string
+	for _, c := range tb.Columns {
+		typ, ok := duckTypes[c.Type]
+		require.True(t, ok, "column type %q", c.Type)
+		cols = append(cols, quote(c.Name)+" "+typ)
+		marks = append(marks, "?")
+	}
+	ctx := context.Background()
+	_, err := f.db.ExecContext(ctx, "CREATE OR REPLACE TABLE model ("+strings.Join(cols, ", ")+")")
+	require.NoError(t, err)
+	for _, r := range tb.Rows {
+		_, err := f.db.ExecContext(ctx, "INSERT INTO model VALUES ("+strings.Join(marks, ", ")+")", r...)
+		require.NoError(t, err)
+	}
+	name := fmt.Sprintf("model_%d.parquet", f.n)
+	_, err = f.db.ExecContext(ctx, fmt.Sprintf("COPY model TO '%s' (FORMAT parquet)", filepath.Join(f.dir, name)))
+	require.NoError(t, err)
+	return warehousetest.Model{Query: fmt.Sprintf("SELECT * FROM read_parquet('%s')", name), BaseDir: f.dir}
+}
+
+func open(t testing.TB, opts duckdb.Options) *duckdb.Planner {
+	t.Helper()
+	p, err := duckdb.Open(context.Background(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func TestConformance(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		warehousetest.Run(t, func(t *testing.T) (warehouse.Planner, warehousetest.Fixture) {
+			return open(t, duckdb.Options{}), newParquetFixture(t)
+		})
+	})
+	t.Run("file", func(t *testing.T) {
+		warehousetest.Run(t, func(t *testing.T) (warehouse.Planner, warehousetest.Fixture) {
+			return open(t, duckdb.Options{Path: filepath.Join(t.TempDir(), "state", "state.duckdb")}), newParquetFixture(t)
+		})
+	})
+}
+
+func baseRequest(id, query string) warehouse.PlanRequest {
+	return warehouse.PlanRequest{
+		ActivationID: id, RunID: "run-1", Query: query, PrimaryKey: "id", Identifier: "email",
+		Fields: []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}},
+	}
+}
+
+func readAll(t *testing.T, p warehouse.Planner, req warehouse.PlanRequest, plan warehouse.Plan) []warehouse.Row {
+	t.Helper()
+	var rows []warehouse.Row
+	for _, c := range plan.Chunks {
+		err := p.ReadChunk(context.Background(), warehouse.ChunkRequest{ActivationID: req.ActivationID,
+			Table: plan.Table, Fields: req.Fields, Chunk: c, AfterSeq: c.FirstSeq - 1},
+			func(r warehouse.Row) error { rows = append(rows, r); return nil })
+		require.NoError(t, err)
+	}
+	return rows
+}
+
+func commitAll(t *testing.T, p warehouse.Planner, req warehouse.PlanRequest, plan warehouse.Plan) warehouse.CommitResult {
+	t.Helper()
+	var chunks []int
+	for _, c := range plan.Chunks {
+		chunks = append(chunks, c.Index)
+	}
+	res, err := p.Commit(context.Background(), warehouse.CommitRequest{ActivationID: req.ActivationID,
+		RunID: req.RunID, Table: plan.Table, Chunks: chunks})
+	require.NoError(t, err)
+	return res
+}
+
+func TestRelativeReadCSV(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "data"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "data", "users.csv"),
+		[]byte("id,email,name,age\n1,a@example.com,Ann,31\n2,b@example.com,Bob,42\n"), 0o644))
+	p := open(t, duckdb.Options{})
+	req := baseRequest("csv", "SELECT * FROM read_csv('data/users.csv')")
+
+	tests := []struct {
+		name    string
+		baseDir string
+		wantErr bool
+	}{
+		{"resolved against the base folder", dir, false},
+		{"missing without it", "", true},
+		{"missing in another folder", t.TempDir(), true},
+		{"folder with a comma", filepath.Join(dir, "a,b"), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := req
+			r.BaseDir = tc.baseDir
+			plan, err := p.Plan(context.Background(), r)
+			if tc.wantErr {
+				require.ErrorIs(t, err, warehouse.ErrInvalidModel)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, int64(2), plan.Counts.Added)
+			rows := readAll(t, p, r, plan)
+			require.Equal(t, map[string]any{"firstName": "Ann", "age": int64(31)}, rows[0].Values)
+		})
+	}
+}
+
+// writeDB creates a database file with one table, then releases it.
+func writeDB(t *testing.T, path string, stmts ...string) {
+	t.Helper()
+	db, err := sql.Open("duckdb", path)
+	require.NoError(t, err)
+	for _, s := range stmts {
+		_, err := db.Exec(s)
+		require.NoError(t, err)
+	}
+	require.NoError(t, db.Close())
+}
+
+func TestSourcePath(t *testing.T) {
+	dir := t.TempDir()
+	src1, src2 := filepath.Join(dir, "crm.duckdb"), filepath.Join(dir, "shop.duckdb")
+	writeDB(t, src1, `CREATE TABLE customers AS SELECT range AS id, 'c' || range || '@example.com' AS email,
+		'Name' || range AS name, 30 AS age FROM range(3)`)
+	writeDB(t, src2, `CREATE TABLE customers AS SELECT range AS id, 's' || range || '@example.com' AS email,
+		'Shop' || range AS name, 40 AS age FROM range(5)`)
+	state := filepath.Join(dir, "state.duckdb")
+
+	// Two planners on one state file with different sources, as a worker opens them for two
+	// activations: each model reads its own source.
+	p1 := open(t, duckdb.Options{Path: state, SourcePath: src1})
+	p2 := open(t, duckdb.Options{Path: state, SourcePath: src2})
+	tests := []struct {
+		p    *duckdb.Planner
+		id   string
+		want int64
+	}{{p1, "crm", 3}, {p2, "shop", 5}, {p1, "crm-again", 3}}
+	for _, tc := range tests {
+		req := baseRequest(tc.id, "SELECT * FROM customers")
+		plan, err := tc.p.Plan(context.Background(), req)
+		require.NoError(t, err, tc.id)
+		require.Equal(t, tc.want, plan.Counts.Added, tc.id)
+		require.Equal(t, warehouse.CommitResult{Upserted: tc.want}, commitAll(t, tc.p, req, plan))
+	}
+
+	// The source stays read-only and the state tables live in the state file.
+	_, err := p1.Plan(context.Background(), baseRequest("writer", "INSERT INTO customers VALUES (9, 'x', 'y', 1) RETURNING *"))
+	require.ErrorIs(t, err, warehouse.ErrInvalidModel)
+	require.NoError(t, p1.Close())
+	require.NoError(t, p2.Close())
+	db, err := sql.Open("duckdb", state)
+	require.NoError(t, err)
+	defer db.Close()
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM state_crm`).Scan(&n))
+	require.Equal(t, 3, n)
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM state_shop`).Scan(&n))
+	require.Equal(t, 5, n)
+}
+
+func TestReopenKeepsState(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nested", "dir", "state.duckdb")
+	req := baseRequest("reopen", "SELECT range AS id, 'u' || range AS email, 'N' || range AS name, range AS age FROM range(100)")
+	p, err := duckdb.Open(context.Background(), duckdb.Options{Path: path})
+	require.NoError(t, err)
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	commitAll(t, p, req, plan)
+	require.NoError(t, p.RecordRejections(context.Background(), req.ActivationID, req.RunID,
+		[]warehouse.Rejection{{Key: "1", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Reason: "r"}}))
+	require.NoError(t, p.Close())
+
+	p = open(t, duckdb.Options{Path: path})
+	req.RunID = "run-2"
+	plan, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, warehouse.Counts{ModelRows: 100, Unchanged: 100}, plan.Counts)
+	top, err := p.TopReasons(context.Background(), req.ActivationID, "run-1", 5)
+	require.NoError(t, err)
+	require.Equal(t, []warehouse.ReasonCount{{Outcome: warehouse.OutcomeRejected, Reason: "r", Count: 1}}, top)
+}
+
+func TestConcurrentReadChunk(t *testing.T) {
+	p := open(t, duckdb.Options{Path: filepath.Join(t.TempDir(), "state.duckdb")})
+	const rows = 20000
+	ctx := context.Background()
+
+	// Several activations plan at once, then every chunk of one plan is read concurrently.
+	var wg sync.WaitGroup
+	plans := make([]warehouse.Plan, 4)
+	reqs := make([]warehouse.PlanRequest, 4)
+	errs := make([]error, 4)
+	for i := range plans {
+		reqs[i] = baseRequest(fmt.Sprintf("concurrent-%d", i), fmt.Sprintf(
+			"SELECT range AS id, 'u' || range AS email, 'N' || range AS name, range %% 90 AS age FROM range(%d)", rows))
+		reqs[i].ChunkRows = 1000
+		wg.Go(func() { plans[i], errs[i] = p.Plan(ctx, reqs[i]) })
+	}
+	wg.Wait()
+	for i := range plans {
+		require.NoError(t, errs[i])
+		require.Equal(t, int64(rows), plans[i].Counts.Added)
+		require.Len(t, plans[i].Chunks, rows/1000)
+	}
+
+	plan, req := plans[0], reqs[0]
+	seen := make([][]int64, len(plan.Chunks))
+	readErrs := make([]error, len(plan.Chunks))
+	for i, c := range plan.Chunks {
+		wg.Go(func() {
+			readErrs[i] = p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: req.ActivationID, Table: plan.Table,
+				Fields: req.Fields, Chunk: c}, func(r warehouse.Row) error {
+				seen[i] = append(seen[i], r.Seq)
+				if len(seen[i])%250 == 0 { // rejections are recorded while other chunks read
+					return p.RecordRejections(ctx, req.ActivationID, req.RunID,
+						[]warehouse.Rejection{{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected, Reason: "sampled"}})
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	var all []int64
+	for i := range seen {
+		require.NoError(t, readErrs[i])
+		all = append(all, seen[i]...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	require.Len(t, all, rows)
+	for i, s := range all {
+		require.Equal(t, int64(i+1), s)
+	}
+	res := commitAll(t, p, req, plan)
+	require.Equal(t, warehouse.CommitResult{Upserted: rows - rows/250, Held: rows / 250}, res)
+}
+
+func TestDriverTypesPassThrough(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	query := `SELECT 1 AS id, 'a@example.com' AS email,
+		CAST(7 AS INTEGER) AS i, CAST(8 AS BIGINT) AS b, CAST(1.5 AS DOUBLE) AS d, CAST(12.34 AS DECIMAL(10,2)) AS dec,
+		true AS bo, 'text' AS s, DATE '2024-02-03' AS da, TIMESTAMP '2024-02-03 04:05:06' AS ts,
+		TIMESTAMPTZ '2024-02-03 04:05:06+02' AS tz, [1, 2] AS li, {'k': 'v', 'n': 1} AS st,
+		CAST('{"x": [1, true]}' AS JSON) AS js`
+	cols := []string{"i", "b", "d", "dec", "bo", "s", "da", "ts", "tz", "li", "st", "js"}
+	req := baseRequest("types", query)
+	req.Fields = nil
+	for _, c := range cols {
+		req.Fields = append(req.Fields, warehouse.Field{Column: c, Field: c})
+	}
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	rows := readAll(t, p, req, plan)
+	require.Len(t, rows, 1)
+	v := rows[0].Values
+	require.Equal(t, int32(7), v["i"])
+	require.Equal(t, int64(8), v["b"])
+	require.Equal(t, 1.5, v["d"])
+	require.IsType(t, duckdbdriver.Decimal{}, v["dec"])
+	require.Equal(t, 12.34, v["dec"].(duckdbdriver.Decimal).Float64())
+	require.Equal(t, true, v["bo"])
+	require.Equal(t, "text", v["s"])
+	require.Equal(t, time.Date(2024, 2, 3, 0, 0, 0, 0, time.UTC), v["da"])
+	require.Equal(t, time.Date(2024, 2, 3, 4, 5, 6, 0, time.UTC), v["ts"])
+	require.True(t, time.Date(2024, 2, 3, 2, 5, 6, 0, time.UTC).Equal(v["tz"].(time.Time)))
+	require.Equal(t, []any{int32(1), int32(2)}, v["li"])
+	require.Equal(t, map[string]any{"k": "v", "n": int32(1)}, v["st"])
+	require.Equal(t, map[string]any{"x": []any{float64(1), true}}, v["js"])
+	commitAll(t, p, req, plan)
+
+	// Every type hashes stably: the same model plans nothing.
+	req.RunID = "run-2"
+	plan, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	require.Zero(t, plan.Counts.Planned())
+}
+
+func TestIdentifierOnly(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	req := baseRequest("no-fields", "SELECT 1 AS id, 'a@example.com' AS email")
+	req.Fields = nil
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	rows := readAll(t, p, req, plan)
+	require.Len(t, rows, 1)
+	require.Equal(t, "a@example.com", rows[0].Identifier)
+	require.Empty(t, rows[0].Values)
+	commitAll(t, p, req, plan)
+
+	// With no field to compare, a new identifier is still another profile to write.
+	req.RunID, req.Query = "run-2", "SELECT 1 AS id, 'b@example.com' AS email"
+	plan, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, warehouse.Counts{ModelRows: 1, Changed: 1}, plan.Counts)
+}
+
+func TestAwkwardNames(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	// Column and field names with quotes, JSON pointer characters and field names that differ
+	// only in case (DuckDB matches identifiers case-insensitively).
+	col1, col2 := `we"ird col`, `it's; DROP TABLE x --`
+	query := func(v string) string {
+		return fmt.Sprintf(`SELECT 1 AS "k""ey", 'x' AS "E-mail", '%s' AS %s, 2 AS %s, 3 AS "Amount", 4 AS "total"`,
+			v, quote(col1), quote(col2))
+	}
+	req := warehouse.PlanRequest{ActivationID: "names", RunID: "run-1", Query: query("a"), PrimaryKey: `k"ey`,
+		Identifier: "E-mail", Fields: []warehouse.Field{
+			{Column: col1, Field: `a/b~c"d'e`}, {Column: col2, Field: "ünï cödé"},
+			{Column: "Amount", Field: "Amount"}, {Column: "total", Field: "amount"},
+		}}
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	rows := readAll(t, p, req, plan)
+	require.Equal(t, map[string]any{`a/b~c"d'e`: "a", "ünï cödé": int32(2), "Amount": int32(3), "amount": int32(4)}, rows[0].Values)
+	commitAll(t, p, req, plan)
+
+	req.RunID, req.Query = "run-2", query("b")
+	plan, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	rows = readAll(t, p, req, plan)
+	require.Len(t, rows, 1)
+	require.Equal(t, []string{`a/b~c"d'e`}, rows[0].Changed)
+}
+
+func TestModelErrorsWithholdValues(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "bad.csv"),
+		[]byte("id,email,name,age\n1,a@example.com,Ann,31\n2,b@example.com,top-secret-value,not-a-number,extra\n"), 0o644))
+	p := open(t, duckdb.Options{})
+	tests := []struct {
+		name, query string
+	}{
+		{"cast of a row value", `SELECT CAST(s AS INTEGER) AS id, s AS email, s AS name, 1 AS age
+			FROM (SELECT 'top-secret-value' || range AS s FROM range(3))`},
+		{"malformed CSV row", `SELECT * FROM read_csv('bad.csv', columns = {'id': 'INTEGER', 'email': 'VARCHAR', 'name': 'VARCHAR', 'age': 'INTEGER'})`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := baseRequest("secrets", tc.query)
+			req.BaseDir = dir
+			_, err := p.Plan(context.Background(), req)
+			require.ErrorIs(t, err, warehouse.ErrInvalidModel)
+			require.NotContains(t, err.Error(), "top-secret-value")
+			require.Contains(t, err.Error(), "secrets")
+		})
+	}
+}
+
+func TestModelQueryForms(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	tests := []struct{ name, query string }{
+		{"trailing semicolon", "SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age;\n"},
+		{"trailing comment", "SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age -- the model"},
+		{"CTE", "WITH u AS (SELECT 1 AS id) SELECT id, 'e' AS email, 'n' AS name, 2 AS age FROM u"},
+		{"FROM first", "FROM (SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age)"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			plan, err := p.Plan(context.Background(), baseRequest(fmt.Sprintf("forms-%d", i), tc.query))
+			require.NoError(t, err)
+			require.Equal(t, int64(1), plan.Counts.Added)
+		})
+	}
+}
+
+func TestCancelledPlanIsNotInvalidModel(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	req := baseRequest("cancel", `SELECT a.range AS id, 'e' AS email, md5(a.range::VARCHAR || b.range) AS name, 1 AS age
+		FROM range(100000) a, range(100000) b`)
+	start := time.Now()
+	_, err := p.Plan(ctx, req)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, warehouse.ErrInvalidModel)
+	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	require.Less(t, time.Since(start), 20*time.Second)
+
+	// The planner is still usable.
+	req.Query = "SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age"
+	_, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+}
+
+func TestRejectsForeignNames(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	ctx := context.Background()
+	req := baseRequest("owner", "SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age")
+	plan, err := p.Plan(ctx, req)
+	require.NoError(t, err)
+	require.Equal(t, duckdb.PlanTable("owner", "run-1"), plan.Table)
+
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"bad activation id", func() error { r := req; r.ActivationID = "Bad_ID"; _, err := p.Plan(ctx, r); return err }()},
+		{"plan of another activation", p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: "other", Table: plan.Table,
+			Fields: req.Fields, Chunk: plan.Chunks[0]}, func(warehouse.Row) error { return nil })},
+		{"commit into another activation", func() error {
+			_, err := p.Commit(ctx, warehouse.CommitRequest{ActivationID: "other", RunID: "run-1", Table: plan.Table, Chunks: []int{0}})
+			return err
+		}()},
+		{"drop a non-plan table", p.DropPlan(ctx, "rejections")},
+		{"drop an injected name", p.DropPlan(ctx, `plan_x_000000000000"; DROP TABLE rejections; --`)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { require.Error(t, tc.err) })
+	}
+	_, err = p.TopReasons(ctx, "owner", "run-1", 1)
+	require.NoError(t, err, "the rejections table survived")
+}

@@ -1,0 +1,329 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// Temporary tables of one Plan call. They live on the plan's own connection, which is discarded
+// afterwards, so concurrent plans never see each other's.
+const (
+	snapshotTable   = "temp.main.activation_snapshot"
+	duplicatesTable = "temp.main.activation_duplicates"
+)
+
+// nullHash stands for a NULL value: md5 never produces it, so NULL differs from every value,
+// including the string 'null'.
+const nullHash = "∅"
+
+// duplicateReasonPrefix finds the duplicate-key rejections of a run that a retried Plan replaces.
+var duplicateReasonPrefix, _, _ = strings.Cut(warehouse.DuplicateKeyReasonFormat, "%d")
+
+// Plan snapshots the model, diffs it against the state and writes the plan table. Everything
+// runs inside DuckDB; only counts come back.
+func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehouse.Plan, error) {
+	id := req.ActivationID
+	fields, err := checkPlanRequest(req)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+	}
+	chunkRows := req.ChunkRows
+	if chunkRows <= 0 {
+		chunkRows = warehouse.DefaultChunkRows
+	}
+	defer p.lock(id)()
+	start := time.Now()
+
+	conn, err := p.db.Conn(ctx)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: connect: %w", id, err)
+	}
+	// The connection's session settings (search path, USE) and temp tables must not outlive
+	// this plan: discard it instead of returning it to the pool.
+	defer func() { _ = conn.Raw(func(any) error { return driver.ErrBadConn }) }()
+
+	if err := p.snapshot(ctx, conn, req, fields); err != nil {
+		return warehouse.Plan{}, err
+	}
+	snapTook := time.Since(start)
+
+	state := p.qualified(StateTable(id))
+	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: create state table: %w", id, err)
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_duplicates AS
+		SELECT key, count(*) AS n FROM `+snapshotTable+`
+		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: find duplicate keys: %w", id, err)
+	}
+
+	table := PlanTable(id, req.RunID)
+	if err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows); err != nil {
+		return warehouse.Plan{}, err
+	}
+
+	plan := warehouse.Plan{Table: table}
+	err = conn.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE key IS NULL),
+		(SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM `+duplicatesTable+`) FROM `+snapshotTable).
+		Scan(&plan.Counts.ModelRows, &plan.Counts.NullKeys, &plan.Counts.DuplicateKeys)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: count model rows: %w", id, err)
+	}
+	plan.Chunks, err = readChunks(ctx, conn, p.qualified(table))
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: read chunks of %s: %w", id, table, err)
+	}
+	for _, c := range plan.Chunks {
+		plan.Counts.Added += c.Added
+		plan.Counts.Changed += c.Changed
+		plan.Counts.Removed += c.Removed
+	}
+	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys
+	plan.Counts.Unchanged = clean - plan.Counts.Added - plan.Counts.Changed
+
+	c := plan.Counts
+	p.log.DebugContext(ctx, "plan written", "activation", id, "run", req.RunID, "table", table,
+		"model_rows", c.ModelRows, "added", c.Added, "changed", c.Changed, "removed", c.Removed,
+		"unchanged", c.Unchanged, "null_keys", c.NullKeys, "duplicate_keys", c.DuplicateKeys,
+		"chunks", len(plan.Chunks), "snapshot_took", snapTook, "took", time.Since(start))
+	return plan, nil
+}
+
+// checkPlanRequest validates the request and returns its fields sorted by destination name,
+// the canonical order of hashes and of the changed-field lists.
+func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
+	if err := checkActivationID(req.ActivationID); err != nil {
+		return nil, err
+	}
+	if req.RunID == "" {
+		return nil, fmt.Errorf("run id is empty")
+	}
+	if strings.TrimSpace(req.Query) == "" {
+		return nil, fmt.Errorf("%w: the query is empty", warehouse.ErrInvalidModel)
+	}
+	// DuckDB splits file_search_path on commas and has no escape for them.
+	if strings.Contains(req.BaseDir, ",") {
+		return nil, fmt.Errorf("%w: the model's folder %q contains a comma, which DuckDB's file_search_path cannot hold",
+			warehouse.ErrInvalidModel, req.BaseDir)
+	}
+	if req.PrimaryKey == "" {
+		return nil, fmt.Errorf("%w: no primary key column", warehouse.ErrInvalidModel)
+	}
+	fields, err := sortedFields(req.Fields)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", warehouse.ErrInvalidModel, err)
+	}
+	return fields, nil
+}
+
+func sortedFields(fs []warehouse.Field) ([]warehouse.Field, error) {
+	fields := slices.Clone(fs)
+	slices.SortFunc(fields, func(a, b warehouse.Field) int { return strings.Compare(a.Field, b.Field) })
+	for i, f := range fields {
+		if f.Field == "" || f.Column == "" {
+			return nil, fmt.Errorf("a mapped field has an empty column or field name")
+		}
+		if i > 0 && fields[i-1].Field == f.Field {
+			return nil, fmt.Errorf("field %q is mapped twice", f.Field)
+		}
+	}
+	return fields, nil
+}
+
+func createStateSQL(state string) string {
+	// ident_hash is kept apart from field_hashes so that an identifier change (another profile)
+	// can be told from an ordinary field change without reserving a field name.
+	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
+		key VARCHAR PRIMARY KEY,
+		row_hash VARCHAR NOT NULL,
+		field_hashes VARCHAR NOT NULL,
+		ident_hash VARCHAR,
+		synced_at TIMESTAMP NOT NULL
+	)`
+}
+
+// snapshot runs the model once into a temp table: key, identifier and its hash, the mapped
+// values in their original types, the field_hashes JSON object and the row hash.
+func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field) error {
+	id := req.ActivationID
+	// SET and USE take no parameters; both are session-scoped, and the connection is discarded.
+	if _, err := conn.ExecContext(ctx, `SET SESSION file_search_path = `+quoteLiteral(req.BaseDir)); err != nil {
+		return fmt.Errorf("plan %s: set file_search_path: %w", id, err)
+	}
+	if p.source != "" {
+		if _, err := conn.ExecContext(ctx, `USE `+p.source); err != nil {
+			return fmt.Errorf("plan %s: use source database: %w", id, err)
+		}
+	}
+	if _, err := conn.ExecContext(ctx, snapshotSQL(req, fields)); err != nil {
+		return modelError(ctx, id, err)
+	}
+	if p.source != "" {
+		if _, err := conn.ExecContext(ctx, `USE `+p.catalog); err != nil {
+			return fmt.Errorf("plan %s: use state database: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func hashExpr(expr string) string {
+	// to_json keeps the type visible (1 vs "1") and NULL stays NULL until coalesced.
+	return `coalesce(md5(CAST(to_json(` + expr + `) AS VARCHAR)), '` + nullHash + `')`
+}
+
+func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
+	col := func(c string) string { return "model." + quoteIdent(c) }
+	ident := "NULL"
+	if req.Identifier != "" {
+		ident = col(req.Identifier)
+	}
+	sel := []string{
+		"CAST(" + col(req.PrimaryKey) + " AS VARCHAR) AS key",
+		ident + " AS ident",
+		hashExpr(ident) + " AS ident_hash",
+	}
+	var obj []string
+	for _, f := range fields {
+		sel = append(sel, col(f.Column)+" AS "+quoteIdent(valueColumn(f.Field)))
+		obj = append(obj, quoteLiteral(f.Field), hashExpr(col(f.Column)))
+	}
+	// The field hashes live only in the JSON object: the few changed rows parse it again rather
+	// than every snapshot row carrying one more column per field.
+	sel = append(sel, "CAST(json_object("+strings.Join(obj, ", ")+") AS VARCHAR) AS field_hashes")
+	// A trailing ";" or "-- comment" in the model must not swallow the closing parenthesis.
+	query := strings.TrimRight(strings.TrimSpace(req.Query), "; \t\r\n")
+	// The row hash covers field names and hashes in sorted order (json_object keeps argument
+	// order and escapes names, so the encoding is unambiguous) and the identifier's hash.
+	return `CREATE OR REPLACE TEMP TABLE activation_snapshot AS
+SELECT *, md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
+  SELECT ` + strings.Join(sel, ",\n    ") + `
+  FROM (
+` + query + `
+  ) AS model
+)`
+}
+
+// writePlan records the duplicate keys as skipped and materialises the plan table, in one
+// transaction so a retried Plan replaces both.
+func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest,
+	fields []warehouse.Field, table, state string, chunkRows int) error {
+	id := req.ActivationID
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("plan %s: begin: %w", id, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	rejections := p.qualified(RejectionsTable)
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+rejections+`
+		WHERE activation_id = ? AND run_id = ? AND outcome = ? AND starts_with(reason, ?)`,
+		id, req.RunID, string(warehouse.OutcomeSkipped), duplicateReasonPrefix); err != nil {
+		return fmt.Errorf("plan %s: clear duplicate-key rejections: %w", id, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+rejections+`
+		SELECT ?, ?, key, ?, ?, NULL, printf(?, n), ? FROM `+duplicatesTable,
+		id, req.RunID, string(warehouse.OpAdd), string(warehouse.OutcomeSkipped), warehouse.DuplicateKeyReasonFormat,
+		time.Now().UTC()); err != nil {
+		return fmt.Errorf("plan %s: record duplicate keys: %w", id, err)
+	}
+	if _, err := tx.ExecContext(ctx, planSQL(p.qualified(table), state, fields, req.FullResync, chunkRows)); err != nil {
+		return fmt.Errorf("plan %s: write plan table %s: %w", id, table, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("plan %s: commit plan table %s: %w", id, table, err)
+	}
+	return nil
+}
+
+// planSQL joins the snapshot with the state. Keys that are NULL or duplicated in the model take
+// no part: they are never sent, and a duplicated key that was synced before is not removed.
+// Equal row hashes settle most rows at once; only the others parse the old and new
+// field_hashes to list the changed fields. changed_fields is stored for changes only (an add
+// changes every field, a removal none), which keeps the wide sort behind seq light. Rows are
+// written in seq order so that a chunk's seq range reads few row groups.
+func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chunkRows int) string {
+	var names, paths, values []string
+	for _, f := range fields {
+		names = append(names, quoteLiteral(f.Field))
+		paths = append(paths, quoteLiteral(jsonPointer(f.Field)))
+		values = append(values, quoteIdent(valueColumn(f.Field)))
+	}
+	allList := "CAST([" + strings.Join(names, ", ") + "] AS VARCHAR[])"
+	diffList := "CAST([] AS VARCHAR[])"
+	if len(fields) > 0 {
+		// One comprehension, so each JSON object is parsed once per row: field name, new hash,
+		// old hash. A field missing from the old object (newly mapped) counts as changed.
+		p := "[" + strings.Join(paths, ", ") + "]"
+		diffList = "[f[1] FOR f IN list_zip(" + allList + ", json_extract_string(field_hashes, " + p +
+			"), json_extract_string(old_hashes, " + p + ")) IF f[2] IS DISTINCT FROM f[3]]"
+	}
+	full := "false"
+	if fullResync {
+		full = "true"
+	}
+	valueList, snapValues := "", ""
+	if len(values) > 0 {
+		valueList = ", " + strings.Join(values, ", ")
+		snapValues = ", snap." + strings.Join(values, ", snap.")
+	}
+	return `CREATE OR REPLACE TABLE ` + plan + ` AS
+WITH snap AS (
+  SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN ` + duplicatesTable + ` AS d ON s.key = d.key
+  WHERE s.key IS NOT NULL
+), st AS (
+  SELECT t.* FROM ` + state + ` AS t ANTI JOIN ` + duplicatesTable + ` AS d ON t.key = d.key
+), joined AS (
+  SELECT coalesce(snap.key, st.key) AS key,
+    CASE WHEN snap.key IS NULL THEN 'remove'
+         WHEN st.key IS NULL OR ` + full + ` THEN 'add'
+         WHEN snap.row_hash = st.row_hash THEN 'same'
+         WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
+         ELSE 'diff' END AS kind,
+    snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes` + snapValues + `
+  FROM snap FULL OUTER JOIN st ON snap.key = st.key
+), classified AS (
+  SELECT key, kind,
+    CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
+    CASE kind WHEN 'diff' THEN ` + diffList + `
+              WHEN 'ident' THEN ` + allList + ` END AS changed_fields,
+    row_hash, field_hashes, ident_hash, ident` + valueList + `
+  FROM joined WHERE kind <> 'same'
+), planned AS (
+  -- a row whose hash moved only because a field left the mapping has nothing to send
+  SELECT * EXCLUDE (kind) FROM classified WHERE kind <> 'diff' OR len(changed_fields) > 0
+)
+SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, * EXCLUDE (seq)
+FROM (SELECT row_number() OVER (ORDER BY key) AS seq, * FROM planned)
+ORDER BY seq`
+}
+
+// jsonPointer addresses one key of the field_hashes object whatever characters it holds.
+func jsonPointer(key string) string {
+	return "/" + strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
+}
+
+func readChunks(ctx context.Context, conn *sql.Conn, plan string) ([]warehouse.Chunk, error) {
+	rows, err := conn.QueryContext(ctx, `SELECT chunk, min(seq), max(seq),
+		count(*) FILTER (WHERE op = 'add'), count(*) FILTER (WHERE op = 'change'),
+		count(*) FILTER (WHERE op = 'remove')
+		FROM `+plan+` GROUP BY chunk ORDER BY chunk`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var chunks []warehouse.Chunk
+	for rows.Next() {
+		var c warehouse.Chunk
+		if err := rows.Scan(&c.Index, &c.FirstSeq, &c.LastSeq, &c.Added, &c.Changed, &c.Removed); err != nil {
+			return nil, err
+		}
+		chunks = append(chunks, c)
+	}
+	return chunks, rows.Err()
+}

@@ -1,0 +1,231 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	duckdb "github.com/duckdb/duckdb-go/v2"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// ReadChunk streams the rows of one chunk with Seq > AfterSeq, in Seq order. It selects a seq
+// range (never OFFSET), which the plan's seq-ordered storage answers from a few row groups.
+// An error returned by fn stops the read and is returned as is.
+func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
+	id := req.ActivationID
+	if err := checkPlanTable(req.Table, id); err != nil {
+		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
+	}
+	fields, err := sortedFields(req.Fields)
+	if err != nil {
+		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
+	}
+	cols := []string{"seq", "key", "op", "changed_fields", "ident"}
+	all := make([]string, len(fields)) // an add changes every field; the plan stores no list for it
+	for i, f := range fields {
+		cols = append(cols, quoteIdent(valueColumn(f.Field)))
+		all[i] = f.Field
+	}
+	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
+	rows, err := p.db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+p.qualified(req.Table)+`
+		WHERE seq > ? AND seq <= ? ORDER BY seq`, after, req.Chunk.LastSeq)
+	if err != nil {
+		return fmt.Errorf("read chunk %d of %s from %s: %w", req.Chunk.Index, id, req.Table, err)
+	}
+	defer rows.Close()
+
+	var (
+		seq     int64
+		key, op string
+		changed any
+		ident   any
+	)
+	values := make([]any, len(fields))
+	dest := []any{&seq, &key, &op, &changed, &ident}
+	for i := range values {
+		dest = append(dest, &values[i])
+	}
+	n := 0
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("read chunk %d of %s from %s: row %d: %w", req.Chunk.Index, id, req.Table, n, err)
+		}
+		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{}}
+		if r.Op != warehouse.OpRemove {
+			for i, f := range fields {
+				r.Values[f.Field] = values[i]
+			}
+		}
+		switch r.Op {
+		case warehouse.OpAdd:
+			r.Changed = slices.Clone(all)
+		case warehouse.OpChange:
+			list, _ := changed.([]any)
+			r.Changed = make([]string, 0, len(list))
+			for _, c := range list {
+				if s, ok := c.(string); ok {
+					r.Changed = append(r.Changed, s)
+				}
+			}
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read chunk %d of %s from %s after %d rows: %w", req.Chunk.Index, id, req.Table, n, err)
+	}
+	return nil
+}
+
+// RecordRejections appends the rows with DuckDB's Appender: one bulk write however many rows.
+func (p *Planner) RecordRejections(ctx context.Context, activationID, runID string, rs []warehouse.Rejection) error {
+	if err := checkActivationID(activationID); err != nil {
+		return fmt.Errorf("record rejections: %w", err)
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	conn, err := p.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("record %d rejections of %s: %w", len(rs), activationID, err)
+	}
+	defer conn.Close()
+	at := time.Now().UTC()
+	err = conn.Raw(func(dc any) error {
+		dconn, ok := dc.(driver.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		a, err := duckdb.NewAppender(dconn, p.catName, "main", RejectionsTable)
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			var field any
+			if r.Field != "" {
+				field = r.Field
+			}
+			if err := a.AppendRow(activationID, runID, r.Key, string(r.Op), string(r.Outcome), field, r.Reason, at); err != nil {
+				_ = a.Close()
+				return err
+			}
+		}
+		return a.CloseWithCancel(ctx)
+	})
+	if err != nil {
+		return fmt.Errorf("record %d rejections of %s run %s: %w", len(rs), activationID, runID, err)
+	}
+	return nil
+}
+
+// TopReasons counts distinct keys per outcome and reason, so a chunk retried after recording
+// its rejections does not count them twice.
+func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, limit int) ([]warehouse.ReasonCount, error) {
+	q := `SELECT outcome, coalesce(reason, ''), count(DISTINCT key) AS n FROM ` + p.qualified(RejectionsTable) + `
+		WHERE activation_id = ? AND run_id = ? GROUP BY ALL ORDER BY n DESC, outcome, 2`
+	args := []any{activationID, runID}
+	if limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, limit)
+	}
+	rows, err := p.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("top reasons of %s run %s: %w", activationID, runID, err)
+	}
+	defer rows.Close()
+	var out []warehouse.ReasonCount
+	for rows.Next() {
+		var rc warehouse.ReasonCount
+		var outcome string
+		if err := rows.Scan(&outcome, &rc.Reason, &rc.Count); err != nil {
+			return nil, fmt.Errorf("top reasons of %s run %s: %w", activationID, runID, err)
+		}
+		rc.Outcome = warehouse.Outcome(outcome)
+		out = append(out, rc)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("top reasons of %s run %s: %w", activationID, runID, err)
+	}
+	return out, nil
+}
+
+// Commit applies the finished chunks' rows that the run did not reject to the state, in one
+// transaction. The counts come from the plan, not from rows affected, so a repeated Commit
+// reports the same result (and changes nothing).
+func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (warehouse.CommitResult, error) {
+	id := req.ActivationID
+	var res warehouse.CommitResult
+	if err := checkActivationID(id); err != nil {
+		return res, fmt.Errorf("commit %s: %w", id, err)
+	}
+	if err := checkPlanTable(req.Table, id); err != nil {
+		return res, fmt.Errorf("commit %s: %w", id, err)
+	}
+	if len(req.Chunks) == 0 {
+		return res, nil
+	}
+	chunks := make([]int64, len(req.Chunks))
+	for i, c := range req.Chunks {
+		chunks[i] = int64(c)
+	}
+	defer p.lock(id)()
+	start := time.Now()
+
+	plan, state := p.qualified(req.Table), p.qualified(StateTable(id))
+	// Plan rows of the finished chunks, each with whether the run rejected (or skipped) its key.
+	finished := `SELECT p.*, r.key IS NOT NULL AS held FROM ` + plan + ` AS p
+		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
+		           WHERE activation_id = ? AND run_id = ?) AS r ON p.key = r.key
+		WHERE list_contains(CAST(? AS BIGINT[]), p.chunk)`
+	args := []any{id, req.RunID, chunks}
+
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return res, fmt.Errorf("commit %s: begin: %w", id, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, createStateSQL(state)); err != nil {
+		return res, fmt.Errorf("commit %s: create state table: %w", id, err)
+	}
+	err = tx.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE NOT held AND op <> 'remove'),
+		count(*) FILTER (WHERE NOT held AND op = 'remove'), count(*) FILTER (WHERE held)
+		FROM (`+finished+`)`, args...).Scan(&res.Upserted, &res.Deleted, &res.Held)
+	if err != nil {
+		return res, fmt.Errorf("commit %s: count rows of %s: %w", id, req.Table, err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+state+` WHERE key IN (
+		SELECT key FROM (`+finished+`) WHERE NOT held AND op = 'remove')`, args...); err != nil {
+		return res, fmt.Errorf("commit %s: delete removed rows from state: %w", id, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+state+`
+		(key, row_hash, field_hashes, ident_hash, synced_at)
+		SELECT key, row_hash, field_hashes, ident_hash, ? FROM (`+finished+`)
+		WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
+		return res, fmt.Errorf("commit %s: upsert rows into state: %w", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return res, fmt.Errorf("commit %s: %w", id, err)
+	}
+	p.log.DebugContext(ctx, "plan committed", "activation", id, "run", req.RunID, "table", req.Table,
+		"chunks", len(req.Chunks), "upserted", res.Upserted, "deleted", res.Deleted, "held", res.Held,
+		"took", time.Since(start))
+	return res, nil
+}
+
+// DropPlan drops a plan table; dropping it twice is harmless.
+func (p *Planner) DropPlan(ctx context.Context, table string) error {
+	if err := checkPlanTable(table, ""); err != nil {
+		return fmt.Errorf("drop plan: %w", err)
+	}
+	if _, err := p.db.ExecContext(ctx, `DROP TABLE IF EXISTS `+p.qualified(table)); err != nil {
+		return fmt.Errorf("drop plan %s: %w", table, err)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+// Package warehouse holds the planner contract that every warehouse (DuckDB, BigQuery) implements.
+//
+// The diff runs inside the warehouse: Plan snapshots the model's mapped columns with one hash per
+// field, FULL OUTER JOINs the snapshot with the activation's state table and materialises the
+// changed rows as a plan table. Workers read the plan chunk by chunk (key ranges on the plan's
+// sequence number, never OFFSET), record the few rows Iterable rejected, and Commit moves into the
+// state only the rows of finished chunks that were not rejected, in one atomic statement.
+package warehouse
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Op says what happened to a row since the last successful sync.
+type Op string
+
+const (
+	OpAdd    Op = "add"    // in the model, not in the state: send every mapped field
+	OpChange Op = "change" // in both, some field hashes differ: send only the changed fields
+	OpRemove Op = "remove" // in the state, no longer in the model
+)
+
+// Field maps one model column to one destination field.
+type Field struct {
+	Column string `json:"column"`
+	Field  string `json:"field"`
+}
+
+// PlanRequest is everything a planner needs to diff one run. It carries no row data.
+type PlanRequest struct {
+	ActivationID string
+	RunID        string
+	// Query is the model's SQL; BaseDir resolves relative file paths inside it (DuckDB).
+	Query   string
+	BaseDir string
+	// PrimaryKey is the model column that identifies a row; it is cast to a string.
+	PrimaryKey string
+	// Identifier is the column whose value identifies the user in the destination. A row whose
+	// identifier changed is planned as a change of every field (it is another profile now).
+	// Empty means no identifier column (Row.Identifier is then nil).
+	Identifier string
+	// Fields are the mapped columns, in spec order. The planner sorts them by Field name for hashing.
+	// A Field name mapped twice is an ErrInvalidModel.
+	Fields []Field
+	// FullResync ignores the state for classification: every model row is planned as an add.
+	FullResync bool
+	// ChunkRows is the number of plan rows per chunk (default DefaultChunkRows).
+	ChunkRows int
+}
+
+// DefaultChunkRows is the plan rows per chunk when a request leaves it unset.
+const DefaultChunkRows = 10000
+
+// Counts are plan-level statistics; none of them carries a key or a value.
+type Counts struct {
+	ModelRows     int64 `json:"modelRows"`
+	Added         int64 `json:"added"`
+	Changed       int64 `json:"changed"`
+	Removed       int64 `json:"removed"`
+	Unchanged     int64 `json:"unchanged"`
+	NullKeys      int64 `json:"nullKeys"`      // model rows whose primary key is NULL: never sent
+	DuplicateKeys int64 `json:"duplicateKeys"` // model rows whose key appears more than once: never sent
+}
+
+// Planned is the number of rows the plan will send.
+func (c Counts) Planned() int64 { return c.Added + c.Changed + c.Removed }
+
+// Chunk is a contiguous range of the plan's sequence numbers: FirstSeq..LastSeq inclusive.
+type Chunk struct {
+	Index    int   `json:"index"`
+	FirstSeq int64 `json:"firstSeq"`
+	LastSeq  int64 `json:"lastSeq"`
+	Added    int64 `json:"added"`
+	Changed  int64 `json:"changed"`
+	Removed  int64 `json:"removed"`
+}
+
+// Rows is the number of plan rows in the chunk.
+func (c Chunk) Rows() int64 { return c.LastSeq - c.FirstSeq + 1 }
+
+// Plan is the result of planning: a table name, counts and chunk ranges. It is safe for
+// workflow history.
+type Plan struct {
+	Table  string  `json:"table"`
+	Counts Counts  `json:"counts"`
+	Chunks []Chunk `json:"chunks"`
+}
+
+// Row is one plan row as read back for sending. It never leaves the worker process.
+type Row struct {
+	Seq int64
+	Key string
+	Op  Op
+	// Identifier is the identifier column's value (nil when NULL).
+	Identifier any
+	// Values holds the value of every mapped field by destination field name, as the warehouse
+	// driver returns it (int64, float64, bool, string, time.Time, []any, map[string]any, ...).
+	// For OpRemove it is empty.
+	Values map[string]any
+	// Changed lists the destination fields whose values changed (all fields for OpAdd), sorted.
+	Changed []string
+}
+
+// ChunkRequest selects the rows of one chunk after a cursor.
+type ChunkRequest struct {
+	ActivationID string
+	Table        string
+	Fields       []Field // the fields the plan was made with (any order)
+	Chunk        Chunk
+	// AfterSeq resumes a chunk: only rows with Seq > AfterSeq are read.
+	AfterSeq int64
+}
+
+// Outcome is the final state of a row that did not enter the state.
+type Outcome string
+
+const (
+	OutcomeRejected Outcome = "rejected" // the destination (or our local checks) refused it
+	OutcomeSkipped  Outcome = "skipped"  // deliberately not sent (e.g. duplicate key, not in Iterable)
+)
+
+// Rejection is one row that must not be committed. Reason must not contain the row's values.
+type Rejection struct {
+	Key     string
+	Op      Op
+	Outcome Outcome
+	Field   string // the field at fault, when known
+	Reason  string
+}
+
+// ReasonCount is one line of the run report's top reasons.
+type ReasonCount struct {
+	Outcome Outcome `json:"outcome"`
+	Reason  string  `json:"reason"`
+	Count   int64   `json:"count"`
+}
+
+// CommitRequest commits the rows of finished chunks minus the run's rejections.
+type CommitRequest struct {
+	ActivationID string
+	RunID        string
+	Table        string
+	Chunks       []int // indices of chunks whose every row was sent and answered
+}
+
+// CommitResult counts what entered (or left) the state.
+type CommitResult struct {
+	Upserted int64 `json:"upserted"`
+	Deleted  int64 `json:"deleted"`
+	Held     int64 `json:"held"` // plan rows of finished chunks kept out because they were rejected or skipped
+}
+
+// Planner is the contract both warehouses implement; warehousetest holds its conformance suite.
+type Planner interface {
+	// Plan snapshots the model, diffs it against the state and writes the plan table.
+	Plan(ctx context.Context, req PlanRequest) (Plan, error)
+	// ReadChunk calls fn for every row of the chunk with Seq > AfterSeq, in Seq order. An error
+	// returned by fn stops the read and is returned unwrapped.
+	ReadChunk(ctx context.Context, req ChunkRequest, fn func(Row) error) error
+	// RecordRejections appends rejections of a run to the activation's rejections table.
+	// Recording the same key twice in one run is harmless.
+	RecordRejections(ctx context.Context, activationID, runID string, rs []Rejection) error
+	// TopReasons aggregates a run's rejections, most frequent first. Count is the number of
+	// distinct keys, so rejections recorded again by a retried chunk are not counted twice.
+	// limit <= 0 means no limit.
+	TopReasons(ctx context.Context, activationID, runID string, limit int) ([]ReasonCount, error)
+	// Commit atomically applies the finished chunks' accepted rows to the state. Committing the
+	// same chunks twice is idempotent.
+	Commit(ctx context.Context, req CommitRequest) (CommitResult, error)
+	// DropPlan removes a plan table (after commit, or after a dry run).
+	DropPlan(ctx context.Context, table string) error
+	Close() error
+}
+
+// RejectionRecord is a stored rejection, as users query it in the warehouse.
+type RejectionRecord struct {
+	ActivationID string
+	RunID        string
+	Rejection
+	At time.Time
+}
+
+// ErrInvalidModel marks errors caused by the model itself (bad SQL, a missing column, a missing
+// file, a value that fails a cast): retrying will not help, the activation's owner must fix the
+// model. The warehouse's message is kept when it describes the query; it is withheld when it
+// may quote row values (conversion and parsing errors), since errors reach workflow history.
+var ErrInvalidModel = errors.New("invalid model")
+
+// DuplicateKeyReasonFormat is the reason Plan records (outcome skipped, op add) for every key the
+// model returns more than once, with the number of rows that share it. It is a printf format
+// that Go, DuckDB's printf and BigQuery's FORMAT all read alike.
+const DuplicateKeyReasonFormat = "duplicate primary key: %d rows share this key"

@@ -1,0 +1,635 @@
+// Package warehousetest is the conformance suite of warehouse.Planner: every warehouse (DuckDB,
+// BigQuery) must pass Run, so the workflow can rely on one behaviour.
+package warehousetest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// ColumnType is a portable column type of a test model.
+type ColumnType string
+
+const (
+	String    ColumnType = "string"    // VARCHAR / STRING; Go string
+	Int       ColumnType = "int"       // BIGINT / INT64; Go int64
+	Float     ColumnType = "float"     // DOUBLE / FLOAT64; Go float64
+	Bool      ColumnType = "bool"      // BOOLEAN / BOOL; Go bool
+	Timestamp ColumnType = "timestamp" // TIMESTAMP; Go time.Time (UTC)
+)
+
+// Column is one column of a test model.
+type Column struct {
+	Name string
+	Type ColumnType
+}
+
+// Table is the whole content of a test model; a nil cell is NULL.
+type Table struct {
+	Columns []Column
+	Rows    [][]any
+}
+
+// Model is where the planner finds a test model.
+type Model struct {
+	Query   string
+	BaseDir string
+}
+
+// Fixture lets the suite change the model between runs.
+type Fixture interface {
+	// SetModel makes the model hold exactly table's rows, with its column types, replacing what
+	// it held before, and returns the query (and base folder) that reads it.
+	SetModel(t *testing.T, table Table) Model
+}
+
+// Run runs the conformance suite. newPlanner returns a fresh planner (with an empty state) and
+// the fixture that writes its models; each subtest calls it once.
+func Run(t *testing.T, newPlanner func(t *testing.T) (warehouse.Planner, Fixture)) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, s *suite)
+	}{
+		{"first run plans every row as an add", testFirstRun},
+		{"unchanged model plans nothing", testUnchanged},
+		{"one changed field", testOneChangedField},
+		{"identifier change changes every field", testIdentifierChange},
+		{"removed row", testRemovedRow},
+		{"null keys are counted and never planned", testNullKeys},
+		{"duplicate keys are counted and skipped and never removed", testDuplicateKeys},
+		{"commit holds rejected keys which are planned again", testCommitHoldsRejected},
+		{"commit only applies finished chunks", testCommitFinishedChunks},
+		{"commit is idempotent", testCommitIdempotent},
+		{"read chunk resumes after a seq", testReadChunkResume},
+		{"chunks cover every seq exactly once", testChunksCover},
+		{"full resync plans every row as an add", testFullResync},
+		{"hashes are type sensitive", testTypeSensitive},
+		{"NULL differs from the string null", testNullVersusString},
+		{"a field added to the mapping is the only changed field", testAddedField},
+		{"plan is deterministic and replaceable", testDeterministic},
+		{"top reasons count keys most frequent first", testTopReasons},
+		{"drop plan", testDropPlan},
+		{"invalid model", testInvalidModel},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, fx := newPlanner(t)
+			s := &suite{t: t, p: p, fx: fx, req: warehouse.PlanRequest{
+				ActivationID: fmt.Sprintf("conformance-%d", i),
+				PrimaryKey:   "id",
+				Identifier:   "email",
+				Fields:       baseFields(),
+			}}
+			tt.run(t, s)
+		})
+	}
+}
+
+// suite drives one activation through runs.
+type suite struct {
+	t    *testing.T
+	p    warehouse.Planner
+	fx   Fixture
+	req  warehouse.PlanRequest
+	runs int
+}
+
+func baseFields() []warehouse.Field {
+	return []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}, {Column: "plan", Field: "plan"}}
+}
+
+var allFields = []string{"age", "firstName", "plan"}
+
+var userColumns = []Column{{"id", Int}, {"email", String}, {"name", String}, {"age", Int}, {"plan", String}}
+
+func user(i int) []any {
+	return []any{int64(i), fmt.Sprintf("user%d@example.com", i), fmt.Sprintf("Name%d", i), int64(20 + i), "free"}
+}
+
+func users(ids ...int) [][]any {
+	rows := make([][]any, len(ids))
+	for i, id := range ids {
+		rows[i] = user(id)
+	}
+	return rows
+}
+
+func ids(from, to int) []int {
+	var out []int
+	for i := from; i <= to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+func keys(ids ...int) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = strconv.Itoa(id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *suite) model(rows [][]any) { s.modelOf(Table{Columns: userColumns, Rows: rows}) }
+
+func (s *suite) modelOf(tb Table) {
+	s.t.Helper()
+	m := s.fx.SetModel(s.t, tb)
+	s.req.Query, s.req.BaseDir = m.Query, m.BaseDir
+}
+
+// plan plans a new run; a modifier may set RunID to plan a run again.
+func (s *suite) plan(mods ...func(*warehouse.PlanRequest)) warehouse.Plan {
+	s.t.Helper()
+	s.runs++
+	req := s.req
+	req.RunID = fmt.Sprintf("run-%d", s.runs)
+	for _, m := range mods {
+		m(&req)
+	}
+	p, err := s.p.Plan(context.Background(), req)
+	require.NoError(s.t, err)
+	require.NotEmpty(s.t, p.Table)
+	require.Equal(s.t, p.Counts.Added+p.Counts.Changed+p.Counts.Removed, p.Counts.Planned())
+	return p
+}
+
+func (s *suite) runID() string { return fmt.Sprintf("run-%d", s.runs) }
+
+func (s *suite) read(p warehouse.Plan, c warehouse.Chunk, after int64) []warehouse.Row {
+	s.t.Helper()
+	var rows []warehouse.Row
+	err := s.p.ReadChunk(context.Background(), warehouse.ChunkRequest{
+		ActivationID: s.req.ActivationID, Table: p.Table, Fields: s.req.Fields, Chunk: c, AfterSeq: after,
+	}, func(r warehouse.Row) error { rows = append(rows, r); return nil })
+	require.NoError(s.t, err)
+	return rows
+}
+
+func (s *suite) readAll(p warehouse.Plan) []warehouse.Row {
+	s.t.Helper()
+	var rows []warehouse.Row
+	for _, c := range p.Chunks {
+		rows = append(rows, s.read(p, c, c.FirstSeq-1)...)
+	}
+	return rows
+}
+
+func (s *suite) commit(p warehouse.Plan, chunks ...int) warehouse.CommitResult {
+	s.t.Helper()
+	res, err := s.p.Commit(context.Background(), warehouse.CommitRequest{
+		ActivationID: s.req.ActivationID, RunID: s.runID(), Table: p.Table, Chunks: chunks,
+	})
+	require.NoError(s.t, err)
+	return res
+}
+
+func allChunks(p warehouse.Plan) []int {
+	out := make([]int, len(p.Chunks))
+	for i, c := range p.Chunks {
+		out[i] = c.Index
+	}
+	return out
+}
+
+func (s *suite) reject(rs ...warehouse.Rejection) {
+	s.t.Helper()
+	require.NoError(s.t, s.p.RecordRejections(context.Background(), s.req.ActivationID, s.runID(), rs))
+}
+
+// sync runs a whole successful run: plan, read, commit every chunk, drop.
+func (s *suite) sync(mods ...func(*warehouse.PlanRequest)) warehouse.Plan {
+	s.t.Helper()
+	p := s.plan(mods...)
+	s.readAll(p)
+	s.commit(p, allChunks(p)...)
+	require.NoError(s.t, s.p.DropPlan(context.Background(), p.Table))
+	return p
+}
+
+func rowKeys(rows []warehouse.Row) []string {
+	out := make([]string, len(rows))
+	for i, r := range rows {
+		out[i] = r.Key
+	}
+	return out
+}
+
+func byKey(rows []warehouse.Row) map[string]warehouse.Row {
+	out := map[string]warehouse.Row{}
+	for _, r := range rows {
+		out[r.Key] = r
+	}
+	return out
+}
+
+func testFirstRun(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Added: 5}, p.Counts)
+	require.Equal(t, []warehouse.Chunk{{Index: 0, FirstSeq: 1, LastSeq: 5, Added: 5}}, p.Chunks)
+	rows := s.readAll(p)
+	require.Equal(t, keys(1, 2, 3, 4, 5), rowKeys(rows))
+	for i, r := range rows {
+		require.Equal(t, int64(i+1), r.Seq)
+		require.Equal(t, warehouse.OpAdd, r.Op)
+		require.Equal(t, allFields, r.Changed)
+	}
+	r := byKey(rows)["3"]
+	require.Equal(t, "user3@example.com", r.Identifier)
+	require.Equal(t, map[string]any{"firstName": "Name3", "age": int64(23), "plan": "free"}, r.Values)
+}
+
+func testUnchanged(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	s.sync()
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Unchanged: 5}, p.Counts)
+	require.Empty(t, p.Chunks)
+}
+
+func testOneChangedField(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	s.sync()
+	rows := users(1, 2, 3)
+	rows[1][2] = "Renamed" // name of id 2
+	s.model(rows)
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Changed: 1, Unchanged: 2}, p.Counts)
+	got := s.readAll(p)
+	require.Len(t, got, 1)
+	require.Equal(t, "2", got[0].Key)
+	require.Equal(t, warehouse.OpChange, got[0].Op)
+	require.Equal(t, []string{"firstName"}, got[0].Changed)
+	require.Equal(t, map[string]any{"firstName": "Renamed", "age": int64(22), "plan": "free"}, got[0].Values)
+	require.Equal(t, "user2@example.com", got[0].Identifier)
+}
+
+func testIdentifierChange(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	s.sync()
+	rows := users(1, 2, 3)
+	rows[2][1] = "new@example.com"
+	s.model(rows)
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Changed: 1, Unchanged: 2}, p.Counts)
+	got := s.readAll(p)
+	require.Len(t, got, 1)
+	require.Equal(t, "3", got[0].Key)
+	require.Equal(t, warehouse.OpChange, got[0].Op)
+	require.Equal(t, allFields, got[0].Changed)
+	require.Equal(t, "new@example.com", got[0].Identifier)
+}
+
+func testRemovedRow(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4))
+	s.sync()
+	s.model(users(1, 2, 3))
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Removed: 1, Unchanged: 3}, p.Counts)
+	got := s.readAll(p)
+	require.Len(t, got, 1)
+	require.Equal(t, "4", got[0].Key)
+	require.Equal(t, warehouse.OpRemove, got[0].Op)
+	require.Empty(t, got[0].Values)
+	require.Empty(t, got[0].Changed)
+	require.Equal(t, warehouse.CommitResult{Deleted: 1}, s.commit(p, allChunks(p)...))
+	require.Zero(t, s.plan().Counts.Planned())
+}
+
+func testNullKeys(t *testing.T, s *suite) {
+	rows := users(1, 2, 3)
+	nullKey := user(9)
+	nullKey[0] = nil
+	s.model(append(rows, nullKey, slices.Clone(nullKey)))
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Added: 3, NullKeys: 2}, p.Counts)
+	require.Equal(t, keys(1, 2, 3), rowKeys(s.readAll(p)))
+}
+
+func testDuplicateKeys(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	s.sync()
+	// Key 2 (synced before) now appears twice, new key 6 three times.
+	rows := users(1, 2, 3, 4, 5, 6, 6, 6)
+	dup := user(2)
+	dup[2] = "Other"
+	rows = append(rows, dup)
+	s.model(rows)
+	for range 2 { // a retried Plan of the same run records the duplicates once
+		p := s.plan(func(r *warehouse.PlanRequest) { r.RunID = "run-dup" })
+		require.Equal(t, warehouse.Counts{ModelRows: 9, Unchanged: 4, DuplicateKeys: 5}, p.Counts)
+		require.Empty(t, p.Chunks)
+	}
+	top, err := s.p.TopReasons(context.Background(), s.req.ActivationID, "run-dup", 10)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []warehouse.ReasonCount{
+		{Outcome: warehouse.OutcomeSkipped, Reason: fmt.Sprintf(warehouse.DuplicateKeyReasonFormat, 2), Count: 1},
+		{Outcome: warehouse.OutcomeSkipped, Reason: fmt.Sprintf(warehouse.DuplicateKeyReasonFormat, 3), Count: 1},
+	}, top)
+
+	// Once the duplicates are gone, 6 is added and 2, still in the state, is unchanged.
+	s.model(users(1, 2, 3, 4, 5, 6))
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 6, Added: 1, Unchanged: 5}, p.Counts)
+}
+
+func testCommitHoldsRejected(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan()
+	s.reject(warehouse.Rejection{Key: "3", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Field: "email", Reason: "invalid email"},
+		warehouse.Rejection{Key: "3", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Field: "email", Reason: "invalid email"})
+	require.Equal(t, warehouse.CommitResult{Upserted: 4, Held: 1}, s.commit(p, allChunks(p)...))
+
+	// 3 is planned again; 5 leaves the model but its removal is skipped.
+	s.model(users(1, 2, 3, 4))
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Removed: 1, Unchanged: 3}, p.Counts)
+	got := byKey(s.readAll(p))
+	require.Equal(t, warehouse.OpAdd, got["3"].Op)
+	require.Equal(t, warehouse.OpRemove, got["5"].Op)
+	s.reject(warehouse.Rejection{Key: "5", Op: warehouse.OpRemove, Outcome: warehouse.OutcomeSkipped, Reason: "not in Iterable"})
+	require.Equal(t, warehouse.CommitResult{Upserted: 1, Held: 1}, s.commit(p, allChunks(p)...))
+
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Removed: 1, Unchanged: 4}, p.Counts)
+	require.Equal(t, []string{"5"}, rowKeys(s.readAll(p)))
+}
+
+func testCommitFinishedChunks(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 2 })
+	require.Len(t, p.Chunks, 3)
+	require.Equal(t, warehouse.CommitResult{Upserted: 3}, s.commit(p, 0, 2))
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Added: 2, Unchanged: 3}, p.Counts)
+	require.Equal(t, keys(3, 4), rowKeys(s.readAll(p)))
+}
+
+func testCommitIdempotent(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4))
+	s.sync()
+	rows := users(1, 2, 3, 5)
+	rows[0][3] = int64(99)
+	s.model(rows)
+	p := s.plan()
+	s.reject(warehouse.Rejection{Key: "5", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Reason: "bad"})
+	first := s.commit(p, allChunks(p)...)
+	require.Equal(t, warehouse.CommitResult{Upserted: 1, Deleted: 1, Held: 1}, first)
+	require.Equal(t, first, s.commit(p, allChunks(p)...))
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Unchanged: 3}, p.Counts)
+}
+
+func testReadChunkResume(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 2 })
+	c := p.Chunks[1]
+	require.Equal(t, warehouse.Chunk{Index: 1, FirstSeq: 3, LastSeq: 4, Added: 2}, c)
+	seqs := func(rows []warehouse.Row) []int64 {
+		out := []int64{}
+		for _, r := range rows {
+			out = append(out, r.Seq)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		after int64
+		want  []int64
+	}{{0, []int64{3, 4}}, {2, []int64{3, 4}}, {3, []int64{4}}, {4, []int64{}}, {9, []int64{}}} {
+		require.Equal(t, tc.want, seqs(s.read(p, c, tc.after)), "after %d", tc.after)
+	}
+}
+
+func testChunksCover(t *testing.T, s *suite) {
+	s.model(users(ids(1, 10)...))
+	s.sync()
+	rows := users(append(ids(1, 7), ids(11, 14)...)...)
+	rows[1][2], rows[4][3] = "Changed", int64(0)
+	s.model(rows)
+	p := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 3 })
+	require.Equal(t, warehouse.Counts{ModelRows: 11, Added: 4, Changed: 2, Removed: 3, Unchanged: 5}, p.Counts)
+	require.Len(t, p.Chunks, 3)
+	next := int64(1)
+	var all []warehouse.Row
+	for i, c := range p.Chunks {
+		require.Equal(t, i, c.Index)
+		require.Equal(t, next, c.FirstSeq)
+		require.LessOrEqual(t, c.Rows(), int64(3))
+		next = c.LastSeq + 1
+		got := s.read(p, c, c.FirstSeq-1)
+		require.Len(t, got, int(c.Rows()))
+		var n warehouse.Counts
+		for _, r := range got {
+			switch r.Op {
+			case warehouse.OpAdd:
+				n.Added++
+			case warehouse.OpChange:
+				n.Changed++
+			case warehouse.OpRemove:
+				n.Removed++
+			}
+		}
+		require.Equal(t, []int64{c.Added, c.Changed, c.Removed}, []int64{n.Added, n.Changed, n.Removed})
+		all = append(all, got...)
+	}
+	require.Equal(t, p.Counts.Planned(), next-1)
+	for i, r := range all {
+		require.Equal(t, int64(i+1), r.Seq)
+	}
+	require.True(t, sort.StringsAreSorted(rowKeys(all)), "rows are in key order")
+	require.Equal(t, keys(2, 5, 8, 9, 10, 11, 12, 13, 14), rowKeys(all))
+}
+
+func testFullResync(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	s.sync()
+	rows := users(1, 2, 3, 4)
+	rows[0][2] = "Changed"
+	s.model(rows)
+	p := s.plan(func(r *warehouse.PlanRequest) { r.FullResync = true })
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 4, Removed: 1}, p.Counts)
+	for _, r := range s.readAll(p) {
+		if r.Key == "5" {
+			require.Equal(t, warehouse.OpRemove, r.Op)
+			continue
+		}
+		require.Equal(t, warehouse.OpAdd, r.Op)
+		require.Equal(t, allFields, r.Changed)
+		require.Len(t, r.Values, 3)
+	}
+	s.commit(p, allChunks(p)...)
+	require.Zero(t, s.plan().Counts.Planned())
+}
+
+// withColumn is the users model plus one column, with one value for every row.
+func withColumn(col Column, v any, ids ...int) Table {
+	tb := Table{Columns: append(slices.Clone(userColumns), col)}
+	for _, r := range users(ids...) {
+		tb.Rows = append(tb.Rows, append(r, v))
+	}
+	return tb
+}
+
+// changedFields plans the next run and returns the changed fields of every planned row.
+func (s *suite) changedFields() map[string][]string {
+	s.t.Helper()
+	p := s.plan()
+	out := map[string][]string{}
+	for _, r := range s.readAll(p) {
+		out[r.Key] = r.Changed
+	}
+	s.commit(p, allChunks(p)...)
+	return out
+}
+
+func testTypeSensitive(t *testing.T, s *suite) {
+	s.req.Fields = append(baseFields(), warehouse.Field{Column: "score", Field: "score"})
+	steps := []struct {
+		col  Column
+		v    any
+		want map[string][]string
+	}{
+		{Column{"score", Int}, int64(1), map[string][]string{"1": {"age", "firstName", "plan", "score"}, "2": {"age", "firstName", "plan", "score"}}},
+		{Column{"score", String}, "1", map[string][]string{"1": {"score"}, "2": {"score"}}},
+		{Column{"score", String}, "1", map[string][]string{}},
+		{Column{"score", Int}, int64(1), map[string][]string{"1": {"score"}, "2": {"score"}}},
+		{Column{"score", Bool}, true, map[string][]string{"1": {"score"}, "2": {"score"}}},
+		{Column{"score", String}, "true", map[string][]string{"1": {"score"}, "2": {"score"}}},
+	}
+	for i, st := range steps {
+		s.modelOf(withColumn(st.col, st.v, 1, 2))
+		require.Equal(t, st.want, s.changedFields(), "step %d", i)
+	}
+}
+
+func testNullVersusString(t *testing.T, s *suite) {
+	s.req.Fields = append(baseFields(), warehouse.Field{Column: "nick", Field: "nickname"})
+	steps := []struct {
+		v    any
+		want map[string][]string
+	}{
+		{nil, map[string][]string{"1": {"age", "firstName", "nickname", "plan"}}},
+		{"null", map[string][]string{"1": {"nickname"}}},
+		{nil, map[string][]string{"1": {"nickname"}}},
+		{"", map[string][]string{"1": {"nickname"}}},
+		{nil, map[string][]string{"1": {"nickname"}}},
+		{nil, map[string][]string{}},
+	}
+	for i, st := range steps {
+		s.modelOf(withColumn(Column{"nick", String}, st.v, 1))
+		require.Equal(t, st.want, s.changedFields(), "step %d", i)
+	}
+}
+
+func testAddedField(t *testing.T, s *suite) {
+	s.req.Fields = []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}}
+	s.model(users(1, 2))
+	s.sync()
+	s.req.Fields = baseFields()
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 2, Changed: 2}, p.Counts)
+	for _, r := range s.readAll(p) {
+		require.Equal(t, []string{"plan"}, r.Changed)
+		require.Equal(t, "free", r.Values["plan"])
+	}
+	s.commit(p, allChunks(p)...)
+	// A field leaving the mapping has nothing to send.
+	s.req.Fields = []warehouse.Field{{Column: "name", Field: "firstName"}}
+	require.Zero(t, s.plan().Counts.Planned())
+}
+
+func testDeterministic(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4))
+	s.sync()
+	rows := users(1, 2, 3, 5, 6, 7)
+	rows[0][4] = "pro"
+	s.model(rows)
+	same := func(r *warehouse.PlanRequest) { r.RunID = "run-again"; r.ChunkRows = 2 }
+	p1 := s.plan(same)
+	r1 := s.readAll(p1)
+	p2 := s.plan(same)
+	require.Equal(t, p1, p2)
+	require.Equal(t, r1, s.readAll(p2))
+	other := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 2 })
+	require.NotEqual(t, p1.Table, other.Table, "each run has its own plan table")
+	require.Equal(t, p1.Chunks, other.Chunks)
+}
+
+func testTopReasons(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan()
+	rej := func(key string, o warehouse.Outcome, reason string) warehouse.Rejection {
+		return warehouse.Rejection{Key: key, Op: warehouse.OpAdd, Outcome: o, Reason: reason}
+	}
+	s.reject(rej("1", warehouse.OutcomeRejected, "invalid email"), rej("2", warehouse.OutcomeRejected, "invalid email"),
+		rej("3", warehouse.OutcomeSkipped, "not in Iterable"))
+	// a retried chunk records the same rejections again
+	s.reject(rej("1", warehouse.OutcomeRejected, "invalid email"), rej("4", warehouse.OutcomeRejected, "invalid email"))
+	require.NoError(t, s.p.RecordRejections(context.Background(), s.req.ActivationID, "other-run",
+		[]warehouse.Rejection{rej("5", warehouse.OutcomeRejected, "other run")}))
+	require.NoError(t, s.p.RecordRejections(context.Background(), s.req.ActivationID, s.runID(), nil))
+
+	top, err := s.p.TopReasons(context.Background(), s.req.ActivationID, s.runID(), 10)
+	require.NoError(t, err)
+	require.Equal(t, []warehouse.ReasonCount{
+		{Outcome: warehouse.OutcomeRejected, Reason: "invalid email", Count: 3},
+		{Outcome: warehouse.OutcomeSkipped, Reason: "not in Iterable", Count: 1},
+	}, top)
+	top, err = s.p.TopReasons(context.Background(), s.req.ActivationID, s.runID(), 1)
+	require.NoError(t, err)
+	require.Len(t, top, 1)
+	require.Equal(t, warehouse.CommitResult{Upserted: 1, Held: 4}, s.commit(p, allChunks(p)...))
+}
+
+func testDropPlan(t *testing.T, s *suite) {
+	s.model(users(1, 2))
+	p := s.plan()
+	ctx := context.Background()
+	require.NoError(t, s.p.DropPlan(ctx, p.Table))
+	require.NoError(t, s.p.DropPlan(ctx, p.Table), "dropping twice is harmless")
+	err := s.p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: s.req.ActivationID, Table: p.Table,
+		Fields: s.req.Fields, Chunk: p.Chunks[0]}, func(warehouse.Row) error { return nil })
+	require.Error(t, err)
+}
+
+func testInvalidModel(t *testing.T, s *suite) {
+	s.model(users(1, 2))
+	good := s.req
+	cases := []struct {
+		name string
+		mod  func(*warehouse.PlanRequest)
+	}{
+		{"syntax error", func(r *warehouse.PlanRequest) { r.Query = "SELEC id FROM nowhere" }},
+		{"missing table", func(r *warehouse.PlanRequest) { r.Query = "SELECT * FROM no_such_table_anywhere" }},
+		{"missing field column", func(r *warehouse.PlanRequest) {
+			r.Fields = append(baseFields(), warehouse.Field{Column: "no_such_column", Field: "x"})
+		}},
+		{"missing primary key column", func(r *warehouse.PlanRequest) { r.PrimaryKey = "no_such_key" }},
+		{"missing identifier column", func(r *warehouse.PlanRequest) { r.Identifier = "no_such_identifier" }},
+		{"field mapped twice", func(r *warehouse.PlanRequest) {
+			r.Fields = append(baseFields(), warehouse.Field{Column: "email", Field: "age"})
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := good
+			req.RunID = "run-invalid"
+			tc.mod(&req)
+			_, err := s.p.Plan(context.Background(), req)
+			require.ErrorIs(t, err, warehouse.ErrInvalidModel)
+			require.Contains(t, err.Error(), req.ActivationID)
+		})
+	}
+	// The activation still plans once the model is fixed.
+	require.Equal(t, int64(2), s.plan().Counts.Added)
+}

@@ -1,0 +1,385 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/activation-engine/activations/internal/schedules"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/temporalclient"
+	"github.com/activation-engine/activations/workflows"
+)
+
+func taskQueue() string {
+	if q := os.Getenv("ACTIVATIONS_TASK_QUEUE"); q != "" {
+		return q
+	}
+	return workflows.TaskQueue
+}
+
+func cmdValidate(_ context.Context, args []string, out io.Writer) error {
+	fs := newFlags("validate")
+	file := fs.String("f", "", "activation spec file or folder")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := requireFile(*file); err != nil {
+		return err
+	}
+	acts, err := spec.Load(*file)
+	for _, a := range acts {
+		fmt.Fprintf(out, "ok  %s (%s)\n", a.ID, a.File)
+	}
+	return err
+}
+
+func cmdApply(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
+	fs := newFlags("apply")
+	file := fs.String("f", "", "activation spec file or folder")
+	prune := fs.Bool("prune", false, "delete managed schedules whose activation is no longer declared")
+	dry := fs.Bool("dry-run", false, "show what would change, change nothing")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := requireFile(*file); err != nil {
+		return err
+	}
+	acts, err := spec.Load(*file)
+	if err != nil {
+		// Applying a partial set with --prune would delete the schedules of the broken files.
+		return err
+	}
+	c, opts, err := temporalclient.Dial(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := temporalclient.EnsureSearchAttributes(ctx, c, opts.Namespace, workflows.SearchAttributes()); err != nil {
+		return err
+	}
+	changes, err := schedules.Apply(ctx, c, acts, taskQueue(), *prune, *dry)
+	for _, ch := range changes {
+		fmt.Fprintf(out, "%-9s %s\n", ch.Action, ch.ScheduleID)
+	}
+	return err
+}
+
+func cmdRun(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
+	fs := newFlags("run")
+	file := fs.String("f", "", "activation spec file or folder")
+	full := fs.Bool("full-resync", false, "send every row again, ignoring the last synced state")
+	dry := fs.Bool("dry-run", false, "plan only: count what would be sent, send nothing")
+	wait := fs.Bool("wait", false, "wait for the run, showing its progress")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: starter run ID -f PATH [--full-resync] [--dry-run] [--wait]")
+	}
+	if err := requireFile(*file); err != nil {
+		return err
+	}
+	act, err := spec.LoadOne(*file, pos[0])
+	if err != nil {
+		return err
+	}
+	c, _, err := temporalclient.Dial(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return startAndWatch(ctx, c, out, workflows.RunInput{Spec: act, FullResync: *full, DryRun: *dry}, *wait)
+}
+
+// startAndWatch starts a run directly (not through the schedule) and optionally follows it.
+func startAndWatch(ctx context.Context, c client.Client, out io.Writer, in workflows.RunInput, wait bool) error {
+	id := fmt.Sprintf("%s%s-manual-%s", schedules.Prefix, in.Spec.ID, time.Now().UTC().Format("20060102T150405.000"))
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                    id,
+		TaskQueue:             taskQueue(),
+		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.ActivationIDKey.ValueSet(in.Spec.ID)),
+	}, workflows.WorkflowName, in)
+	if err != nil {
+		return fmt.Errorf("start run of %s: %w", in.Spec.ID, err)
+	}
+	fmt.Fprintf(out, "started %s (workflow %s, run %s)\n", in.Spec.ID, run.GetID(), run.GetRunID())
+	if !wait {
+		return nil
+	}
+	rep, err := watch(ctx, c, out, run)
+	printReport(out, rep)
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// watch prints the run's progress every second until it ends, then returns its report.
+func watch(ctx context.Context, c client.Client, out io.Writer, run client.WorkflowRun) (workflows.RunReport, error) {
+	done := make(chan struct{})
+	var (
+		rep    workflows.RunReport
+		runErr error
+	)
+	go func() {
+		defer close(done)
+		runErr = run.Get(ctx, &rep)
+	}()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-done:
+			if runErr != nil {
+				var appErr *temporal.ApplicationError
+				if errors.As(runErr, &appErr) && appErr.HasDetails() {
+					_ = appErr.Details(&rep)
+				}
+				return rep, fmt.Errorf("run %s failed: %w", run.GetID(), runErr)
+			}
+			if rep.State == "Paused" {
+				return rep, &exitError{code: 3, err: fmt.Errorf("run %s is paused, waiting for an operator", run.GetID())}
+			}
+			return rep, nil
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-t.C:
+			v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
+			if err != nil {
+				continue
+			}
+			var p workflows.Progress
+			if v.Get(&p) != nil {
+				continue
+			}
+			line := fmt.Sprintf("  %-9s chunks %d/%d  planned %d  succeeded %d  rejected %d  requests %d",
+				p.State, p.ChunksDone, p.Chunks, p.Planned.Total(), p.Succeeded.Total(), p.Rejected.Total(), p.Requests)
+			if line != last {
+				fmt.Fprintln(out, line)
+				last = line
+			}
+		}
+	}
+}
+
+func printReport(out io.Writer, r workflows.RunReport) {
+	if r.ActivationID == "" {
+		return
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "\nrun report: %s  run %s  state %s  took %s\n", r.ActivationID, r.RunID, r.State, r.Duration.Round(time.Millisecond))
+	fmt.Fprintf(w, "  model rows\t%d\tunchanged %d, NULL keys %d, duplicate-key rows %d (never sent)\n", r.ModelRows, r.Unchanged, r.NullKeys, r.DuplicateKeys)
+	fmt.Fprintf(w, "  \tadded\tchanged\tremoved\n")
+	for _, row := range []struct {
+		name string
+		c    interface{ Total() int64 }
+		a    [3]int64
+	}{
+		{"planned", r.Planned, [3]int64{r.Planned.Added, r.Planned.Changed, r.Planned.Removed}},
+		{"attempted", r.Attempted, [3]int64{r.Attempted.Added, r.Attempted.Changed, r.Attempted.Removed}},
+		{"succeeded", r.Succeeded, [3]int64{r.Succeeded.Added, r.Succeeded.Changed, r.Succeeded.Removed}},
+		{"rejected", r.Rejected, [3]int64{r.Rejected.Added, r.Rejected.Changed, r.Rejected.Removed}},
+		{"skipped", r.Skipped, [3]int64{r.Skipped.Added, r.Skipped.Changed, r.Skipped.Removed}},
+	} {
+		fmt.Fprintf(w, "  %s\t%d\t%d\t%d\n", row.name, row.a[0], row.a[1], row.a[2])
+	}
+	fmt.Fprintf(w, "  committed\t%d\trows entered or left the state\n", r.Committed)
+	fmt.Fprintf(w, "  Iterable requests\t%d\t(%d answered 429)\n", r.Requests, r.RateLimited)
+	w.Flush()
+	for _, tr := range r.TopRejections {
+		fmt.Fprintf(out, "  %-8s %6d  %s\n", tr.Outcome, tr.Count, tr.Reason)
+	}
+	for _, wmsg := range r.Warnings {
+		fmt.Fprintf(out, "  warning: %s\n", wmsg)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(out, "  error: %s\n", r.Error)
+	}
+}
+
+// activationStatus is one line of `starter status`.
+type activationStatus struct {
+	ID         string               `json:"id"`
+	State      string               `json:"state"` // running | paused | completed | failed | idle
+	Schedule   *scheduleState       `json:"schedule,omitempty"`
+	LastRuns   []runState           `json:"lastRuns"`
+	LastReport *workflows.RunReport `json:"lastReport,omitempty"`
+}
+
+type scheduleState struct {
+	ID       string     `json:"id"`
+	Paused   bool       `json:"paused"`
+	Note     string     `json:"note,omitempty"`
+	NextRun  *time.Time `json:"nextRun,omitempty"`
+	Schedule string     `json:"schedule"`
+}
+
+type runState struct {
+	WorkflowID string     `json:"workflowId"`
+	RunID      string     `json:"runId"`
+	Status     string     `json:"status"`
+	State      string     `json:"activationState,omitempty"`
+	Start      time.Time  `json:"start"`
+	Close      *time.Time `json:"close,omitempty"`
+}
+
+func cmdStatus(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
+	fs := newFlags("status")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	c, opts, err := temporalclient.Dial(ctx, logger)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ids := pos
+	if len(ids) == 0 {
+		ids, err = activationIDs(ctx, c)
+		if err != nil {
+			return err
+		}
+	}
+	var all []activationStatus
+	for _, id := range ids {
+		st, err := status(ctx, c, opts.Namespace, id)
+		if err != nil {
+			return err
+		}
+		all = append(all, st)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	if len(all) == 0 {
+		fmt.Fprintln(out, "no activations (run `starter apply -f PATH`)")
+	}
+	for _, st := range all {
+		sched := "no schedule"
+		if s := st.Schedule; s != nil {
+			sched = s.Schedule
+			if s.Paused {
+				sched += " (paused: " + s.Note + ")"
+			} else if s.NextRun != nil {
+				sched += ", next " + s.NextRun.Local().Format(time.RFC3339)
+			}
+		}
+		fmt.Fprintf(out, "%s  %s  %s\n", st.ID, strings.ToUpper(st.State), sched)
+		for _, r := range st.LastRuns {
+			fmt.Fprintf(out, "  %s  %-10s %s\n", r.Start.Local().Format(time.RFC3339), r.Status, r.WorkflowID)
+		}
+		if r := st.LastReport; r != nil {
+			fmt.Fprintf(out, "  last report: planned %d, succeeded %d, rejected %d, requests %d\n",
+				r.Planned.Total(), r.Succeeded.Total(), r.Rejected.Total(), r.Requests)
+		}
+	}
+	return nil
+}
+
+// activationIDs lists activations that have a managed schedule.
+func activationIDs(ctx context.Context, c client.Client) ([]string, error) {
+	it, err := c.ScheduleClient().List(ctx, client.ScheduleListOptions{PageSize: 100})
+	if err != nil {
+		return nil, fmt.Errorf("list schedules: %w", err)
+	}
+	var ids []string
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			return nil, fmt.Errorf("list schedules: %w", err)
+		}
+		if id, ok := strings.CutPrefix(e.ID, schedules.Prefix); ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+func status(ctx context.Context, c client.Client, namespace, id string) (activationStatus, error) {
+	st := activationStatus{ID: id, State: "idle"}
+	desc, err := c.ScheduleClient().GetHandle(ctx, schedules.ID(id)).Describe(ctx)
+	switch {
+	case err == nil:
+		s := &scheduleState{ID: schedules.ID(id), Paused: desc.Schedule.State.Paused, Note: desc.Schedule.State.Note, Schedule: "manual only"}
+		if sp := desc.Schedule.Spec; sp != nil {
+			switch {
+			case len(sp.Calendars) > 0 || len(sp.CronExpressions) > 0:
+				s.Schedule = "calendar"
+			case len(sp.Intervals) > 0:
+				s.Schedule = "every " + sp.Intervals[0].Every.String()
+			}
+		}
+		if len(desc.Info.NextActionTimes) > 0 {
+			t := desc.Info.NextActionTimes[0]
+			s.NextRun = &t
+		}
+		st.Schedule = s
+	case !schedules.IsNotFound(err):
+		return st, fmt.Errorf("describe schedule of %s: %w", id, err)
+	}
+	resp, err := c.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+		Namespace: namespace, PageSize: 5,
+		Query: fmt.Sprintf("%s = '%s' ORDER BY StartTime DESC", workflows.ActivationIDKey.GetName(), id),
+	})
+	if err != nil {
+		return st, fmt.Errorf("list runs of %s: %w", id, err)
+	}
+	for i, e := range resp.GetExecutions() {
+		r := runState{WorkflowID: e.GetExecution().GetWorkflowId(), RunID: e.GetExecution().GetRunId(),
+			Status: strings.ToLower(strings.TrimPrefix(e.GetStatus().String(), "WORKFLOW_EXECUTION_STATUS_")),
+			Start:  e.GetStartTime().AsTime()}
+		if e.GetCloseTime() != nil {
+			t := e.GetCloseTime().AsTime()
+			r.Close = &t
+		}
+		if p := e.GetSearchAttributes().GetIndexedFields()[workflows.ActivationStateKey.GetName()]; p != nil {
+			_ = json.Unmarshal(p.GetData(), &r.State)
+		}
+		st.LastRuns = append(st.LastRuns, r)
+		if i == 0 {
+			st.State = stateOf(e.GetStatus(), r.State)
+			if e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+				var rep workflows.RunReport
+				if c.GetWorkflow(ctx, r.WorkflowID, r.RunID).Get(ctx, &rep) == nil {
+					st.LastReport = &rep
+				}
+			}
+		}
+	}
+	return st, nil
+}
+
+func stateOf(s enumspb.WorkflowExecutionStatus, activationState string) string {
+	switch s {
+	case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
+		if activationState == "Paused" {
+			return "paused"
+		}
+		return "running"
+	case enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+		return "completed"
+	default:
+		return "failed"
+	}
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"go.temporal.io/sdk/worker"
+
+	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/devserver"
+	"github.com/activation-engine/activations/internal/iterable/iterabletest"
+	"github.com/activation-engine/activations/internal/schedules"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/telemetry"
+	"github.com/activation-engine/activations/workflows"
+)
+
+const (
+	demoActivation = "users-to-iterable"
+	demoAPIKey     = "demo-project-api-key"
+)
+
+// cmdDemo runs the main job on the embedded default: the Temporal dev server with its UI, the
+// Iterable emulator, a worker, a generated model of users, two runs of the example activation.
+func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
+	fs := newFlags("demo")
+	keep := fs.Bool("keep-running", false, "keep the dev server, UI, emulator and worker running after the demo")
+	rows := fs.Int("rows", 100_000, "users in the generated model")
+	dir := fs.String("dir", "examples", "folder holding users-to-iterable.yaml (data/ and .state/ are written there)")
+	bin := fs.String("bin", "bin", "folder of the Temporal CLI (built there when missing)")
+	port := fs.Int("port", 7233, "Temporal frontend port")
+	uiPort := fs.Int("ui-port", 8233, "Temporal Web UI port")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	start := time.Now()
+	// The demo's own output is the story; the worker's info logs would drown it (LOG_LEVEL=info shows them).
+	logger = telemetry.LoggerDefaultLevel(os.Stderr, slog.LevelWarn)
+
+	fmt.Fprintln(out, "1. Temporal dev server")
+	cli, err := devserver.EnsureCLI(ctx, *bin, logger)
+	if err != nil {
+		return err
+	}
+	srv, err := devserver.Start(ctx, devserver.Options{
+		CLIPath: cli, HostPort: fmt.Sprintf("127.0.0.1:%d", *port), UIPort: strconv.Itoa(*uiPort),
+		SearchAttributes: workflows.SearchAttributes(), Logger: logger,
+	})
+	if err != nil {
+		return fmt.Errorf("%w (is another Temporal server using port %d? try --port)", err, *port)
+	}
+	defer func() { _ = srv.Stop() }()
+	fmt.Fprintf(out, "   frontend %s, Web UI %s\n", srv.HostPort, srv.UIURL)
+
+	fmt.Fprintln(out, "2. Iterable emulator (5 bulkUpdate requests/s, 4 MB bodies, field-type locking)")
+	emu := iterabletest.NewServer(iterabletest.Options{Logger: logger})
+	defer emu.Close()
+	emu.AddProject(demoAPIKey, iterabletest.ProjectHybrid)
+	// The worker resolves the spec's {env: ITERABLE_API_KEY} reference in its own environment.
+	if err := os.Setenv("ITERABLE_API_KEY", demoAPIKey); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %s (hybrid project)\n", emu.URL())
+
+	c := srv.Client()
+	acts := activities.New(logger)
+	defer func() { _ = acts.Close() }()
+	w := worker.New(c, taskQueue(), worker.Options{})
+	workflows.Register(w, acts)
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	defer w.Stop()
+	fmt.Fprintf(out, "3. worker on task queue %q\n", taskQueue())
+
+	specFile := filepath.Join(*dir, demoActivation+".yaml")
+	act, err := spec.LoadOne(specFile, demoActivation)
+	if err != nil {
+		return err
+	}
+	act.Destination.Iterable.BaseURL = emu.URL()
+	if err := os.RemoveAll(filepath.Dir(act.StatePath())); err != nil {
+		return fmt.Errorf("reset demo state: %w", err)
+	}
+	csvPath := filepath.Join(act.BaseDir, "data", "users.csv")
+	users := generateUsers(*rows)
+	if err := writeUsers(csvPath, users); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "4. model: %d users in %s (with 3 malformed emails, 1 duplicate key and 1 NULL key on purpose)\n", len(users), csvPath)
+
+	changes, err := schedules.Apply(ctx, c, []spec.Activation{act}, taskQueue(), false, false)
+	if err != nil {
+		return err
+	}
+	for _, ch := range changes {
+		fmt.Fprintf(out, "5. schedule %s %s (%s)\n", ch.ScheduleID, ch.Action, act.Schedule.Cron)
+	}
+
+	fmt.Fprintln(out, "\n6. first run: every user is new")
+	if err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true); err != nil {
+		return err
+	}
+	firstStats := emu.Stats(demoAPIKey)
+
+	changed := mutate(users, 0.02)
+	if err := writeUsers(csvPath, users); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n7. second run after changing one attribute of %d users (2%%): only those users, only that attribute\n", changed)
+	if err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true); err != nil {
+		return err
+	}
+	second := emu.Stats(demoAPIKey)
+	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user)\n",
+		second.BulkRequests-firstStats.BulkRequests, second.UsersReceived-firstStats.UsersReceived,
+		second.FieldsReceived-firstStats.FieldsReceived,
+		float64(second.FieldsReceived-firstStats.FieldsReceived)/float64(max(1, second.UsersReceived-firstStats.UsersReceived)))
+
+	fmt.Fprintln(out, "\n8. a sample of what Iterable now holds")
+	stored := emu.Users(demoAPIKey)
+	for _, i := range []int{0, len(stored) / 2, len(stored) - 1} {
+		if i < 0 || i >= len(stored) {
+			continue
+		}
+		u := stored[i]
+		keys := make([]string, 0, len(u.DataFields))
+		for k := range u.DataFields {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintf(out, "   %s:", u.Email)
+		for _, k := range keys {
+			fmt.Fprintf(out, " %s=%v", k, u.DataFields[k])
+		}
+		fmt.Fprintln(out)
+	}
+	fmt.Fprintf(out, "   %d profiles in the project; demo took %s\n", len(stored), time.Since(start).Round(time.Second))
+	fmt.Fprintf(out, "\nWatch the runs in the Temporal UI: %s/namespaces/default/workflows?query=ActivationId%%3D%%27%s%%27\n", srv.UIURL, demoActivation)
+	if *keep {
+		fmt.Fprintln(out, "Running until Ctrl-C (the schedule fires every 15 minutes; Trigger it from the UI's Schedules page).")
+		<-ctx.Done()
+	}
+	return nil
+}
+
+type demoUser struct {
+	id       string
+	email    string
+	first    string
+	plan     string
+	ltv      float64
+	active   bool
+	signedUp time.Time
+}
+
+var (
+	firstNames = []string{"Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Donald"}
+	plans      = []string{"free", "starter", "pro", "enterprise"}
+)
+
+// generateUsers makes a deterministic model, with a few rows that must not get through.
+func generateUsers(n int) []demoUser {
+	r := rand.New(rand.NewPCG(42, 7))
+	base := time.Date(2022, 1, 1, 0, 0, 0, 0, time.UTC)
+	users := make([]demoUser, 0, n+2)
+	for i := 1; i <= n; i++ {
+		users = append(users, demoUser{
+			id:       strconv.Itoa(i),
+			email:    fmt.Sprintf("user%06d@example.com", i),
+			first:    firstNames[r.IntN(len(firstNames))],
+			plan:     plans[r.IntN(len(plans))],
+			ltv:      float64(r.IntN(100000)) / 100,
+			active:   r.IntN(4) != 0,
+			signedUp: base.Add(time.Duration(r.IntN(3*365*24)) * time.Hour),
+		})
+	}
+	if n >= 10 {
+		for _, i := range []int{n / 3, n / 2, n - 1} {
+			users[i].email = fmt.Sprintf("broken-address-%d", i) // rejected by Iterable, retried every run
+		}
+		dup := users[n/4]
+		dup.email = "duplicate-" + dup.email
+		users = append(users, dup)                                          // same key twice: never sent
+		users = append(users, demoUser{id: "", email: "nokey@example.com"}) // NULL key: never sent
+	}
+	return users
+}
+
+// mutate changes one attribute of a share of the users and returns how many it changed.
+func mutate(users []demoUser, share float64) int {
+	r := rand.New(rand.NewPCG(7, 42))
+	n := int(float64(len(users)) * share)
+	seen := map[int]bool{}
+	for len(seen) < n {
+		i := r.IntN(len(users))
+		if seen[i] || users[i].id == "" {
+			continue
+		}
+		seen[i] = true
+		switch len(seen) % 3 {
+		case 0:
+			users[i].plan = plans[(indexOf(plans, users[i].plan)+1)%len(plans)]
+		case 1:
+			users[i].ltv += 10
+		default:
+			users[i].active = !users[i].active
+		}
+	}
+	return n
+}
+
+func indexOf(list []string, s string) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return 0
+}
+
+func writeUsers(path string, users []demoUser) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	_ = w.Write([]string{"user_id", "email", "first_name", "plan", "lifetime_value", "is_active", "signed_up_at"})
+	for _, u := range users {
+		_ = w.Write([]string{u.id, u.email, u.first, u.plan, strconv.FormatFloat(u.ltv, 'f', 2, 64),
+			strconv.FormatBool(u.active), u.signedUp.Format("2006-01-02 15:04:05")})
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

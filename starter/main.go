@@ -1,0 +1,123 @@
+// Command starter is the operator's CLI: validate activation specs, apply them as Temporal
+// Schedules, run one now and watch it, show status, and run the demo.
+//
+//	starter validate -f PATH
+//	starter apply    -f PATH [--prune] [--dry-run]
+//	starter run ID   -f PATH [--full-resync] [--dry-run] [--wait]
+//	starter status [ID] [--json]
+//	starter demo [--keep-running] [--rows N]
+//
+// Exit codes of `run --wait`: 0 completed, 3 paused waiting for an operator, 1 failed.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/activation-engine/activations/internal/telemetry"
+)
+
+// exitError carries an exit code other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+const usage = `usage: starter <command> [flags]
+
+commands:
+  validate -f PATH                     check activation specs (a file or a folder)
+  apply -f PATH [--prune] [--dry-run]  create/update one Temporal Schedule per activation
+  run ID -f PATH [--full-resync] [--dry-run] [--wait]
+                                       start a run now; --wait shows progress
+                                       (exit 0 completed, 3 paused, 1 failed)
+  status [ID] [--json]                 schedules, last runs and state of activations
+  demo [--keep-running] [--rows N]     the whole thing on the embedded default
+
+Temporal settings come from TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE
+(default "default"), TEMPORAL_API_KEY, TLS variables and profiles, as for every Temporal tool.
+`
+
+func main() {
+	logger := telemetry.Logger(os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, logger)
+	stop()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "starter:", err)
+	}
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
+	if len(args) == 0 {
+		fmt.Fprint(out, usage)
+		return &exitError{code: 2, err: errors.New("no command")}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "validate":
+		return cmdValidate(ctx, rest, out)
+	case "apply":
+		return cmdApply(ctx, rest, out, logger)
+	case "run":
+		return cmdRun(ctx, rest, out, logger)
+	case "status":
+		return cmdStatus(ctx, rest, out, logger)
+	case "demo":
+		return cmdDemo(ctx, rest, out, logger)
+	case "help", "-h", "--help":
+		fmt.Fprint(out, usage)
+		return nil
+	}
+	fmt.Fprint(out, usage)
+	return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
+}
+
+// parse parses flags that may come before or after positional arguments (`run ID -f x` and
+// `run -f x ID` both work).
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	return fs
+}
+
+func requireFile(path string) error {
+	if strings.TrimSpace(path) == "" {
+		return errors.New("-f PATH is required (an activation file or a folder of them)")
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+package workflows_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/warehouse"
+	"github.com/activation-engine/activations/workflows"
+)
+
+func testSpec() spec.Activation {
+	return spec.Activation{
+		ID:     "users",
+		Source: spec.Source{Type: "duckdb", Query: "SELECT 1", PrimaryKey: "id"},
+		Destination: spec.Destination{
+			Type:       "iterable",
+			Iterable:   spec.Iterable{Region: "us", APIKey: spec.SecretRef{Env: "K"}, ProjectType: "hybrid"},
+			Mode:       "upsert",
+			Identifier: spec.Identifier{Column: "email", Field: "email"},
+			Fields:     []spec.Field{{Column: "a", Field: "a"}},
+		},
+		Sync: spec.SyncSettings{Concurrency: 2},
+	}
+}
+
+func plan(chunks int) warehouse.Plan {
+	p := warehouse.Plan{Table: "plan_users_x", Counts: warehouse.Counts{ModelRows: int64(chunks*10 + 5), Added: int64(chunks * 10), Unchanged: 5}}
+	for i := 0; i < chunks; i++ {
+		p.Chunks = append(p.Chunks, warehouse.Chunk{Index: i, FirstSeq: int64(i*10 + 1), LastSeq: int64(i*10 + 10), Added: 10})
+	}
+	return p
+}
+
+func env(t *testing.T) *testsuite.TestWorkflowEnvironment {
+	var s testsuite.WorkflowTestSuite
+	s.SetLogger(log.NewStructuredLogger(slog.New(slog.DiscardHandler)))
+	e := s.NewTestWorkflowEnvironment()
+	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
+	e.RegisterActivity(&activities.Activities{})
+	return e
+}
+
+func chunkOK(_ context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
+	n := in.Chunk.Rows()
+	return activities.ChunkResult{Chunk: in.Chunk.Index, Attempted: activities.OpCounts{Added: n},
+		Succeeded: activities.OpCounts{Added: n - 1}, Rejected: activities.OpCounts{Added: 1}, Requests: 1}, nil
+}
+
+func TestRunCommitsEveryChunkAndReports(t *testing.T) {
+	e := env(t)
+	var committed []int
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(5), nil)
+	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(chunkOK)
+	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
+			committed = append([]int(nil), in.Chunks...)
+			return warehouse.CommitResult{Upserted: 45, Held: 5}, nil
+		})
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{
+		TopReasons: []warehouse.ReasonCount{{Outcome: warehouse.OutcomeRejected, Reason: "invalidEmails", Count: 5}}}, nil)
+
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: testSpec()})
+	require.True(t, e.IsWorkflowCompleted())
+	require.NoError(t, e.GetWorkflowError())
+	var rep workflows.RunReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	sort.Ints(committed)
+	require.Equal(t, []int{0, 1, 2, 3, 4}, committed)
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	require.Equal(t, int64(50), rep.Planned.Added)
+	require.Equal(t, int64(50), rep.Attempted.Added)
+	require.Equal(t, int64(45), rep.Succeeded.Added)
+	require.Equal(t, int64(5), rep.Rejected.Added)
+	require.Equal(t, int64(5), rep.Requests)
+	require.Equal(t, int64(45), rep.Committed)
+	require.Equal(t, 5, rep.ChunksDone)
+	require.Len(t, rep.TopRejections, 1)
+}
+
+func TestRunNeverExceedsConcurrency(t *testing.T) {
+	e := env(t)
+	var mu sync.Mutex
+	running, peak := 0, 0
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(9), nil)
+	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
+			mu.Lock()
+			running++
+			peak = max(peak, running)
+			mu.Unlock()
+			defer func() { mu.Lock(); running--; mu.Unlock() }()
+			return chunkOK(ctx, in)
+		})
+	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(warehouse.CommitResult{}, nil)
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{}, nil)
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: testSpec()})
+	require.NoError(t, e.GetWorkflowError())
+	require.LessOrEqual(t, peak, 2, "spec.sync.concurrency is 2")
+}
+
+func TestFailedChunkCommitsTheFinishedOnesAndFails(t *testing.T) {
+	e := env(t)
+	var committed []int
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(4), nil)
+	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
+			if in.Chunk.Index == 1 {
+				return activities.ChunkResult{}, temporal.NewNonRetryableApplicationError("Iterable refused the project: 401 BadApiKey", activities.ErrTypeIterableFatal, nil)
+			}
+			return chunkOK(ctx, in)
+		})
+	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
+			committed = append([]int(nil), in.Chunks...)
+			return warehouse.CommitResult{Upserted: 9}, nil
+		})
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{}, nil)
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: testSpec()})
+	err := e.GetWorkflowError()
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "BadApiKey")
+	var appErr *temporal.ApplicationError
+	require.True(t, errors.As(err, &appErr))
+	var rep workflows.RunReport
+	require.NoError(t, appErr.Details(&rep), "the failed run still carries its report")
+	require.Equal(t, workflows.StateFailed, rep.State)
+	require.NotContains(t, committed, 1, "the failed chunk is not committed")
+	require.Contains(t, committed, 0, "a chunk that finished before the failure is committed")
+	require.NotContains(t, committed, 3, "no chunk starts after the failure (concurrency 2)")
+}
+
+func TestDryRunSendsNothing(t *testing.T) {
+	e := env(t)
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(3), nil)
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{}, nil)
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: testSpec(), DryRun: true})
+	require.NoError(t, e.GetWorkflowError())
+	var rep workflows.RunReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	require.Equal(t, workflows.StateDryRun, rep.State)
+	require.Equal(t, int64(30), rep.Planned.Added)
+	require.Zero(t, rep.Attempted.Total())
+	e.AssertNotCalled(t, "SyncChunk", mock.Anything, mock.Anything)
+	e.AssertNotCalled(t, "Commit", mock.Anything, mock.Anything)
+}
+
+func TestInvalidSpecFailsBeforeAnyActivity(t *testing.T) {
+	e := env(t)
+	s := testSpec()
+	s.Destination.Mode = "sometimes"
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: s})
+	err := e.GetWorkflowError()
+	require.ErrorContains(t, err, "destination.mode")
+	e.AssertNotCalled(t, "Plan", mock.Anything, mock.Anything)
+}
+
+func TestProgressQuery(t *testing.T) {
+	e := env(t)
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(2), nil)
+	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(chunkOK)
+	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(warehouse.CommitResult{}, nil)
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{}, nil)
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: testSpec()})
+	require.NoError(t, e.GetWorkflowError())
+	v, err := e.QueryWorkflow(workflows.QueryProgress)
+	require.NoError(t, err)
+	var p workflows.Progress
+	require.NoError(t, v.Get(&p))
+	require.Equal(t, 2, p.ChunksDone)
+	require.Equal(t, int64(18), p.Succeeded.Added)
+}
+
+func workflowRegisterOptions() workflow.RegisterOptions {
+	return workflow.RegisterOptions{Name: workflows.WorkflowName}
+}
