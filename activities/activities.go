@@ -132,7 +132,7 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 		if errors.As(err, &apiErr) && apiErr.Fatal() {
 			return res, temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("activation %s run %s chunk %d: Iterable refused the project: %v", act.ID, in.RunID, in.Chunk.Index, apiErr),
-				ErrTypeIterableFatal, err)
+				ErrTypeIterableFatal, nil)
 		}
 		return res, fmt.Errorf("activation %s run %s chunk %d: %w", act.ID, in.RunID, in.Chunk.Index, err)
 	}

@@ -338,14 +338,21 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 	case !schedules.IsNotFound(err):
 		return st, fmt.Errorf("describe schedule of %s: %w", id, err)
 	}
+	// No ORDER BY: SQL visibility (the dev server, self-hosted SQL) refuses it. The default order
+	// puts running executions first, then the most recently closed; sort by start time here.
 	resp, err := c.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
-		Namespace: namespace, PageSize: 5,
-		Query: fmt.Sprintf("%s = '%s' ORDER BY StartTime DESC", workflows.ActivationIDKey.GetName(), id),
+		Namespace: namespace, PageSize: 20,
+		Query: fmt.Sprintf("%s = '%s'", workflows.ActivationIDKey.GetName(), id),
 	})
 	if err != nil {
 		return st, fmt.Errorf("list runs of %s: %w", id, err)
 	}
-	for i, e := range resp.GetExecutions() {
+	execs := resp.GetExecutions()
+	sort.SliceStable(execs, func(i, j int) bool { return execs[i].GetStartTime().AsTime().After(execs[j].GetStartTime().AsTime()) })
+	if len(execs) > 5 {
+		execs = execs[:5]
+	}
+	for i, e := range execs {
 		r := runState{WorkflowID: e.GetExecution().GetWorkflowId(), RunID: e.GetExecution().GetRunId(),
 			Status: strings.ToLower(strings.TrimPrefix(e.GetStatus().String(), "WORKFLOW_EXECUTION_STATUS_")),
 			Start:  e.GetStartTime().AsTime()}

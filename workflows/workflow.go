@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -133,7 +134,7 @@ func syncChunks(ctx workflow.Context, concurrency int, heartbeat time.Duration, 
 				var res activities.ChunkResult
 				if err := f.Get(ctx, &res); err != nil {
 					if firstErr == nil {
-						firstErr = fmt.Errorf("chunk %d: %w", ch.Index, err)
+						firstErr = &chunkError{index: ch.Index, err: err}
 					}
 					return
 				}
@@ -183,7 +184,37 @@ func done(ctx workflow.Context, rep *RunReport) RunReport {
 // `starter run --wait` still show what was done.
 func failRun(ctx workflow.Context, rep *RunReport, err error, setState func(string)) (RunReport, error) {
 	setState(StateFailed)
-	rep.Error = err.Error()
+	rep.Error = describe(err)
 	r := done(ctx, rep)
-	return r, temporal.NewNonRetryableApplicationError(fmt.Sprintf("activation %s run %s failed: %v", rep.ActivationID, rep.RunID, err), "RunFailed", err, r)
+	return r, temporal.NewNonRetryableApplicationError(fmt.Sprintf("activation %s run %s failed: %s", rep.ActivationID, rep.RunID, rep.Error), "RunFailed", err, r)
 }
+
+// describe keeps what an operator needs from an error chain: where (the chunk) and the
+// activity's own message, without the SDK's event ids and repeated causes.
+func describe(err error) string {
+	var (
+		appErr     *temporal.ApplicationError
+		timeoutErr *temporal.TimeoutError
+		prefix     string
+	)
+	var chunkErr *chunkError
+	if errors.As(err, &chunkErr) {
+		prefix = fmt.Sprintf("chunk %d: ", chunkErr.index)
+	}
+	switch {
+	case errors.As(err, &appErr):
+		return prefix + appErr.Message()
+	case errors.As(err, &timeoutErr):
+		return prefix + "timed out (" + timeoutErr.TimeoutType().String() + ")"
+	}
+	return prefix + err.Error()
+}
+
+// chunkError says which chunk failed.
+type chunkError struct {
+	index int
+	err   error
+}
+
+func (e *chunkError) Error() string { return fmt.Sprintf("chunk %d: %v", e.index, e.err) }
+func (e *chunkError) Unwrap() error { return e.err }

@@ -1,0 +1,89 @@
+package activities
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+func TestUserCarriesOnlyWhatChanged(t *testing.T) {
+	base := spec.Destination{
+		Identifier: spec.Identifier{Column: "email", Field: "email"},
+		Fields:     []spec.Field{{Column: "a", Field: "alpha"}, {Column: "b", Field: "beta"}, {Column: "t", Field: "when"}},
+	}
+	ts := time.Date(2023, 2, 5, 20, 42, 10, 0, time.UTC)
+	values := map[string]any{"alpha": int32(7), "beta": "x", "when": ts}
+	tests := []struct {
+		name       string
+		edit       func(*spec.Destination)
+		row        warehouse.Row
+		wantNoop   bool
+		wantReject string
+		wantEmail  string
+		wantUserID string
+		wantFields map[string]any
+	}{
+		{name: "add sends every field",
+			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values, Changed: []string{"alpha", "beta", "when"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": int64(7), "beta": "x", "when": "2023-02-05 20:42:10 +00:00"}},
+		{name: "change sends only the changed field",
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: values, Changed: []string{"beta"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"beta": "x"}},
+		{name: "a value that became NULL clears the field",
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: map[string]any{"beta": nil}, Changed: []string{"beta"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"beta": nil}},
+		{name: "NULL identifier is rejected locally",
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: nil, Values: values, Changed: []string{"alpha"}},
+			wantReject: "identifier column email is NULL or empty"},
+		{name: "NaN is rejected with the field",
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: map[string]any{"alpha": nan()}, Changed: []string{"alpha"}},
+			wantReject: "field alpha"},
+		{name: "removal kept in Iterable needs no request",
+			row:      warehouse.Row{Op: warehouse.OpRemove, Identifier: "a@example.com"},
+			wantNoop: true},
+		{name: "removal with onRemoved clear nulls every mapped field",
+			edit:      func(d *spec.Destination) { d.OnRemoved = "clear" },
+			row:       warehouse.Row{Op: warehouse.OpRemove, Identifier: "a@example.com"},
+			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": nil, "beta": nil, "when": nil}},
+		{name: "userId identifier asks email-based projects to create",
+			edit:       func(d *spec.Destination) { d.Identifier = spec.Identifier{Column: "id", Field: "userId"} },
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: int64(42), Values: values, Changed: []string{"beta"}},
+			wantUserID: "42", wantFields: map[string]any{"beta": "x"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := base
+			if tc.edit != nil {
+				tc.edit(&d)
+			}
+			s := &chunkSender{act: spec.Activation{ID: "x", Destination: d}}
+			u, rej := s.user(tc.row)
+			switch {
+			case tc.wantReject != "":
+				require.Nil(t, u)
+				require.NotNil(t, rej)
+				require.Contains(t, rej.Reason, tc.wantReject)
+				require.Equal(t, warehouse.OutcomeRejected, rej.Outcome)
+			case tc.wantNoop:
+				require.Nil(t, u)
+				require.Nil(t, rej)
+			default:
+				require.Nil(t, rej)
+				require.NotNil(t, u)
+				require.Equal(t, tc.wantEmail, u.Email)
+				require.Equal(t, tc.wantUserID, u.UserID)
+				require.Equal(t, tc.wantFields, u.DataFields)
+				if tc.wantUserID != "" {
+					require.NotNil(t, u.PreferUserID)
+					require.True(t, *u.PreferUserID)
+				}
+			}
+		})
+	}
+}
+
+func nan() float64 { z := 0.0; return z / z }

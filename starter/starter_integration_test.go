@@ -1,0 +1,162 @@
+//go:build integration
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/devserver"
+	"github.com/activation-engine/activations/internal/iterable/iterabletest"
+	"github.com/activation-engine/activations/internal/schedules"
+	"github.com/activation-engine/activations/workflows"
+)
+
+const specTemplate = `id: %s
+source:
+  type: duckdb
+  query: SELECT * FROM read_csv('users.csv', header=true)
+  primaryKey: user_id
+state:
+  duckdb: {path: state.duckdb}
+destination:
+  type: iterable
+  iterable: {region: us, baseURL: %q, apiKey: {env: %s}, projectType: hybrid}
+  mode: upsert
+  identifier: {column: email, field: email}
+  fields:
+    - {column: name, field: name}
+%s`
+
+// TestOperatorCommands drives the CLI as an operator would, against a real dev server.
+func TestOperatorCommands(t *testing.T) {
+	cli, ok := devserver.FindCLI("../bin")
+	require.True(t, ok, "integration tests need the Temporal CLI: run `make temporal-cli` or set TEMPORAL_CLI")
+	ctx := context.Background()
+	srv, err := devserver.Start(ctx, devserver.Options{CLIPath: cli, SearchAttributes: workflows.SearchAttributes()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	t.Setenv("TEMPORAL_ADDRESS", srv.HostPort)
+	t.Setenv("TEMPORAL_NAMESPACE", "default")
+	t.Setenv("ACTIVATIONS_TASK_QUEUE", "starter-it")
+	t.Setenv("STARTER_IT_KEY", "good-key")
+
+	emu := iterabletest.NewServer(iterabletest.Options{Unlimited: true})
+	t.Cleanup(emu.Close)
+	emu.AddProject("good-key", iterabletest.ProjectHybrid)
+
+	acts := activities.New(slog.New(slog.DiscardHandler))
+	w := worker.New(srv.Client(), "starter-it", worker.Options{})
+	workflows.Register(w, acts)
+	require.NoError(t, w.Start())
+	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
+
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "users.csv"),
+		[]byte("user_id,email,name\n1,a@example.com,Ann\n2,b@example.com,Bob\n"), 0o600))
+	writeSpec := func(id, keyEnv, schedule string) {
+		body := fmt.Sprintf(specTemplate, id, emu.URL(), keyEnv, schedule)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, id+".yaml"), []byte(body), 0o600))
+	}
+	writeSpec("hourly", "STARTER_IT_KEY", "schedule: {every: 1h}\n")
+	writeSpec("manual", "STARTER_IT_KEY", "")
+	logger := slog.New(slog.DiscardHandler)
+	cmd := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(ctx, args, &out, logger)
+		return out.String(), err
+	}
+
+	out, err := cmd("validate", "-f", dir)
+	require.NoError(t, err)
+	require.Contains(t, out, "ok  hourly")
+
+	out, err = cmd("apply", "-f", dir)
+	require.NoError(t, err)
+	require.Contains(t, out, "created   activation-hourly")
+	require.Contains(t, out, "created   activation-manual")
+	out, err = cmd("apply", "-f", dir)
+	require.NoError(t, err)
+	require.Contains(t, out, "unchanged activation-hourly")
+	require.Contains(t, out, "unchanged activation-manual")
+
+	// The manual-only schedule never fires by itself; its action carries the whole spec.
+	desc, err := srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("manual")).Describe(ctx)
+	require.NoError(t, err)
+	require.Empty(t, desc.Info.NextActionTimes)
+	desc, err = srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("hourly")).Describe(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, desc.Info.NextActionTimes)
+
+	writeSpec("hourly", "STARTER_IT_KEY", "schedule: {every: 2h}\n")
+	out, err = cmd("apply", "-f", dir, "--dry-run")
+	require.NoError(t, err)
+	require.Contains(t, out, "updated   activation-hourly")
+	out, err = cmd("apply", "-f", dir)
+	require.NoError(t, err)
+	require.Contains(t, out, "updated   activation-hourly")
+	require.Contains(t, out, "unchanged activation-manual")
+
+	// A run through the CLI, waited for.
+	out, err = cmd("run", "manual", "-f", dir, "--wait")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "state Completed")
+	_, found := emu.User("good-key", "b@example.com", "")
+	require.True(t, found)
+
+	// A run that fails (the key names no project) exits 1 and still prints its report.
+	writeSpec("badkey", "STARTER_IT_BAD_KEY", "")
+	t.Setenv("STARTER_IT_BAD_KEY", "unknown-key")
+	out, err = cmd("run", "badkey", "-f", dir, "--wait")
+	require.Error(t, err)
+	var ee *exitError
+	require.False(t, errors.As(err, &ee), "a failed run exits 1, the default")
+	require.Contains(t, err.Error(), "BadApiKey")
+	require.Contains(t, out, "state Failed")
+	require.NotContains(t, out+err.Error(), "unknown-key", "the API key never shows")
+
+	// status --json: one entry per managed schedule, with the state of its last run.
+	require.Eventually(t, func() bool {
+		out, err = cmd("status", "--json")
+		if err != nil {
+			t.Logf("status: %v", err)
+		}
+		return err == nil && strings.Contains(out, `"completed"`)
+	}, 20*time.Second, 500*time.Millisecond)
+	var sts []activationStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &sts))
+	states := map[string]string{}
+	for _, s := range sts {
+		states[s.ID] = s.State
+	}
+	require.Equal(t, map[string]string{"hourly": "idle", "manual": "completed"}, states)
+
+	// Prune deletes the schedule whose spec file is gone.
+	require.NoError(t, os.Remove(filepath.Join(dir, "manual.yaml")))
+	require.NoError(t, os.Remove(filepath.Join(dir, "badkey.yaml")))
+	out, err = cmd("apply", "-f", dir, "--prune")
+	require.NoError(t, err)
+	require.Contains(t, out, "deleted   activation-manual")
+	_, err = srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("manual")).Describe(ctx)
+	require.True(t, schedules.IsNotFound(err), "%v", err)
+
+	// Invalid specs: every problem, with file and line.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "broken.yaml"), []byte("id: Bad_Id\nsource: {type: oracle}\n"), 0o600))
+	_, err = cmd("validate", "-f", dir)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "broken.yaml:1: id:")
+	require.Contains(t, err.Error(), "broken.yaml:2: source.type")
+}
