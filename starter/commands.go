@@ -103,11 +103,12 @@ func cmdRun(ctx context.Context, args []string, out io.Writer, logger *slog.Logg
 		return err
 	}
 	defer c.Close()
-	return startAndWatch(ctx, c, out, workflows.RunInput{Spec: act, FullResync: *full, DryRun: *dry}, *wait)
+	_, err = startAndWatch(ctx, c, out, workflows.RunInput{Spec: act, FullResync: *full, DryRun: *dry}, *wait)
+	return err
 }
 
 // startAndWatch starts a run directly (not through the schedule) and optionally follows it.
-func startAndWatch(ctx context.Context, c client.Client, out io.Writer, in workflows.RunInput, wait bool) error {
+func startAndWatch(ctx context.Context, c client.Client, out io.Writer, in workflows.RunInput, wait bool) (workflows.RunReport, error) {
 	id := fmt.Sprintf("%s%s-manual-%s", schedules.Prefix, in.Spec.ID, time.Now().UTC().Format("20060102T150405.000"))
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    id,
@@ -115,18 +116,15 @@ func startAndWatch(ctx context.Context, c client.Client, out io.Writer, in workf
 		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.ActivationIDKey.ValueSet(in.Spec.ID)),
 	}, workflows.WorkflowName, in)
 	if err != nil {
-		return fmt.Errorf("start run of %s: %w", in.Spec.ID, err)
+		return workflows.RunReport{}, fmt.Errorf("start run of %s: %w", in.Spec.ID, err)
 	}
 	fmt.Fprintf(out, "started %s (workflow %s, run %s)\n", in.Spec.ID, run.GetID(), run.GetRunID())
 	if !wait {
-		return nil
+		return workflows.RunReport{}, nil
 	}
 	rep, err := watch(ctx, c, out, run)
 	printReport(out, rep)
-	if err != nil {
-		return err
-	}
-	return nil
+	return rep, err
 }
 
 // watch prints the run's progress every second until it ends, then returns its report.

@@ -107,7 +107,7 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	}
 
 	fmt.Fprintln(out, "\n6. first run: every user is new")
-	if err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true); err != nil {
+	if _, err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true); err != nil {
 		return err
 	}
 	firstStats := emu.Stats(demoAPIKey)
@@ -117,14 +117,17 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 		return err
 	}
 	fmt.Fprintf(out, "\n7. second run after changing one attribute of %d users (2%%): only those users, only that attribute\n", changed)
-	if err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true); err != nil {
+	rep, err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: act}, true)
+	if err != nil {
 		return err
 	}
 	second := emu.Stats(demoAPIKey)
-	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user)\n",
+	// Rows rejected last run are adds again: they go whole; the changed rows carry their changes only.
+	resentFields := int(rep.Attempted.Added) * len(act.Destination.Fields)
+	changedFields := second.FieldsReceived - firstStats.FieldsReceived - resentFields
+	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users: %d changed users with %d field values (%.2f per user), and %d users rejected last run sent again in full\n",
 		second.BulkRequests-firstStats.BulkRequests, second.UsersReceived-firstStats.UsersReceived,
-		second.FieldsReceived-firstStats.FieldsReceived,
-		float64(second.FieldsReceived-firstStats.FieldsReceived)/float64(max(1, second.UsersReceived-firstStats.UsersReceived)))
+		rep.Attempted.Changed, changedFields, float64(changedFields)/float64(max(1, rep.Attempted.Changed)), rep.Attempted.Added)
 
 	fmt.Fprintln(out, "\n8. a sample of what Iterable now holds")
 	stored := emu.Users(demoAPIKey)

@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,4 +161,37 @@ func TestOperatorCommands(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "broken.yaml:1: id:")
 	require.Contains(t, err.Error(), "broken.yaml:2: source.type")
+}
+
+// TestDemo runs the demo end to end on a small model, in a copy of examples/.
+func TestDemo(t *testing.T) {
+	cli, ok := devserver.FindCLI("../bin")
+	require.True(t, ok, "integration tests need the Temporal CLI")
+	dir := t.TempDir()
+	b, err := os.ReadFile("../examples/users-to-iterable.yaml")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "users-to-iterable.yaml"), b, 0o600))
+	t.Setenv("TEMPORAL_CLI", cli)
+	t.Setenv("ACTIVATIONS_TASK_QUEUE", "demo-it")
+
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"demo", "--rows", "3000", "--dir", dir,
+		"--port", freePort(t), "--ui-port", freePort(t)}, &out, slog.New(slog.DiscardHandler))
+	require.NoError(t, err, out.String())
+	s := out.String()
+	// First run: 3000 users, 3 malformed emails rejected, duplicate and NULL keys never sent.
+	require.Contains(t, s, "model rows         3002   unchanged 0, NULL keys 1, duplicate-key rows 2")
+	require.Contains(t, s, "rejected      3  Iterable rejected the email as invalid")
+	// Second run: 60 users changed, one attribute each; the 3 rejected users are tried again.
+	require.Contains(t, s, "Iterable received in the second run: 1 requests, 63 users: 60 changed users with 60 field values (1.00 per user), and 3 users rejected last run sent again in full")
+	// 3000 users minus 3 malformed emails minus the duplicated key (both rows).
+	require.Contains(t, s, "2996 profiles in the project")
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
