@@ -59,7 +59,7 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (warehouse.Plan, er
 	if err != nil {
 		if errors.Is(err, warehouse.ErrInvalidModel) {
 			return plan, temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("activation %s: plan: %v", act.ID, err), ErrTypeInvalidModel, err)
+				fmt.Sprintf("activation %s: plan: %v", act.ID, err), ErrTypeInvalidModel, nil)
 		}
 		return plan, fmt.Errorf("activation %s: plan: %w", act.ID, err)
 	}
@@ -119,26 +119,32 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 	stop := heartbeatWhile(ctx, time.Duration(act.Sync.WithDefaults().HeartbeatTimeout)/4, s.progress)
 	defer stop()
 
+	s.existence, s.conflicts = in.Existence, in.Conflicts
 	err = planner.ReadChunk(ctx, warehouse.ChunkRequest{
 		ActivationID: act.ID, Table: in.Table, Fields: PlanRequest(act, in.RunID, false).Fields,
 		Chunk: in.Chunk, AfterSeq: prog.AfterSeq,
+		KnownTable: in.KnownTable, KnownLowerCase: act.Destination.Identifier.Field == "email",
 	}, func(r warehouse.Row) error { return s.add(ctx, r) })
 	if err == nil {
 		err = s.flush(ctx)
 	}
 	res := s.progress().(ChunkProgress).Result
 	if err != nil {
-		var apiErr *iterable.APIError
-		if errors.As(err, &apiErr) && apiErr.Fatal() {
-			return res, temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("activation %s run %s chunk %d: Iterable refused the project: %v", act.ID, in.RunID, in.Chunk.Index, apiErr),
-				ErrTypeIterableFatal, nil)
-		}
-		return res, fmt.Errorf("activation %s run %s chunk %d: %w", act.ID, in.RunID, in.Chunk.Index, err)
+		return res, iterableError(err, fmt.Sprintf("activation %s run %s chunk %d", act.ID, in.RunID, in.Chunk.Index))
 	}
 	log.Info("chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
 		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
 	return res, nil
+}
+
+// iterableError makes fatal Iterable errors non-retryable and adds where it happened.
+func iterableError(err error, where string) error {
+	var apiErr *iterable.APIError
+	if errors.As(err, &apiErr) && apiErr.Fatal() {
+		return temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("%s: Iterable refused the project: %v", where, apiErr), ErrTypeIterableFatal, nil)
+	}
+	return fmt.Errorf("%s: %w", where, err)
 }
 
 func (a *Activities) iterableClient(act spec.Activation, runID string) (*iterable.Client, error) {
@@ -192,9 +198,12 @@ func (a *Activities) Finish(ctx context.Context, in FinishInput) (FinishResult, 
 	if err != nil {
 		return FinishResult{}, fmt.Errorf("activation %s run %s: top reasons: %w", in.Spec.ID, in.RunID, err)
 	}
-	if in.Table != "" {
-		if err := planner.DropPlan(ctx, in.Table); err != nil {
-			return FinishResult{}, fmt.Errorf("activation %s run %s: drop plan: %w", in.Spec.ID, in.RunID, err)
+	for _, t := range in.Tables {
+		if t == "" {
+			continue
+		}
+		if err := planner.DropPlan(ctx, t); err != nil {
+			return FinishResult{}, fmt.Errorf("activation %s run %s: drop %s: %w", in.Spec.ID, in.RunID, t, err)
 		}
 	}
 	return FinishResult{TopReasons: top}, nil

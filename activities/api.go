@@ -54,6 +54,70 @@ type SyncChunkInput struct {
 	RunID string          `json:"runId"`
 	Table string          `json:"table"`
 	Chunk warehouse.Chunk `json:"chunk"`
+	// Existence is how update mode avoids creating profiles (see ExistenceStrategy); KnownTable
+	// holds the exported identifiers for ExistenceExport.
+	Existence  string `json:"existence,omitempty"`
+	KnownTable string `json:"knownTable,omitempty"`
+	// Conflicts maps a field whose Iterable type differs from the model's to the reason; rows
+	// that would send it are rejected with that reason.
+	Conflicts map[string]string `json:"conflicts,omitempty"`
+}
+
+// How update mode (never create a profile) is enforced.
+const (
+	// ExistenceNone: upsert mode, nothing to check.
+	ExistenceNone = ""
+	// ExistenceNative: an email-based project identified by userId with preferUserId=false:
+	// Iterable itself refuses to create the profile and answers notFoundUserIds.
+	ExistenceNative = "native"
+	// ExistenceLookup: each user is looked up (getByEmail / byUserId, 100 requests/s) before it is sent.
+	ExistenceLookup = "lookup"
+	// ExistenceExport: the project's identifiers are exported once per run (4 requests/minute)
+	// into the warehouse and joined with the plan.
+	ExistenceExport = "export"
+)
+
+// ExistenceStrategy picks how a run in update mode avoids creating profiles: Iterable's own
+// refusal where the project type offers one, else lookups for small plans and one export of
+// the project's identifiers for large ones (lookups cost rows/100 seconds; an export costs about
+// the same whatever the plan size).
+func ExistenceStrategy(act spec.Activation, rowsToSend int64) string {
+	d := act.Destination
+	switch {
+	case d.Mode != spec.ModeUpdate:
+		return ExistenceNone
+	case d.Iterable.ProjectType == "email" && d.Identifier.Field == "userId":
+		return ExistenceNative
+	case rowsToSend <= act.Sync.WithDefaults().LookupMaxRows:
+		return ExistenceLookup
+	default:
+		return ExistenceExport
+	}
+}
+
+// CheckFieldsInput compares the model's column types with the project's fields.
+type CheckFieldsInput struct {
+	Spec    spec.Activation        `json:"spec"`
+	RunID   string                 `json:"runId"`
+	Columns []warehouse.ColumnType `json:"columns"`
+}
+
+// CheckFieldsResult lists type conflicts (reported once, at activation level) and warnings.
+type CheckFieldsResult struct {
+	Conflicts map[string]string `json:"conflicts,omitempty"`
+	Warnings  []string          `json:"warnings,omitempty"`
+}
+
+// ExportIdentifiersInput asks for the project's identifiers in the warehouse.
+type ExportIdentifiersInput struct {
+	Spec  spec.Activation `json:"spec"`
+	RunID string          `json:"runId"`
+}
+
+// ExportIdentifiersResult names the table of identifiers and counts them.
+type ExportIdentifiersResult struct {
+	Table string `json:"table"`
+	Count int64  `json:"count"`
 }
 
 // ChunkProgress is the heartbeat cursor of a chunk: every row with Seq <= AfterSeq was answered
@@ -98,11 +162,11 @@ type CommitInput struct {
 	Chunks []int           `json:"chunks"`
 }
 
-// FinishInput closes a run: it reads the top rejection reasons and drops the plan table.
+// FinishInput closes a run: it reads the top rejection reasons and drops the run's tables.
 type FinishInput struct {
-	Spec  spec.Activation `json:"spec"`
-	RunID string          `json:"runId"`
-	Table string          `json:"table"`
+	Spec   spec.Activation `json:"spec"`
+	RunID  string          `json:"runId"`
+	Tables []string        `json:"tables"`
 }
 
 // FinishResult carries the run's top rejection reasons (categories, never values).

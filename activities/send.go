@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"go.temporal.io/sdk/activity"
@@ -22,10 +23,13 @@ type chunkSender struct {
 	client  *iterable.Client
 	planner warehouse.Planner
 	window  int
+	// existence and conflicts come from the workflow (see SyncChunkInput).
+	existence string
+	conflicts map[string]string
 
 	rows    []warehouse.Row
 	records []iterable.Record
-	local   []warehouse.Rejection // refused before sending
+	local   []warehouse.Rejection // refused or skipped before sending
 	noop    []int                 // rows that need no request (removals kept in Iterable)
 
 	mu   sync.Mutex
@@ -46,6 +50,9 @@ func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
 	idx := len(s.rows)
 	s.rows = append(s.rows, r)
 	user, rej := s.user(r)
+	if rej == nil && user != nil && s.existence == ExistenceExport && !r.Known {
+		rej = s.notInIterable(r, "not in the project's exported identifiers")
+	}
 	switch {
 	case rej != nil:
 		s.local = append(s.local, *rej)
@@ -76,11 +83,20 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 	}
 	u := &iterable.User{DataFields: map[string]any{}}
 	if d.Identifier.Field == "userId" {
+		if err := iterable.CheckUserID(id); err != nil {
+			return nil, reject(d.Identifier.Column, fmt.Sprintf("invalid userId in column %s: %v", d.Identifier.Column, err))
+		}
 		u.UserID = id
-		// In email-based projects Iterable creates a profile for an unknown userId only when asked.
-		yes := true
-		u.PreferUserID = &yes
+		if d.Mode != spec.ModeUpdate {
+			// In email-based projects Iterable creates a profile for an unknown userId only
+			// when asked; in update mode it must not (ExistenceNative relies on it).
+			yes := true
+			u.PreferUserID = &yes
+		}
 	} else {
+		if err := iterable.CheckEmail(id); err != nil {
+			return nil, reject(d.Identifier.Column, fmt.Sprintf("invalid email in column %s: %v", d.Identifier.Column, err))
+		}
 		u.Email = id
 	}
 	switch r.Op {
@@ -90,7 +106,14 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 		}
 	default:
 		for _, name := range r.Changed {
-			v, err := iterable.Value(r.Values[name])
+			raw := r.Values[name]
+			if raw == nil && d.IgnoresNulls() {
+				continue
+			}
+			if reason, conflict := s.conflicts[name]; conflict {
+				return nil, reject(name, reason)
+			}
+			v, err := iterable.Value(raw)
 			if err != nil {
 				return nil, reject(name, fmt.Sprintf("field %s: %v", name, err))
 			}
@@ -103,6 +126,39 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 	return u, nil
 }
 
+// notInIterable skips a row in update mode: it is not committed and is looked at again next run.
+func (s *chunkSender) notInIterable(r warehouse.Row, why string) *warehouse.Rejection {
+	return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeSkipped,
+		Reason: "skipped: not in Iterable (" + why + "); update mode never creates profiles"}
+}
+
+// dropUnknown removes, in lookup mode, the records whose user Iterable does not have.
+func (s *chunkSender) dropUnknown(ctx context.Context) ([]warehouse.Rejection, error) {
+	field := s.act.Destination.Identifier.Field
+	ids := make([]string, len(s.records))
+	for i, rec := range s.records {
+		ids[i] = rec.User.Email
+		if field == "userId" {
+			ids[i] = rec.User.UserID
+		}
+	}
+	found, err := s.client.Exists(ctx, field, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up %d users: %w", len(ids), err)
+	}
+	var skipped []warehouse.Rejection
+	kept := s.records[:0]
+	for i, rec := range s.records {
+		if found[ids[i]] {
+			kept = append(kept, rec)
+			continue
+		}
+		skipped = append(skipped, *s.notInIterable(s.rows[rec.Index], "lookup found no such user"))
+	}
+	s.records = kept
+	return skipped, nil
+}
+
 // flush sends the window's users, records its rejections in the warehouse, then moves the cursor.
 func (s *chunkSender) flush(ctx context.Context) error {
 	if len(s.rows) == 0 {
@@ -110,7 +166,18 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	}
 	var res ChunkResult
 	rejections := append([]warehouse.Rejection(nil), s.local...)
-	for _, rj := range s.local {
+	if s.existence == ExistenceLookup && len(s.records) > 0 {
+		skipped, err := s.dropUnknown(ctx)
+		if err != nil {
+			return err
+		}
+		rejections = append(rejections, skipped...)
+	}
+	for _, rj := range rejections {
+		if rj.Outcome == warehouse.OutcomeSkipped {
+			res.Skipped.inc(rj.Op, 1)
+			continue
+		}
 		res.Rejected.inc(rj.Op, 1)
 		res.Attempted.inc(rj.Op, 1)
 	}
@@ -147,6 +214,12 @@ func (s *chunkSender) flush(ctx context.Context) error {
 			for _, rj := range br.Rejected {
 				r := s.rows[rj.Index]
 				res.Attempted.inc(r.Op, 1)
+				if s.act.Destination.Mode == spec.ModeUpdate && strings.HasPrefix(rj.Category, "notFound") {
+					// Iterable refused to create the profile, as update mode asked.
+					res.Skipped.inc(r.Op, 1)
+					rejections = append(rejections, *s.notInIterable(r, "failedUpdates."+rj.Category))
+					continue
+				}
 				res.Rejected.inc(r.Op, 1)
 				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
 					Outcome: warehouse.OutcomeRejected, Reason: rj.Reason})

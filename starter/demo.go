@@ -122,12 +122,9 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 		return err
 	}
 	second := emu.Stats(demoAPIKey)
-	// Rows rejected last run are adds again: they go whole; the changed rows carry their changes only.
-	resentFields := int(rep.Attempted.Added) * len(act.Destination.Fields)
-	changedFields := second.FieldsReceived - firstStats.FieldsReceived - resentFields
-	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users: %d changed users with %d field values (%.2f per user), and %d users rejected last run sent again in full\n",
-		second.BulkRequests-firstStats.BulkRequests, second.UsersReceived-firstStats.UsersReceived,
-		rep.Attempted.Changed, changedFields, float64(changedFields)/float64(max(1, rep.Attempted.Changed)), rep.Attempted.Added)
+	users2, fields2 := second.UsersReceived-firstStats.UsersReceived, second.FieldsReceived-firstStats.FieldsReceived
+	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user); %d rows rejected last run were checked again and rejected again\n",
+		second.BulkRequests-firstStats.BulkRequests, users2, fields2, float64(fields2)/float64(max(1, users2)), rep.Rejected.Total())
 
 	fmt.Fprintln(out, "\n8. a sample of what Iterable now holds")
 	stored := emu.Users(demoAPIKey)

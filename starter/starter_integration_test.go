@@ -181,9 +181,9 @@ func TestDemo(t *testing.T) {
 	s := out.String()
 	// First run: 3000 users, 3 malformed emails rejected, duplicate and NULL keys never sent.
 	require.Contains(t, s, "model rows         3002   unchanged 0, NULL keys 1, duplicate-key rows 2")
-	require.Contains(t, s, "rejected      3  Iterable rejected the email as invalid")
+	require.Contains(t, s, "rejected      3  invalid email in column email: invalid email: it has no @")
 	// Second run: 60 users changed, one attribute each; the 3 rejected users are tried again.
-	require.Contains(t, s, "Iterable received in the second run: 1 requests, 63 users: 60 changed users with 60 field values (1.00 per user), and 3 users rejected last run sent again in full")
+	require.Contains(t, s, "Iterable received in the second run: 1 requests, 60 users, 60 field values (1.00 per user); 3 rows rejected last run were checked again and rejected again")
 	// 3000 users minus 3 malformed emails minus the duplicated key (both rows).
 	require.Contains(t, s, "2996 profiles in the project")
 }

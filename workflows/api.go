@@ -68,6 +68,9 @@ type RunReport struct {
 	Skipped       activities.OpCounts `json:"skipped"`
 	Committed     int64               `json:"committed"`
 
+	// Existence is how update mode kept from creating profiles (native, lookup, export; "" in upsert).
+	Existence string `json:"existence,omitempty"`
+
 	Requests    int64 `json:"requests"`
 	RateLimited int64 `json:"rateLimited"`
 	Chunks      int   `json:"chunks"`
@@ -78,6 +81,9 @@ type RunReport struct {
 	StartedAt  time.Time     `json:"startedAt"`
 	FinishedAt time.Time     `json:"finishedAt"`
 	Duration   time.Duration `json:"duration"`
+	// PlanDuration is the diff in the warehouse; SyncDuration the sending of every chunk.
+	PlanDuration time.Duration `json:"planDuration"`
+	SyncDuration time.Duration `json:"syncDuration"`
 
 	TopRejections []warehouse.ReasonCount `json:"topRejections,omitempty"`
 	Warnings      []string                `json:"warnings,omitempty"`

@@ -58,6 +58,7 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 	if err := workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: runID, FullResync: in.FullResync}).Get(ctx, &plan); err != nil {
 		return failRun(ctx, &rep, err, setState)
 	}
+	rep.PlanDuration = workflow.Now(ctx).Sub(rep.StartedAt)
 	c := plan.Counts
 	rep.ModelRows, rep.Unchanged, rep.NullKeys, rep.DuplicateKeys = c.ModelRows, c.Unchanged, c.NullKeys, c.DuplicateKeys
 	rep.Planned = activities.OpCounts{Added: c.Added, Changed: c.Changed, Removed: c.Removed}
@@ -68,28 +69,56 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2,
 			MaximumInterval: time.Minute, MaximumAttempts: 10, NonRetryableErrorTypes: nonRetryable},
 	})
+	tables := []string{plan.Table}
 	finish := func() {
 		var fin activities.FinishResult
-		if err := workflow.ExecuteActivity(shortCtx, a.Finish, activities.FinishInput{Spec: act, RunID: runID, Table: plan.Table}).Get(ctx, &fin); err != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("finish: %v", err))
+		if err := workflow.ExecuteActivity(shortCtx, a.Finish, activities.FinishInput{Spec: act, RunID: runID, Tables: tables}).Get(ctx, &fin); err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("finish: %v", describe(err)))
 		}
 		rep.TopRejections = fin.TopReasons
 	}
 
+	// Field types are compared once per run, before anything is sent.
+	var fields activities.CheckFieldsResult
+	if rep.Planned.Total() > 0 {
+		if err := workflow.ExecuteActivity(shortCtx, a.CheckFields, activities.CheckFieldsInput{Spec: act, RunID: runID, Columns: plan.Columns}).Get(ctx, &fields); err != nil {
+			finish()
+			return failRun(ctx, &rep, err, setState)
+		}
+		rep.Warnings = append(rep.Warnings, fields.Warnings...)
+	}
+	rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Total())
+
 	if in.DryRun {
 		finish()
-		rep.State = StateDryRun
 		setState(StateCompleted)
 		rep.State = StateDryRun
 		return done(ctx, &rep), nil
 	}
 
 	setState(StateRunning)
-	finished, syncErr := syncChunks(ctx, act.Sync.WithDefaults().Concurrency, time.Duration(settings.HeartbeatTimeout), plan, &rep,
+	var known activities.ExportIdentifiersResult
+	if rep.Existence == activities.ExistenceExport {
+		exportCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			StartToCloseTimeout: 2 * time.Hour,
+			HeartbeatTimeout:    time.Minute,
+			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 15 * time.Second, BackoffCoefficient: 2,
+				MaximumInterval: 5 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
+		})
+		if err := workflow.ExecuteActivity(exportCtx, a.ExportIdentifiers, activities.ExportIdentifiersInput{Spec: act, RunID: runID}).Get(ctx, &known); err != nil {
+			finish()
+			return failRun(ctx, &rep, err, setState)
+		}
+		tables = append(tables, known.Table)
+	}
+	syncStart := workflow.Now(ctx)
+	finished, syncErr := syncChunks(ctx, settings.Concurrency, time.Duration(settings.HeartbeatTimeout), plan, &rep,
 		func(ch warehouse.Chunk) activities.SyncChunkInput {
-			return activities.SyncChunkInput{Spec: act, RunID: runID, Table: plan.Table, Chunk: ch}
+			return activities.SyncChunkInput{Spec: act, RunID: runID, Table: plan.Table, Chunk: ch,
+				Existence: rep.Existence, KnownTable: known.Table, Conflicts: fields.Conflicts}
 		})
 
+	rep.SyncDuration = workflow.Now(ctx).Sub(syncStart)
 	if len(finished) > 0 {
 		var cr warehouse.CommitResult
 		if err := workflow.ExecuteActivity(shortCtx, a.Commit, activities.CommitInput{Spec: act, RunID: runID, Table: plan.Table, Chunks: finished}).Get(ctx, &cr); err != nil {

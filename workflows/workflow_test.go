@@ -50,6 +50,8 @@ func env(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	// Most tests are not about field types: no conflicts unless a test says otherwise.
+	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(activities.CheckFieldsResult{}, nil).Maybe()
 	return e
 }
 
@@ -185,4 +187,70 @@ func TestProgressQuery(t *testing.T) {
 
 func workflowRegisterOptions() workflow.RegisterOptions {
 	return workflow.RegisterOptions{Name: workflows.WorkflowName}
+}
+
+func TestUpdateModeExportsIdentifiersAndPassesConflicts(t *testing.T) {
+	var s testsuite.WorkflowTestSuite
+	s.SetLogger(log.NewStructuredLogger(slog.New(slog.DiscardHandler)))
+	e := s.NewTestWorkflowEnvironment()
+	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
+	e.RegisterActivity(&activities.Activities{})
+	sp := testSpec()
+	sp.Destination.Mode = "update"
+	sp.Sync.LookupMaxRows = 10 // the 30-row plan is "large": export instead of lookups
+	var inputs []activities.SyncChunkInput
+	var dropped []string
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(plan(3), nil)
+	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(activities.CheckFieldsResult{
+		Conflicts: map[string]string{"a": "type conflict: field a is string in Iterable"},
+		Warnings:  []string{"type conflict: field a is string in Iterable"}}, nil)
+	e.OnActivity("ExportIdentifiers", mock.Anything, mock.Anything).Return(activities.ExportIdentifiersResult{Table: "plan_users_known", Count: 7}, nil)
+	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
+			inputs = append(inputs, in)
+			return chunkOK(ctx, in)
+		})
+	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(warehouse.CommitResult{}, nil)
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.FinishInput) (activities.FinishResult, error) {
+			dropped = in.Tables
+			return activities.FinishResult{}, nil
+		})
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: sp})
+	require.NoError(t, e.GetWorkflowError())
+	var rep workflows.RunReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	require.Equal(t, activities.ExistenceExport, rep.Existence)
+	require.Contains(t, rep.Warnings, "type conflict: field a is string in Iterable", "reported once, at activation level")
+	require.Len(t, inputs, 3)
+	for _, in := range inputs {
+		require.Equal(t, activities.ExistenceExport, in.Existence)
+		require.Equal(t, "plan_users_known", in.KnownTable)
+		require.Contains(t, in.Conflicts, "a")
+	}
+	require.ElementsMatch(t, []string{"plan_users_x", "plan_users_known"}, dropped, "the run's tables are dropped")
+}
+
+func TestExistenceStrategy(t *testing.T) {
+	tests := []struct {
+		name        string
+		mode, ptype string
+		idField     string
+		rows        int64
+		want        string
+	}{
+		{"upsert never checks", "upsert", "hybrid", "email", 5, activities.ExistenceNone},
+		{"email project by userId: Iterable refuses to create", "update", "email", "userId", 1e6, activities.ExistenceNative},
+		{"small plan: lookups", "update", "hybrid", "email", 10000, activities.ExistenceLookup},
+		{"large plan: one export", "update", "hybrid", "email", 10001, activities.ExistenceExport},
+		{"userId project, large plan", "update", "userId", "userId", 50000, activities.ExistenceExport},
+		{"email project by email: lookups", "update", "email", "email", 3, activities.ExistenceLookup},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := testSpec()
+			sp.Destination.Mode, sp.Destination.Iterable.ProjectType, sp.Destination.Identifier.Field = tc.mode, tc.ptype, tc.idField
+			require.Equal(t, tc.want, activities.ExistenceStrategy(sp, tc.rows))
+		})
+	}
 }

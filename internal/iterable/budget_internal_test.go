@@ -1,33 +1,132 @@
 package iterable
 
 import (
-	"context"
+	"math"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-// Several requests in flight when the project is overloaded all get a 429: the rate must be
-// halved once, not once per request.
-func TestBudgetHalvesOncePerOverload(t *testing.T) {
-	b := NewBudgets().Budget("k", EndpointBulkUpdate, 8)
-	ctx := context.Background()
+// half is a random source for the jitter that always draws the middle: no jitter.
+func half() float64 { return 0.5 }
+
+// Several requests in flight when the project is overloaded all get a 429: the rate must
+// decrease once, not once per request.
+func TestBudgetDecreasesOncePerOverload(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	b := newBudget(8, t0, half, defaultControl)
 	var epochs []uint64
-	for range 3 {
-		e, err := b.acquire(ctx)
-		require.NoError(t, err)
+	for i := range 3 {
+		e, _, ok := b.reserve(t0.Add(time.Duration(i) * time.Second))
+		require.True(t, ok)
 		epochs = append(epochs, e)
 	}
+	at := t0.Add(3 * time.Second)
 	for _, e := range epochs {
-		b.rateLimited(e, 0)
+		b.rateLimitedAt(at, e, 0)
 	}
-	require.Equal(t, 4.0, b.Rate())
+	require.InDelta(t, 8*0.4*0.6, b.rate, 1e-9, "60% of the slow start's rate, once")
 
-	e, err := b.acquire(ctx)
-	require.NoError(t, err)
-	b.rateLimited(e, 0)
-	require.Equal(t, 2.0, b.Rate(), "a request sent after the decrease decreases again")
+	at = at.Add(5 * time.Second)
+	e, _, ok := b.reserve(at)
+	require.True(t, ok)
+	before := b.rate
+	b.rateLimitedAt(at, e, 0)
+	require.InDelta(t, before*0.5, b.rate, 1e-9, "a request sent after the decrease decreases again")
+}
+
+// TestBudgetRateCurve follows the rate of one budget through its phases on a virtual clock.
+func TestBudgetRateCurve(t *testing.T) {
+	const ceiling = 10.0
+	t0 := time.Unix(1_700_000_000, 0)
+	ctl := defaultControl
+	b := newBudget(ceiling, t0, half, ctl)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+	// Slow start: 40% of the ceiling, then a quarter of the ceiling per second, up to 98%.
+	require.InDelta(t, 4.0, b.rate, 1e-9)
+	b.succeededAt(at(sec(1)))
+	require.InDelta(t, 6.5, b.rate, 1e-9)
+	b.succeededAt(at(sec(10)))
+	require.InDelta(t, 9.8, b.rate, 1e-9, "never above 98% of the ceiling")
+
+	// The first 429 ends the slow start at 60%, with no quick way back.
+	b.rateLimitedAt(at(sec(10)), b.epoch, 0)
+	require.InDelta(t, 5.88, b.rate, 1e-9)
+	b.succeededAt(at(sec(11)))
+	require.InDelta(t, 5.88+ceiling*(ctl.probe+ctl.accel), b.rate, 1e-9, "slow probing only")
+
+	// A later 429 halves; the rate regains 70% of where it was within 2s, then probes slowly,
+	// faster and faster the longer no 429 comes.
+	before := b.rate
+	b.rateLimitedAt(at(sec(11)), b.epoch, 0)
+	require.InDelta(t, before*0.5, b.rate, 1e-9)
+	b.succeededAt(at(sec(12)))
+	require.InDelta(t, before*0.6, b.rate, 1e-9, "half way back to 70% after 1s")
+	b.succeededAt(at(sec(13)))
+	require.InDelta(t, before*0.7, b.rate, 1e-9, "at 70% after 2s")
+	b.succeededAt(at(sec(31)))
+	probe := func(u float64) float64 { return before*0.5 + ceiling*(ctl.probe*u+ctl.accel*u*u) }
+	require.InDelta(t, math.Max(before*0.7, probe(20)), b.rate, 1e-9)
+	b.succeededAt(at(sec(71)))
+	require.InDelta(t, probe(60), b.rate, 1e-9)
+	b.succeededAt(at(sec(1000)))
+	require.InDelta(t, 9.8, b.rate, 1e-9, "back at the target when alone long enough")
+
+	// Retry-After pauses every sender whatever the epoch.
+	b.rateLimitedAt(at(sec(1000)), b.epoch+7, 3*time.Second)
+	_, wait, ok := b.reserve(at(sec(1001)))
+	require.False(t, ok)
+	require.Equal(t, 2*time.Second, wait)
+	require.InDelta(t, 9.8, b.rate, 1e-9, "a stale 429 does not decrease")
+}
+
+// A budget left unused restarts with the slow start: what it learnt is stale, and several idle
+// processes starting again at full rate together would overload the project.
+func TestBudgetRestartsAfterIdle(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	b := newBudget(10, t0, half, defaultControl)
+	b.rateLimitedAt(t0, b.epoch, 0)
+	for i := 1; i <= 60; i++ { // a request every 10s for 10 minutes
+		at := t0.Add(time.Duration(i) * 10 * time.Second)
+		_, _, ok := b.reserve(at)
+		require.True(t, ok)
+		b.succeededAt(at)
+	}
+	require.InDelta(t, 9.8, b.rate, 1e-9)
+	require.True(t, b.limited)
+
+	_, _, ok := b.reserve(t0.Add(10*time.Minute + 29*time.Second))
+	require.True(t, ok)
+	require.InDelta(t, 9.8, b.rate, 1e-9, "used within 30s: unchanged")
+
+	_, _, ok = b.reserve(t0.Add(11 * time.Minute))
+	require.True(t, ok)
+	require.InDelta(t, 4.0, b.rate, 1e-9, "back to 40%")
+	require.False(t, b.limited, "slow start again")
+	_, _, ok = b.reserve(t0.Add(11 * time.Minute))
+	require.False(t, ok, "with one token")
+	b.succeededAt(t0.Add(11*time.Minute + time.Second))
+	require.InDelta(t, 6.5, b.rate, 1e-9)
+}
+
+// TestBudgetSmallCeilings: a ceiling of one request or less (the export's 4 per minute) starts at
+// the ceiling and never goes under it: there is nothing to probe.
+func TestBudgetSmallCeilings(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	b := newBudget(4.0/60, t0, half, defaultControl)
+	require.InDelta(t, 4.0/60, b.rate, 1e-12)
+	_, _, ok := b.reserve(t0)
+	require.True(t, ok, "the first request goes at once")
+	_, wait, ok := b.reserve(t0.Add(time.Second))
+	require.False(t, ok)
+	require.Equal(t, 14*time.Second, wait.Round(time.Second))
+	b.rateLimitedAt(t0.Add(time.Second), b.epoch, 0)
+	require.InDelta(t, 4.0/60, b.rate, 1e-12)
 }
 
 func TestSanitizeMsg(t *testing.T) {
@@ -47,6 +146,104 @@ func TestSanitizeMsg(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			require.Equal(t, tt.want, sanitizeMsg(tt.msg, tt.fields, tt.values...))
+		})
+	}
+}
+
+// TestBudgetSimulation runs the rate control against a simulated project (budget_sim_test.go)
+// for a minute of virtual time per seed: a lone process runs at the limit without 429s, several
+// share it with few. BenchmarkThreeProcessesTwoActivations measures the same with real processes.
+func TestBudgetSimulation(t *testing.T) {
+	tests := []struct {
+		name       string
+		processes  int
+		stagger    time.Duration
+		minUtil    float64
+		maxLimited float64
+	}{
+		{name: "one process", processes: 1, minUtil: 0.96, maxLimited: 0},
+		{name: "two processes", processes: 2, minUtil: 0.93, maxLimited: 0.03},
+		{name: "three processes", processes: 3, minUtil: 0.95, maxLimited: 0.04},
+		{name: "three processes starting 10s apart", processes: 3, stagger: 10 * time.Second, minUtil: 0.93, maxLimited: 0.04},
+		{name: "six processes", processes: 6, minUtil: 0.95, maxLimited: 0.13},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for seed := range uint64(20) {
+				c := simConfig{processes: tt.processes, senders: 2, limit: 5, ceiling: 5, duration: time.Minute, seed: seed, stagger: tt.stagger}
+				r := simulate(c)
+				require.GreaterOrEqual(t, r.utilization(c), tt.minUtil, "seed %d: %+v", seed, r)
+				require.LessOrEqual(t, r.limitedRatio(), tt.maxLimited, "seed %d: %+v", seed, r)
+			}
+		})
+	}
+
+	// Two of three processes stop after 20s: the last one takes the whole limit back, slowly at
+	// first (it cannot tell them from processes still there), within about two minutes.
+	t.Run("alone after the others stop", func(t *testing.T) {
+		for seed := range uint64(20) {
+			c := simConfig{processes: 3, senders: 2, limit: 5, ceiling: 5, duration: 200 * time.Second, seed: seed,
+				measureFrom: 20 * time.Second, stopAt: map[int]time.Duration{1: 20 * time.Second, 2: 20 * time.Second}}
+			r := simulate(c)
+			require.GreaterOrEqual(t, r.utilization(c), 0.7, "seed %d: %+v", seed, r)
+		}
+	})
+}
+
+// TestBudgetSimulationReport prints the spread of the simulation over many seeds (for tuning):
+// SIM_REPORT=1 go test -run TestBudgetSimulationReport -v ./internal/iterable
+func TestBudgetSimulationReport(t *testing.T) {
+	if os.Getenv("SIM_REPORT") == "" {
+		t.Skip("set SIM_REPORT=1 to print the simulation report")
+	}
+	for _, procs := range []int{1, 2, 3, 4, 6} {
+		for _, stagger := range []time.Duration{0, 10 * time.Second} {
+			if procs == 1 && stagger > 0 {
+				continue
+			}
+			var sumU, sumL, minU, maxL float64
+			minU = math.Inf(1)
+			const seeds = 100
+			for seed := range uint64(seeds) {
+				c := simConfig{processes: procs, senders: 2, limit: 5, ceiling: 5, duration: 60 * time.Second, seed: seed, stagger: stagger}
+				r := simulate(c)
+				u, l := r.utilization(c), r.limitedRatio()
+				sumU += u
+				sumL += l
+				minU = math.Min(minU, u)
+				maxL = math.Max(maxL, l)
+			}
+			t.Logf("processes %d stagger %-4s: utilization avg %.3f min %.3f; 429s avg %.3f max %.3f",
+				procs, stagger, sumU/seeds, minU, sumL/seeds, maxL)
+		}
+	}
+}
+
+// Every endpoint has its own per-project budget at Iterable's limit, configurable.
+func TestClientBudgets(t *testing.T) {
+	tests := []struct {
+		name                            string
+		cfg                             Config
+		bulk, fields, lookups, exportPM float64
+	}{
+		{name: "Iterable's limits", bulk: 5, fields: 3, lookups: 100, exportPM: 4},
+		{name: "configured", cfg: Config{RequestsPerSecond: 2, LookupRPS: 10, ExportPerMinute: 1}, bulk: 2, fields: 3, lookups: 10, exportPM: 1},
+		{name: "unlimited", cfg: Config{RequestsPerSecond: -1}, bulk: math.Inf(1), fields: math.Inf(1), lookups: math.Inf(1), exportPM: math.Inf(1)},
+		{name: "unlimited bulk, limited lookups", cfg: Config{RequestsPerSecond: -1, LookupRPS: 50, ExportPerMinute: 4},
+			bulk: math.Inf(1), fields: math.Inf(1), lookups: 50, exportPM: 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.BaseURL, cfg.APIKey = "http://127.0.0.1:1", "key"
+			c, err := New(cfg)
+			require.NoError(t, err)
+			require.Equal(t, tt.bulk, c.bulk.Ceiling())
+			require.Equal(t, tt.fields, c.fields.Ceiling())
+			require.Equal(t, tt.lookups, c.byEmail.Ceiling())
+			require.Equal(t, tt.lookups, c.byUserID.Ceiling())
+			require.InDelta(t, tt.exportPM, c.export.Ceiling()*60, 1e-9)
+			require.NotSame(t, c.byEmail, c.byUserID)
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,6 +55,8 @@ const (
 	DefaultMaxBodyBytes    = 4 * 1024 * 1024
 	DefaultMaxElapsed      = 2 * time.Minute
 	DefaultHTTPTimeout     = 60 * time.Second
+	DefaultLookupWorkers   = 16
+	DefaultExportIdle      = 5 * time.Minute
 )
 
 // Config configures a Client. Zero values take the documented defaults.
@@ -67,8 +70,20 @@ type Config struct {
 	// MaxBodyBytes caps the bytes of one bulkUpdate body (default 4 MiB, Iterable's limit).
 	MaxBodyBytes int
 	// RequestsPerSecond is the bulkUpdate budget per project (default 5). Negative = no
-	// client-side limit (emulator benchmarks); 429s are still retried.
+	// client-side limit on any endpoint (emulator benchmarks) unless LookupRPS or
+	// ExportPerMinute say otherwise; 429s are still retried.
 	RequestsPerSecond float64
+	// LookupRPS is the budget of getByEmail and of byUserId, each, per project (default 100,
+	// Iterable's limit). Negative = no client-side limit.
+	LookupRPS float64
+	// LookupConcurrency is how many lookups Exists has in flight at once (default 16).
+	LookupConcurrency int
+	// ExportPerMinute is the budget of GET /api/export/data.json per project (default 4,
+	// Iterable's limit). Negative = no client-side limit.
+	ExportPerMinute float64
+	// ExportIdleTimeout aborts an export stream that delivers no byte for this long (default
+	// 5m). An export is not bounded by HTTPClient's Timeout: it may stream for hours.
+	ExportIdleTimeout time.Duration
 	// MaxElapsed bounds the retries of one request (default 2m).
 	MaxElapsed time.Duration
 	// RetryInitialInterval is the first backoff delay (default 500ms); tests make it small.
@@ -83,14 +98,17 @@ type Client struct {
 	baseURL         string
 	apiKey          string
 	http            *http.Client
+	stream          *http.Client // http without its overall Timeout, for exports
 	usersPerRequest int
+	lookupWorkers   int
+	exportIdle      time.Duration
 	maxBodyBytes    int
 	maxElapsed      time.Duration
 	retryInitial    time.Duration
 	retryMax        time.Duration
 	log             *slog.Logger
 
-	bulk, fields, byEmail, byUserID *Budget
+	bulk, fields, byEmail, byUserID, export *Budget
 }
 
 // New checks cfg and builds a Client.
@@ -105,14 +123,16 @@ func New(cfg Config) (*Client, error) {
 	if strings.TrimSpace(cfg.APIKey) == "" {
 		return nil, fmt.Errorf("iterable config: APIKey is empty")
 	}
-	if cfg.UsersPerRequest < 0 || cfg.MaxBodyBytes < 0 || cfg.MaxElapsed < 0 {
-		return nil, fmt.Errorf("iterable config: UsersPerRequest, MaxBodyBytes and MaxElapsed must not be negative")
+	if cfg.UsersPerRequest < 0 || cfg.MaxBodyBytes < 0 || cfg.MaxElapsed < 0 || cfg.LookupConcurrency < 0 || cfg.ExportIdleTimeout < 0 {
+		return nil, fmt.Errorf("iterable config: UsersPerRequest, MaxBodyBytes, MaxElapsed, LookupConcurrency and ExportIdleTimeout must not be negative")
 	}
 	c := &Client{
 		baseURL:         base,
 		apiKey:          cfg.APIKey,
 		http:            cfg.HTTPClient,
 		usersPerRequest: cmpDefault(cfg.UsersPerRequest, DefaultUsersPerRequest),
+		lookupWorkers:   cmpDefault(cfg.LookupConcurrency, DefaultLookupWorkers),
+		exportIdle:      cmpDefault(cfg.ExportIdleTimeout, DefaultExportIdle),
 		maxBodyBytes:    cmpDefault(cfg.MaxBodyBytes, DefaultMaxBodyBytes),
 		maxElapsed:      cmpDefault(cfg.MaxElapsed, DefaultMaxElapsed),
 		retryInitial:    cmpDefault(cfg.RetryInitialInterval, 500*time.Millisecond),
@@ -125,6 +145,11 @@ func New(cfg Config) (*Client, error) {
 	if c.http == nil {
 		c.http = &http.Client{Timeout: DefaultHTTPTimeout}
 	}
+	// Same transport, redirects and cookies; no overall deadline (the idle timeout and ctx
+	// bound an export instead).
+	stream := *c.http
+	stream.Timeout = 0
+	c.stream = &stream
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -138,14 +163,22 @@ func New(cfg Config) (*Client, error) {
 	}
 	lookups := float64(lookupRPS)
 	getFields := float64(getFieldsRPS)
+	exports := float64(exportPerMinute)
 	if rps < 0 {
 		// Rate limiting disabled: disable it for every endpoint of this client.
-		lookups, getFields = -1, -1
+		lookups, getFields, exports = -1, -1, -1
+	}
+	if cfg.LookupRPS != 0 {
+		lookups = cfg.LookupRPS
+	}
+	if cfg.ExportPerMinute != 0 {
+		exports = cfg.ExportPerMinute
 	}
 	c.bulk = budgets.Budget(cfg.APIKey, EndpointBulkUpdate, rps)
 	c.fields = budgets.Budget(cfg.APIKey, EndpointGetFields, getFields)
 	c.byEmail = budgets.Budget(cfg.APIKey, EndpointGetByEmail, lookups)
 	c.byUserID = budgets.Budget(cfg.APIKey, EndpointGetByUserID, lookups)
+	c.export = budgets.Budget(cfg.APIKey, EndpointExport, exports/60)
 	return c, nil
 }
 
@@ -199,6 +232,16 @@ const maxResponseBytes = 32 << 20
 // retried with exponential backoff and jitter until MaxElapsed; Retry-After is honoured for every
 // sender of the project. Non-retryable answers come back as *APIError.
 func (c *Client) do(ctx context.Context, budget *Budget, method, op, path string, body []byte, st *attemptStats) (*response, error) {
+	return c.doStream(ctx, budget, method, op, path, body, st, nil)
+}
+
+// consumeFunc reads a 2xx body as it streams in. It returns whether it consumed anything
+// (after which the request is never retried) and why it stopped early.
+type consumeFunc func(body io.Reader) (started bool, err error)
+
+// doStream is do with a 2xx body handed to consume instead of being read whole. A failure of
+// consume is retried like a transport failure only when it read nothing yet.
+func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path string, body []byte, st *attemptStats, consume consumeFunc) (*response, error) {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(c.retryInitial),
 		backoff.WithMaxInterval(c.retryMax),
@@ -212,9 +255,17 @@ func (c *Client) do(ctx context.Context, budget *Budget, method, op, path string
 			return nil, fmt.Errorf("iterable %s: waiting for the rate budget: %w", op, err)
 		}
 		st.requests++
-		resp, err := c.once(ctx, method, path, body)
+		resp, err := c.once(ctx, method, path, body, consume)
 		var retryAfter time.Duration
+		var ce *consumeError
 		switch {
+		case errors.As(err, &ce):
+			// The server accepted the request; the stream failed.
+			budget.Succeeded()
+			if ce.started || ctx.Err() != nil || !retryableTransport(ce.err) {
+				return nil, ce.err
+			}
+			err = ce.err
 		case err != nil:
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("iterable %s: %w", op, ctx.Err())
@@ -258,8 +309,47 @@ func (c *Client) do(ctx context.Context, budget *Budget, method, op, path string
 	}
 }
 
-// once sends one HTTP request and reads its answer.
-func (c *Client) once(ctx context.Context, method, path string, body []byte) (*response, error) {
+// errStreamIdle cuts a stream that delivered nothing for Config.ExportIdleTimeout. Its text says
+// "timeout" so that a stream that never started is retried like any timeout.
+var errStreamIdle = errors.New("stream idle timeout: no data received")
+
+// idleReader pushes back the idle timer on every read that returns data.
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+	idle  time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.timer.Reset(r.idle)
+	}
+	return n, err
+}
+
+// consumeError is a failure of a consumeFunc.
+type consumeError struct {
+	started bool
+	err     error
+}
+
+func (e *consumeError) Error() string { return e.err.Error() }
+func (e *consumeError) Unwrap() error { return e.err }
+
+// once sends one HTTP request and reads its answer, or hands a 2xx body to consume.
+func (c *Client) once(ctx context.Context, method, path string, body []byte, consume consumeFunc) (*response, error) {
+	hc := c.http
+	var idle *time.Timer
+	if consume != nil {
+		// A stream has no overall deadline; a stream that stalls is cut instead.
+		hc = c.stream
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		idle = time.AfterFunc(c.exportIdle, func() { cancel(errStreamIdle) })
+		defer idle.Stop()
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -274,11 +364,26 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte) (*r
 		req.Header.Set("Content-Type", "application/json")
 	}
 	start := time.Now()
-	res, err := c.http.Do(req)
+	res, err := hc.Do(req)
 	if err != nil {
+		if errors.Is(context.Cause(ctx), errStreamIdle) {
+			return nil, errStreamIdle
+		}
 		return nil, err
 	}
 	defer res.Body.Close()
+	if consume != nil && res.StatusCode >= 200 && res.StatusCode < 300 {
+		started, err := consume(&idleReader{r: res.Body, timer: idle, idle: c.exportIdle})
+		if err != nil && errors.Is(context.Cause(ctx), errStreamIdle) {
+			err = errStreamIdle
+		}
+		c.log.LogAttrs(ctx, slog.LevelDebug, "iterable stream",
+			slog.String("method", method), slog.Int("status", res.StatusCode), slog.Duration("took", time.Since(start)))
+		if err != nil {
+			return nil, &consumeError{started: started, err: err}
+		}
+		return &response{status: res.StatusCode}, nil
+	}
 	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
 	if err != nil {
 		return nil, err

@@ -61,7 +61,19 @@ type Destination struct {
 	// OnRemoved says what a row that left the model does in Iterable: "keep" (default: the profile
 	// keeps its values, the row leaves the state) or "clear" (its mapped fields are set to null).
 	OnRemoved string `yaml:"onRemoved,omitempty" json:"onRemoved,omitempty"`
+	// Nulls says what a NULL model value does: "clear" (default: the Iterable field is set to
+	// null) or "ignore" (the field is left out, Iterable keeps its value).
+	Nulls string `yaml:"nulls,omitempty" json:"nulls,omitempty"`
 }
+
+// Modes of a destination.
+const (
+	ModeUpsert = "upsert" // insert mode on: create missing profiles, update the others
+	ModeUpdate = "update" // update existing profiles only, never create one
+)
+
+// IgnoresNulls reports whether NULL values are left out of what is sent.
+func (d Destination) IgnoresNulls() bool { return d.Nulls == "ignore" }
 
 // Iterable locates the project.
 type Iterable struct {
@@ -135,6 +147,9 @@ type SyncSettings struct {
 	RequestsPerSecond float64 `yaml:"requestsPerSecond,omitempty" json:"requestsPerSecond,omitempty"`
 	// HeartbeatTimeout bounds how long a dead worker holds a chunk before another takes it over.
 	HeartbeatTimeout Duration `yaml:"heartbeatTimeout,omitempty" json:"heartbeatTimeout,omitempty"`
+	// LookupMaxRows: in update mode, plans with at most this many rows to send check each user
+	// with a lookup (100/s); larger plans export the project's identifiers once instead.
+	LookupMaxRows int64 `yaml:"lookupMaxRows,omitempty" json:"lookupMaxRows,omitempty"`
 }
 
 // Defaults of SyncSettings.
@@ -144,6 +159,7 @@ const (
 	DefaultUsersPerRequest   = 1000
 	DefaultRequestsPerSecond = 5
 	DefaultHeartbeatTimeout  = 30 * time.Second
+	DefaultLookupMaxRows     = 10000
 )
 
 // WithDefaults fills unset settings.
@@ -162,6 +178,9 @@ func (s SyncSettings) WithDefaults() SyncSettings {
 	}
 	if s.HeartbeatTimeout <= 0 {
 		s.HeartbeatTimeout = Duration(DefaultHeartbeatTimeout)
+	}
+	if s.LookupMaxRows <= 0 {
+		s.LookupMaxRows = DefaultLookupMaxRows
 	}
 	return s
 }

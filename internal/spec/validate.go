@@ -15,7 +15,8 @@ var (
 	sourceTypes  = []string{"duckdb"}
 	regions      = []string{"us", "eu"}
 	projectTypes = []string{"email", "userId", "hybrid"}
-	modes        = []string{"upsert"}
+	modes        = []string{ModeUpsert, ModeUpdate}
+	nulls        = []string{"clear", "ignore"}
 	idFields     = []string{"email", "userId"}
 	onRemoved    = []string{"keep", "clear"}
 )
@@ -94,10 +95,9 @@ func (a Activation) validate() Problems {
 	case key.Env != "" && key.File != "":
 		add("destination.iterable.apiKey", "set either env or file, not both")
 	}
-	if d.Mode == "update" {
-		add("destination.mode", "update (never create profiles) is not supported by this version yet (supported: %s)", strings.Join(modes, ", "))
-	} else {
-		oneOf("destination.mode", d.Mode, modes)
+	oneOf("destination.mode", d.Mode, modes)
+	if d.Nulls != "" {
+		oneOf("destination.nulls", d.Nulls, nulls)
 	}
 	if d.Identifier.Column == "" {
 		add("destination.identifier.column", "is required: the model column that holds the user's email or userId")
@@ -159,6 +159,9 @@ func (a Activation) validate() Problems {
 	}
 	if a.Sync.Concurrency < 0 || a.Sync.Concurrency > 64 {
 		add("sync.concurrency", "%d must be between 1 and 64", a.Sync.Concurrency)
+	}
+	if a.Sync.LookupMaxRows < 0 {
+		add("sync.lookupMaxRows", "must be positive")
 	}
 	if a.Sync.RequestsPerSecond < 0 {
 		add("sync.requestsPerSecond", "must be positive")

@@ -86,7 +86,32 @@ type Plan struct {
 	Table  string  `json:"table"`
 	Counts Counts  `json:"counts"`
 	Chunks []Chunk `json:"chunks"`
+	// Columns are the warehouse types of the mapped fields, to compare with the destination's.
+	Columns []ColumnType `json:"columns,omitempty"`
 }
+
+// ColumnType is the warehouse type of one mapped field's column.
+type ColumnType struct {
+	Field  string `json:"field"`
+	Column string `json:"column"`
+	Type   string `json:"type"` // the warehouse's own type name, e.g. BIGINT, VARCHAR, STRUCT(a INTEGER)
+	Kind   Kind   `json:"kind"` // the same, in warehouse-neutral terms
+}
+
+// Kind is a warehouse-neutral family of column types.
+type Kind string
+
+// Kinds of columns.
+const (
+	KindInteger   Kind = "integer"
+	KindFloat     Kind = "float" // floats and decimals
+	KindBoolean   Kind = "boolean"
+	KindString    Kind = "string"
+	KindTimestamp Kind = "timestamp" // dates and timestamps
+	KindObject    Kind = "object"    // structs, maps
+	KindArray     Kind = "array"
+	KindOther     Kind = "other" // JSON and anything whose values decide their own type
+)
 
 // Row is one plan row as read back for sending. It never leaves the worker process.
 type Row struct {
@@ -101,6 +126,8 @@ type Row struct {
 	Values map[string]any
 	// Changed lists the destination fields whose values changed (all fields for OpAdd), sorted.
 	Changed []string
+	// Known tells whether the identifier is in ChunkRequest.KnownTable (false when none was given).
+	Known bool
 }
 
 // ChunkRequest selects the rows of one chunk after a cursor.
@@ -111,6 +138,10 @@ type ChunkRequest struct {
 	Chunk        Chunk
 	// AfterSeq resumes a chunk: only rows with Seq > AfterSeq are read.
 	AfterSeq int64
+	// KnownTable, when set, names a table written by LoadIdentifiers: each row's Known then says
+	// whether its identifier is in it; KnownLowerCase compares lower-cased (emails), as loaded.
+	KnownTable     string
+	KnownLowerCase bool
 }
 
 // Outcome is the final state of a row that did not enter the state.
@@ -169,8 +200,12 @@ type Planner interface {
 	// Commit atomically applies the finished chunks' accepted rows to the state. Committing the
 	// same chunks twice is idempotent.
 	Commit(ctx context.Context, req CommitRequest) (CommitResult, error)
-	// DropPlan removes a plan table (after commit, or after a dry run).
+	// DropPlan removes a plan table, or a table of known identifiers (after commit, or after a dry run).
 	DropPlan(ctx context.Context, table string) error
+	// LoadIdentifiers writes the identifiers that load yields into a new table of the run and
+	// returns its name and row count. With lowerCase they are stored lower-cased (emails).
+	LoadIdentifiers(ctx context.Context, activationID, runID string, lowerCase bool,
+		load func(add func(id string) error) error) (table string, n int64, err error)
 	Close() error
 }
 

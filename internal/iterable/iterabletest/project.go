@@ -18,14 +18,15 @@ type project struct {
 	forgottenEmails  map[string]bool // lower-cased
 	forgottenUserIDs map[string]bool
 
-	bulkRL, getFieldsRL, byEmailRL, byUserIDRL *limiter
-	stats                                      Stats
-	received                                   []StoredUser // with Options.KeepReceived
+	bulkRL, getFieldsRL, byEmailRL, byUserIDRL, exportRL *limiter
+	stats                                                Stats
+	received                                             []StoredUser // with Options.KeepReceived
 }
 
 type user struct {
 	email, userID string
 	data          map[string]any
+	updated       time.Time // profileUpdatedAt: creation or last update
 }
 
 func newProject(t ProjectType, o Options) *project {
@@ -41,6 +42,7 @@ func newProject(t ProjectType, o Options) *project {
 		getFieldsRL:      newLimiter(o.GetFieldsRPS, o.Unlimited),
 		byEmailRL:        newLimiter(o.LookupRPS, o.Unlimited),
 		byUserIDRL:       newLimiter(o.LookupRPS, o.Unlimited),
+		exportRL:         newBurstLimiter(o.ExportPerMinute/60, exportBurst, o.Unlimited),
 	}
 }
 
@@ -85,7 +87,7 @@ func (p *project) find(email, userID string) *user {
 }
 
 func (p *project) add(email, userID string) *user {
-	u := &user{data: map[string]any{}}
+	u := &user{data: map[string]any{}, updated: time.Now()}
 	p.all[u] = struct{}{}
 	p.setEmail(u, email)
 	p.setUserID(u, userID)
@@ -320,6 +322,7 @@ func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created,
 			p.setUserID(target, uid)
 		}
 	}
+	target.updated = time.Now()
 	for k, c := range changes {
 		if _, known := p.fields[k]; !known {
 			if !createNew {
@@ -445,15 +448,21 @@ func validUserID(id string) bool {
 	return true
 }
 
-// limiter is a token bucket with burst equal to the rate (at least 1).
+// limiter is a token bucket.
 type limiter struct {
-	rate, tokens float64
-	last         time.Time
-	unlimited    bool
+	rate, burst, tokens float64
+	last                time.Time
+	unlimited           bool
 }
 
 func newLimiter(rps float64, unlimited bool) *limiter {
-	return &limiter{rate: rps, tokens: math.Max(1, rps), unlimited: unlimited || rps <= 0}
+	return newBurstLimiter(rps, math.Max(1, rps), unlimited)
+}
+
+// newBurstLimiter is a token bucket of rps per second holding at most burst tokens (at least 1).
+func newBurstLimiter(rps, burst float64, unlimited bool) *limiter {
+	burst = math.Max(1, burst)
+	return &limiter{rate: rps, burst: burst, tokens: burst, unlimited: unlimited || rps <= 0}
 }
 
 func (l *limiter) allow(now time.Time) bool {
@@ -461,7 +470,7 @@ func (l *limiter) allow(now time.Time) bool {
 		return true
 	}
 	if !l.last.IsZero() {
-		l.tokens = math.Min(math.Max(1, l.rate), l.tokens+now.Sub(l.last).Seconds()*l.rate)
+		l.tokens = math.Min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
 	}
 	l.last = now
 	if l.tokens < 1 {

@@ -2,8 +2,8 @@
 // It enforces the documented behaviour of the user endpoints the activation engine uses:
 // per-project API keys, the bulkUpdate body limit and rate limits, email and userId validation,
 // email-based, userID-based and hybrid projects, field-type locking, createNewFields, GDPR-forgotten
-// users, and the full failedUpdates answer. Faults (latency, 5xx, 429 bursts, dropped connections)
-// can be injected to test retries.
+// users, the full failedUpdates answer, lookups and the user export. Faults (latency, 5xx, 429
+// bursts, dropped connections, cut export streams) can be injected to test retries.
 //
 // Choices where Iterable's documentation is silent (documented here, relied on by tests):
 //   - A body over MaxBodyBytes is answered 400 {"code":"BatchTooLarge"} (not 413).
@@ -20,6 +20,11 @@
 //   - Creating fields past MaxFields (default 1000) answers the whole request 400
 //     UniqueFieldsLimitExceeded and applies nothing.
 //   - Field types are locked at the top level only; nested objects are stored as they come.
+//   - GET /api/export/data.json exports users only (dataTypeName=user; any other type is a 400).
+//     A user's line is {"email","userId","profileUpdatedAt",<dataFields>...}, limited to
+//     onlyFields when given; range and startDateTime/endDateTime select on profileUpdatedAt (the
+//     time the emulator created or last updated the profile), in UTC. Lines come sorted by email,
+//     then userId.
 package iterabletest
 
 import (
@@ -56,6 +61,9 @@ type Options struct {
 	GetFieldsRPS float64
 	// LookupRPS is the rate limit of getByEmail and of byUserId, each, per project (default 100).
 	LookupRPS float64
+	// ExportPerMinute is the rate limit of GET /api/export/data.json per project (default 4,
+	// with a burst of 4 requests).
+	ExportPerMinute float64
 	// MaxBodyBytes is the largest bulkUpdate body accepted (default 4 MiB).
 	MaxBodyBytes int
 	// MaxFields is the project's limit of distinct user fields (default 1000).
@@ -66,7 +74,8 @@ type Options struct {
 }
 
 // Faults are injected failures; they apply to bulkUpdate requests that carry a valid key,
-// except Latency, which delays every request.
+// except Latency, which delays every request, and CutExportAfter and Export429, which apply to
+// exports.
 type Faults struct {
 	Latency time.Duration
 	// Error5xxRate answers this fraction (0..1) of bulk requests 500, drawn from a seeded
@@ -81,6 +90,12 @@ type Faults struct {
 	// RejectField answers 400 RequestFieldsTypesMismatched to any bulk request in which a user's
 	// dataFields holds this field, the way Iterable refuses a whole request because of one user.
 	RejectField string
+	// CutExportAfter, when positive, makes every export stream stop after this many lines by
+	// closing the connection without ending the response, as a failing proxy would. Serve the
+	// emulator over a connection (NewServer) to use it.
+	CutExportAfter int
+	// Export429 answers the next N export requests 429 RateLimitExceeded.
+	Export429 int
 }
 
 // StoredUser is a user profile as stored by the emulator.
@@ -102,7 +117,9 @@ type Stats struct {
 	DroppedConnections int
 	BadRequests        int // 400 answers
 	GetFieldsRequests  int
-	LookupRequests     int
+	LookupRequests     int // getByEmail and byUserId
+	ExportRequests     int // export/data.json, whatever the answer
+	ExportedUsers      int // lines streamed by export/data.json
 }
 
 // Server is the emulator. It implements http.Handler.
@@ -137,6 +154,9 @@ func NewHandler(opts Options) *Server {
 	if opts.LookupRPS <= 0 {
 		opts.LookupRPS = 100
 	}
+	if opts.ExportPerMinute <= 0 {
+		opts.ExportPerMinute = 4
+	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 4 * 1024 * 1024
 	}
@@ -158,6 +178,7 @@ func NewHandler(opts Options) *Server {
 	s.mux.HandleFunc("GET /api/users/getFields", s.getFields)
 	s.mux.HandleFunc("GET /api/users/getByEmail", s.getByEmail)
 	s.mux.HandleFunc("GET /api/users/byUserId/{userId...}", s.getByUserID)
+	s.mux.HandleFunc("GET /api/export/data.json", s.exportData)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", "Endpoint not emulated")
 	})

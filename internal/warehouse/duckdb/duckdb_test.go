@@ -457,3 +457,42 @@ func TestRejectsForeignNames(t *testing.T) {
 	_, err = p.TopReasons(ctx, "owner", "run-1", 1)
 	require.NoError(t, err, "the rejections table survived")
 }
+
+func TestPlanReportsColumnTypesAndKnownIdentifiers(t *testing.T) {
+	ctx := context.Background()
+	p, err := duckdb.Open(ctx, duckdb.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	req := warehouse.PlanRequest{
+		ActivationID: "known", RunID: "r1", PrimaryKey: "id", Identifier: "email",
+		Query: `SELECT * FROM (VALUES (1, 'A@example.com', 10, 1.5, true, TIMESTAMP '2023-01-01 00:00:00'),
+			(2, 'b@example.com', 20, 2.5, false, NULL), (3, 'c@example.com', 30, 3.5, NULL, NULL)) t(id, email, n, x, flag, ts)`,
+		Fields: []warehouse.Field{{Column: "n", Field: "n"}, {Column: "x", Field: "x"}, {Column: "flag", Field: "flag"}, {Column: "ts", Field: "ts"}},
+	}
+	plan, err := p.Plan(ctx, req)
+	require.NoError(t, err)
+	types := map[string]string{}
+	for _, c := range plan.Columns {
+		types[c.Field] = c.Type
+	}
+	require.Equal(t, map[string]string{"n": "INTEGER", "x": "DECIMAL(2,1)", "flag": "BOOLEAN", "ts": "TIMESTAMP"}, types)
+
+	known, n, err := p.LoadIdentifiers(ctx, "known", "r1", true, func(add func(string) error) error {
+		for _, id := range []string{"a@EXAMPLE.com", "c@example.com", "c@example.com", "zz@example.com"} {
+			if err := add(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, int64(3), n, "deduplicated")
+	got := map[string]bool{}
+	require.NoError(t, p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: "known", Table: plan.Table, Fields: req.Fields,
+		Chunk: plan.Chunks[0], KnownTable: known, KnownLowerCase: true}, func(r warehouse.Row) error {
+		got[r.Key] = r.Known
+		return nil
+	}))
+	require.Equal(t, map[string]bool{"1": true, "2": false, "3": true}, got, "every plan row once, emails compared case-insensitively")
+	require.NoError(t, p.DropPlan(ctx, known))
+}

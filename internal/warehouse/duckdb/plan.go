@@ -53,6 +53,10 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		return warehouse.Plan{}, err
 	}
 	snapTook := time.Since(start)
+	columns, err := describeColumns(ctx, conn, fields)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+	}
 
 	state := p.qualified(StateTable(id))
 	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
@@ -69,7 +73,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		return warehouse.Plan{}, err
 	}
 
-	plan := warehouse.Plan{Table: table}
+	plan := warehouse.Plan{Table: table, Columns: columns}
 	err = conn.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE key IS NULL),
 		(SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM `+duplicatesTable+`) FROM `+snapshotTable).
 		Scan(&plan.Counts.ModelRows, &plan.Counts.NullKeys, &plan.Counts.DuplicateKeys)
@@ -326,4 +330,58 @@ func readChunks(ctx context.Context, conn *sql.Conn, plan string) ([]warehouse.C
 		chunks = append(chunks, c)
 	}
 	return chunks, rows.Err()
+}
+
+// describeColumns reads the snapshot's types of the mapped columns, in field order.
+func describeColumns(ctx context.Context, conn *sql.Conn, fields []warehouse.Field) ([]warehouse.ColumnType, error) {
+	rows, err := conn.QueryContext(ctx, `SELECT column_name, data_type FROM duckdb_columns()
+		WHERE database_name = 'temp' AND table_name = 'activation_snapshot'`)
+	if err != nil {
+		return nil, fmt.Errorf("describe model columns: %w", err)
+	}
+	defer rows.Close()
+	types := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, fmt.Errorf("describe model columns: %w", err)
+		}
+		types[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("describe model columns: %w", err)
+	}
+	out := make([]warehouse.ColumnType, len(fields))
+	for i, f := range fields {
+		t := types[valueColumn(f.Field)]
+		out[i] = warehouse.ColumnType{Field: f.Field, Column: f.Column, Type: t, Kind: kindOf(t)}
+	}
+	return out, nil
+}
+
+// kindOf classifies a DuckDB type name.
+func kindOf(t string) warehouse.Kind {
+	u := strings.ToUpper(t)
+	switch {
+	case strings.HasSuffix(u, "[]") || strings.HasPrefix(u, "LIST") || strings.Contains(u, "[") && strings.HasSuffix(u, "]"):
+		return warehouse.KindArray
+	case strings.HasPrefix(u, "STRUCT") || strings.HasPrefix(u, "MAP") || strings.HasPrefix(u, "UNION"):
+		return warehouse.KindObject
+	case strings.HasPrefix(u, "DECIMAL") || u == "DOUBLE" || u == "FLOAT" || u == "REAL":
+		return warehouse.KindFloat
+	case strings.HasPrefix(u, "TIMESTAMP") || u == "DATE":
+		return warehouse.KindTimestamp
+	}
+	switch u {
+	case "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT":
+		return warehouse.KindInteger
+	case "BOOLEAN":
+		return warehouse.KindBoolean
+	case "VARCHAR", "UUID", "TIME", "TIME WITH TIME ZONE", "INTERVAL", "ENUM":
+		return warehouse.KindString
+	}
+	if strings.HasPrefix(u, "ENUM") {
+		return warehouse.KindString
+	}
+	return warehouse.KindOther
 }

@@ -32,8 +32,28 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		all[i] = f.Field
 	}
 	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
-	rows, err := p.db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+p.qualified(req.Table)+`
-		WHERE seq > ? AND seq <= ? ORDER BY seq`, after, req.Chunk.LastSeq)
+	from := p.qualified(req.Table) + " AS plan"
+	cols = append(cols, "false AS known")
+	if req.KnownTable != "" {
+		if err := checkPlanTable(req.KnownTable, id); err != nil {
+			return fmt.Errorf("read chunk %d of %s: known identifiers: %w", req.Chunk.Index, id, err)
+		}
+		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
+		// neither drops nor repeats plan rows.
+		cols[len(cols)-1] = "known.id IS NOT NULL AS known"
+		ident := "CAST(plan.ident AS VARCHAR)"
+		if req.KnownLowerCase {
+			ident = "lower(" + ident + ")"
+		}
+		from += ` LEFT JOIN ` + p.qualified(req.KnownTable) + ` AS known ON known.id = ` + ident
+	}
+	for i, c := range cols {
+		if !strings.Contains(c, " AS ") {
+			cols[i] = "plan." + c
+		}
+	}
+	rows, err := p.db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+from+`
+		WHERE plan.seq > ? AND plan.seq <= ? ORDER BY plan.seq`, after, req.Chunk.LastSeq)
 	if err != nil {
 		return fmt.Errorf("read chunk %d of %s from %s: %w", req.Chunk.Index, id, req.Table, err)
 	}
@@ -44,18 +64,20 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		key, op string
 		changed any
 		ident   any
+		known   bool
 	)
 	values := make([]any, len(fields))
 	dest := []any{&seq, &key, &op, &changed, &ident}
 	for i := range values {
 		dest = append(dest, &values[i])
 	}
+	dest = append(dest, &known)
 	n := 0
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return fmt.Errorf("read chunk %d of %s from %s: row %d: %w", req.Chunk.Index, id, req.Table, n, err)
 		}
-		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{}}
+		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{}, Known: known}
 		if r.Op != warehouse.OpRemove {
 			for i, f := range fields {
 				r.Values[f.Field] = values[i]
@@ -228,4 +250,59 @@ func (p *Planner) DropPlan(ctx context.Context, table string) error {
 		return fmt.Errorf("drop plan %s: %w", table, err)
 	}
 	return nil
+}
+
+// KnownTable names the table of identifiers known to the destination for a run.
+func KnownTable(activationID, runID string) string { return PlanTable(activationID, runID+"/known") }
+
+// LoadIdentifiers bulk-appends the destination's identifiers into a run's table, deduplicated,
+// so ReadChunk can tell which plan rows name an existing profile.
+func (p *Planner) LoadIdentifiers(ctx context.Context, activationID, runID string, lowerCase bool,
+	load func(add func(id string) error) error) (string, int64, error) {
+	if err := checkActivationID(activationID); err != nil {
+		return "", 0, fmt.Errorf("load identifiers: %w", err)
+	}
+	table := KnownTable(activationID, runID)
+	staging := table + "_staging"
+	q, qs := p.qualified(table), p.qualified(staging)
+	if _, err := p.db.ExecContext(ctx, `CREATE OR REPLACE TABLE `+qs+` (id VARCHAR)`); err != nil {
+		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
+	}
+	defer func() { _, _ = p.db.ExecContext(context.WithoutCancel(ctx), `DROP TABLE IF EXISTS `+qs) }()
+	conn, err := p.db.Conn(ctx)
+	if err != nil {
+		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
+	}
+	defer conn.Close()
+	err = conn.Raw(func(dc any) error {
+		dconn, ok := dc.(driver.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		a, err := duckdb.NewAppender(dconn, p.catName, "main", staging)
+		if err != nil {
+			return err
+		}
+		if err := load(func(id string) error { return a.AppendRow(id) }); err != nil {
+			_ = a.Close()
+			return err
+		}
+		return a.Close()
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
+	}
+	norm := "id"
+	if lowerCase {
+		norm = "lower(id)"
+	}
+	if _, err := p.db.ExecContext(ctx, `CREATE OR REPLACE TABLE `+q+` AS SELECT DISTINCT `+norm+` AS id FROM `+qs+
+		` WHERE id IS NOT NULL AND id <> ''`); err != nil {
+		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
+	}
+	var n int64
+	if err := p.db.QueryRowContext(ctx, `SELECT count(*) FROM `+q).Scan(&n); err != nil {
+		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
+	}
+	return table, n, nil
 }
