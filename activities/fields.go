@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/activation-engine/activations/internal/iterable"
 	"github.com/activation-engine/activations/internal/warehouse"
 )
 
@@ -14,36 +15,29 @@ import (
 func iterableTypeOf(k warehouse.Kind) string {
 	switch k {
 	case warehouse.KindInteger:
-		return "long"
+		return iterable.TypeLong
 	case warehouse.KindFloat:
-		return "double"
+		return iterable.TypeDouble
 	case warehouse.KindBoolean:
-		return "boolean"
+		return iterable.TypeBoolean
 	case warehouse.KindString:
-		return "string"
+		return iterable.TypeString
 	case warehouse.KindTimestamp:
-		return "date"
+		return iterable.TypeDate
 	case warehouse.KindObject:
-		return "object"
+		return iterable.TypeObject
 	}
 	return ""
 }
 
-// compatible tells whether Iterable accepts values of type sent in a field locked to have.
-// Only clear mismatches count: a long fits a double field, a date-formatted string is a string.
+// compatible tells whether a field locked to have takes the values of a column sent as sent.
+// Only clear mismatches count: a string column may hold date-formatted strings, which Iterable
+// takes as dates, so only its values could tell.
 func compatible(have, sent string) bool {
-	switch {
-	case have == "" || sent == "" || have == sent:
-		return true
-	case sent == "long" && have == "double":
-		return true
-	case sent == "date" && have == "string":
-		return true
-	case sent == "string" && have == "date":
-		// Strings in Iterable's date format are dates; others would fail row by row.
+	if have == "" || sent == "" || (sent == iterable.TypeString && have == iterable.TypeDate) {
 		return true
 	}
-	return false
+	return iterable.FieldTypeAccepts(have, sent)
 }
 
 // CheckFields compares the model's column types with the project's fields (GET

@@ -87,3 +87,25 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 }
 
 func nan() float64 { z := 0.0; return z / z }
+
+func TestCompatibleTypes(t *testing.T) {
+	tests := []struct {
+		have, kind string
+		want       bool
+	}{
+		{"long", "integer", true},
+		{"double", "integer", true},
+		{"long", "float", false},
+		{"string", "integer", false},
+		{"string", "timestamp", true},
+		{"date", "string", true},
+		{"boolean", "string", false},
+		{"object", "object", true},
+		{"", "integer", true},
+		{"long", "other", true},
+	}
+	for _, tc := range tests {
+		got := compatible(tc.have, iterableTypeOf(warehouse.Kind(tc.kind)))
+		require.Equal(t, tc.want, got, "field %s, column kind %s", tc.have, tc.kind)
+	}
+}
