@@ -31,8 +31,15 @@ type Activation struct {
 type Source struct {
 	Type       string        `yaml:"type" json:"type"`
 	Query      string        `yaml:"query" json:"query"`
-	PrimaryKey string        `yaml:"primaryKey" json:"primaryKey"`
-	DuckDB     *DuckDBSource `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+	PrimaryKey string          `yaml:"primaryKey" json:"primaryKey"`
+	DuckDB     *DuckDBSource   `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+	BigQuery   *BigQuerySource `yaml:"bigquery,omitempty" json:"bigquery,omitempty"`
+}
+
+// BigQuerySource names the project whose jobs run the model (defaults to the state's project).
+type BigQuerySource struct {
+	Project  string `yaml:"project,omitempty" json:"project,omitempty"`
+	Location string `yaml:"location,omitempty" json:"location,omitempty"`
 }
 
 // DuckDBSource optionally names a database file the model reads from.
@@ -42,7 +49,19 @@ type DuckDBSource struct {
 
 // State says where the activation's state, plans and rejections live.
 type State struct {
-	DuckDB *DuckDBState `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+	DuckDB   *DuckDBState   `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
+	BigQuery *BigQueryState `yaml:"bigquery,omitempty" json:"bigquery,omitempty"`
+}
+
+// BigQueryState is the dataset that holds state, plan and rejections tables; its project runs
+// the jobs (and pays for them).
+type BigQueryState struct {
+	Project            string `yaml:"project" json:"project"`
+	Dataset            string `yaml:"dataset" json:"dataset"`
+	Location           string `yaml:"location,omitempty" json:"location,omitempty"`
+	MaximumBytesBilled int64  `yaml:"maximumBytesBilled,omitempty" json:"maximumBytesBilled,omitempty"`
+	// StorageRead reads plan chunks with the BigQuery Storage Read API (faster for large plans).
+	StorageRead bool `yaml:"storageRead,omitempty" json:"storageRead,omitempty"`
 }
 
 // DuckDBState is the state database file ("" = in-memory, lost when the worker stops).

@@ -140,3 +140,25 @@ func TestParseEvery(t *testing.T) {
 		require.Equal(t, ok, err == nil, in)
 	}
 }
+
+func TestBigQuerySpecs(t *testing.T) {
+	bq := strings.NewReplacer("type: duckdb", "type: bigquery",
+		"  duckdb: {path: .state/a.duckdb}", "  bigquery: {project: my-project, dataset: activations_state, location: US, maximumBytesBilled: 1000000000}").Replace(valid)
+	acts, err := spec.Load(write(t, t.TempDir(), "a.yaml", bq))
+	require.NoError(t, err)
+	require.Equal(t, "activations_state", acts[0].State.BigQuery.Dataset)
+
+	tests := []struct {
+		name, from, to, want string
+	}{
+		{"missing state", "  bigquery: {project: my-project, dataset: activations_state, location: US, maximumBytesBilled: 1000000000}", "  duckdb: {path: x.duckdb}", "state.bigquery: is required"},
+		{"bad dataset", "dataset: activations_state", "dataset: activations-state", "state.bigquery.dataset"},
+		{"bad project", "project: my-project", "project: X", "state.bigquery.project"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := spec.Load(write(t, t.TempDir(), "a.yaml", strings.Replace(bq, tc.from, tc.to, 1)))
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}

@@ -12,7 +12,9 @@ import (
 // Allowed values, named once so messages and checks agree.
 var (
 	idPattern    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	sourceTypes  = []string{"duckdb"}
+	sourceTypes  = []string{"duckdb", "bigquery"}
+	bqDataset    = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	bqProject    = regexp.MustCompile(`^[a-z][a-z0-9.:-]{4,62}[a-z0-9]$`)
 	regions      = []string{"us", "eu"}
 	projectTypes = []string{"email", "userId", "hybrid"}
 	modes        = []string{ModeUpsert, ModeUpdate}
@@ -62,10 +64,37 @@ func (a Activation) validate() Problems {
 	}
 
 	// Source.
-	if a.Source.Type == "bigquery" {
-		add("source.type", "bigquery is not supported by this version yet (supported: %s)", strings.Join(sourceTypes, ", "))
-	} else {
-		oneOf("source.type", a.Source.Type, sourceTypes)
+	oneOf("source.type", a.Source.Type, sourceTypes)
+	switch a.Source.Type {
+	case "duckdb":
+		if a.State.BigQuery != nil {
+			add("state.bigquery", "a duckdb source keeps its state in DuckDB: use state.duckdb")
+		}
+		if a.Source.BigQuery != nil {
+			add("source.bigquery", "is only for source.type bigquery")
+		}
+	case "bigquery":
+		bq := a.State.BigQuery
+		switch {
+		case bq == nil:
+			add("state.bigquery", "is required for a bigquery source: {project: PROJECT, dataset: DATASET}")
+		default:
+			if !bqProject.MatchString(bq.Project) {
+				add("state.bigquery.project", "%q is not a Google Cloud project id", bq.Project)
+			}
+			if !bqDataset.MatchString(bq.Dataset) {
+				add("state.bigquery.dataset", "%q must be letters, digits and underscores", bq.Dataset)
+			}
+			if bq.MaximumBytesBilled < 0 {
+				add("state.bigquery.maximumBytesBilled", "must be positive")
+			}
+		}
+		if a.State.DuckDB != nil {
+			add("state.duckdb", "a bigquery source keeps its state in BigQuery: use state.bigquery")
+		}
+		if a.Source.DuckDB != nil {
+			add("source.duckdb", "is only for source.type duckdb")
+		}
 	}
 	if strings.TrimSpace(a.Source.Query) == "" {
 		add("source.query", "is required: the SQL query of the model")
