@@ -8,6 +8,7 @@ import (
 
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse"
+	"github.com/activation-engine/activations/internal/warehouse/bigquery"
 	"github.com/activation-engine/activations/internal/warehouse/duckdb"
 )
 
@@ -36,22 +37,49 @@ func NewPlannerPool(logger *slog.Logger) *PlannerPool {
 
 // Planner opens (once) the planner of the activation's state.
 func (p *PlannerPool) Planner(ctx context.Context, a spec.Activation) (warehouse.Planner, error) {
-	if a.Source.Type != "duckdb" {
+	var (
+		key  string
+		open func() (warehouse.Planner, error)
+	)
+	switch a.Source.Type {
+	case "duckdb":
+		// An in-memory state lives only as long as its handle, so each activation gets its own.
+		key = "duckdb:" + a.StatePath() + "\x00" + a.SourcePath()
+		if a.StatePath() == "" {
+			key = "duckdb-mem:" + a.ID + "\x00" + a.SourcePath()
+		}
+		open = func() (warehouse.Planner, error) {
+			pl, err := duckdb.Open(ctx, duckdb.Options{Path: a.StatePath(), SourcePath: a.SourcePath(), Logger: p.Logger})
+			if err != nil {
+				return nil, fmt.Errorf("activation %s: open DuckDB state %s: %w", a.ID, a.StatePath(), err)
+			}
+			return pl, nil
+		}
+	case "bigquery":
+		st := a.State.BigQuery
+		if st == nil {
+			return nil, fmt.Errorf("activation %s: state.bigquery is missing", a.ID)
+		}
+		key = fmt.Sprintf("bigquery:%s/%s/%s/%d/%t", st.Project, st.Dataset, st.Location, st.MaximumBytesBilled, st.StorageRead)
+		open = func() (warehouse.Planner, error) {
+			pl, err := bigquery.Open(ctx, bigquery.Options{Project: st.Project, Dataset: st.Dataset, Location: st.Location,
+				MaximumBytesBilled: st.MaximumBytesBilled, StorageRead: st.StorageRead, Logger: p.Logger})
+			if err != nil {
+				return nil, fmt.Errorf("activation %s: open BigQuery state %s.%s: %w", a.ID, st.Project, st.Dataset, err)
+			}
+			return pl, nil
+		}
+	default:
 		return nil, fmt.Errorf("activation %s: source type %q is not supported by this worker", a.ID, a.Source.Type)
-	}
-	// An in-memory state lives only as long as its handle, so each activation gets its own.
-	key := a.StatePath() + "\x00" + a.SourcePath()
-	if a.StatePath() == "" {
-		key = "mem:" + a.ID + "\x00" + a.SourcePath()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pl, ok := p.planners[key]; ok {
 		return pl, nil
 	}
-	pl, err := duckdb.Open(ctx, duckdb.Options{Path: a.StatePath(), SourcePath: a.SourcePath(), Logger: p.Logger})
+	pl, err := open()
 	if err != nil {
-		return nil, fmt.Errorf("activation %s: open DuckDB state %s: %w", a.ID, a.StatePath(), err)
+		return nil, err
 	}
 	p.planners[key] = pl
 	return pl, nil

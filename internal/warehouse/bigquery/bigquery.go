@@ -1,0 +1,363 @@
+// Package bigquery implements warehouse.Planner on Google BigQuery.
+//
+// The diff runs inside BigQuery, as in the DuckDB planner: one state dataset holds, per
+// activation, a state table (what was last synced, clustered by key) and the plan tables of its
+// runs (clustered by seq, with an expiration), plus one rejections table for all activations
+// (partitioned by DATE(at)). Plan dry-runs the model (free: it validates the SQL and yields the
+// column types), then runs one multi-statement script that snapshots the model into a temporary
+// table, records duplicate keys and writes the plan table. Only counts come back. ReadChunk reads
+// a seq range of the plan (never OFFSET), through the REST API or the Storage Read API, and
+// Commit applies finished chunks minus the run's rejections with one MERGE.
+//
+// Row values travel only in result sets and in query parameters: never in SQL text, errors or
+// logs.
+//
+// IAM roles of the worker's credentials: roles/bigquery.dataEditor on the state dataset (or, to
+// let Open create it, bigquery.datasets.create on the project through roles/bigquery.user or
+// roles/bigquery.dataEditor), roles/bigquery.jobUser on the project that runs the jobs,
+// roles/bigquery.readSessionUser for Options.StorageRead, and roles/bigquery.dataViewer on the
+// datasets the models read.
+//
+// Cost of a run, on demand: the model's columns are scanned once by the snapshot; the script then
+// reads the snapshot (those values again, plus one hash per field) and the state (one hash per
+// field), and Commit's MERGE bills the whole state table once more. So bytes ≈ 2 × the model's
+// mapped columns + 3 × the state's size (the snapshot's hashes weigh what the state weighs),
+// plus BigQuery's 10 MB minimum per query for each chunk read and small statements. The state
+// costs about 150 bytes per row plus 80 per mapped field. Dry runs, load jobs and DropPlan are
+// free.
+package bigquery
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/bigquery"
+	"github.com/cenkalti/backoff/v4"
+	"google.golang.org/api/option"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// Options configures Open.
+type Options struct {
+	// Project runs the jobs (and is billed for them) and holds the state dataset.
+	Project string
+	// Dataset is the state dataset: state_<id>, plan_<id>_<hash>, known-identifier tables and
+	// rejections. Open creates it when missing.
+	Dataset string
+	// Location of the jobs and of the dataset, e.g. "US" or "EU". The model's datasets must live
+	// there too. Empty means the existing dataset's location ("US" when Open creates it).
+	Location string
+	// MaximumBytesBilled caps every query job; a job that would bill more fails without cost.
+	// 0 means no cap (the project's default).
+	MaximumBytesBilled int64
+	// PlanExpiration is how long plan and known-identifier tables live when nobody drops them
+	// (default 7 days).
+	PlanExpiration time.Duration
+	// ClientOptions configure both API clients, e.g. credentials; tests pass
+	// option.WithEndpoint(url), option.WithoutAuthentication() or option.WithHTTPClient.
+	ClientOptions []option.ClientOption
+	// StorageRead reads plan chunks through the BigQuery Storage Read API (gRPC, Arrow) instead of
+	// paging the REST API; it needs roles/bigquery.readSessionUser.
+	StorageRead bool
+	// StorageClientOptions, when set, replace ClientOptions for the Storage Read client (gRPC),
+	// which cannot use an option.WithHTTPClient; tests point it to a local gRPC server.
+	StorageClientOptions []option.ClientOption
+	// Logger receives debug and info records; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultPlanExpiration is the lifetime of plan tables when Options.PlanExpiration is zero.
+const DefaultPlanExpiration = 7 * 24 * time.Hour
+
+// RejectionsTable is the table of the state dataset that holds every activation's rejections,
+// for users to query. It is partitioned by DATE(at) and clustered by activation_id, run_id.
+const RejectionsTable = "rejections"
+
+// Planner is a warehouse.Planner backed by BigQuery. It is safe for concurrent use.
+type Planner struct {
+	bq      *bigquery.Client // REST reads and all jobs
+	storage *bigquery.Client // the same with the Storage Read API enabled; nil without StorageRead
+	log     *slog.Logger
+
+	project, dataset, location string
+	maxBytes                   int64
+	expiration                 time.Duration
+	newBackOff                 func() backoff.BackOff // tests shorten the waits
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // one per activation: serialises its Plan and Commit
+}
+
+var _ warehouse.Planner = (*Planner)(nil)
+
+var (
+	datasetPattern = regexp.MustCompile(`^[A-Za-z0-9_]{1,1000}$`)
+	// Project ids, optionally domain-scoped ("example.com:project").
+	projectPattern = regexp.MustCompile(`^([a-z0-9.-]+:)?[a-z][a-z0-9-]{0,62}$`)
+)
+
+// Open connects to BigQuery, creates the state dataset and the rejections table when missing,
+// and checks that the credentials may run jobs, so that a missing IAM role shows at startup.
+func Open(ctx context.Context, opts Options) (*Planner, error) {
+	if !projectPattern.MatchString(opts.Project) {
+		return nil, fmt.Errorf("open BigQuery: project %q is not a project id", opts.Project)
+	}
+	if !datasetPattern.MatchString(opts.Dataset) {
+		return nil, fmt.Errorf("open BigQuery: dataset %q must match %s", opts.Dataset, datasetPattern)
+	}
+	if opts.MaximumBytesBilled < 0 {
+		return nil, fmt.Errorf("open BigQuery: MaximumBytesBilled is negative")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	expiration := opts.PlanExpiration
+	if expiration <= 0 {
+		expiration = DefaultPlanExpiration
+	}
+	if expiration < time.Hour {
+		return nil, fmt.Errorf("open BigQuery: PlanExpiration %s is shorter than an hour: plans must outlive a run", expiration)
+	}
+	p := &Planner{
+		log: log, project: opts.Project, dataset: opts.Dataset, location: opts.Location,
+		maxBytes: opts.MaximumBytesBilled, expiration: expiration.Truncate(time.Second),
+		newBackOff: defaultBackOff, locks: map[string]*sync.Mutex{},
+	}
+	where := opts.Project + ":" + opts.Dataset
+	client, err := bigquery.NewClient(ctx, opts.Project, opts.ClientOptions...)
+	if err != nil {
+		return nil, fmt.Errorf("open BigQuery %s: %w", where, err)
+	}
+	p.bq = client
+	if err := p.init(ctx); err != nil {
+		_ = p.Close()
+		return nil, fmt.Errorf("open BigQuery %s: %w", where, err)
+	}
+	if opts.StorageRead {
+		// A second client, so that only chunk reads pay for a read session: the library reads
+		// every job result through the Storage Read API once it is enabled on a client.
+		storage, err := bigquery.NewClient(ctx, opts.Project, opts.ClientOptions...)
+		if err != nil {
+			_ = p.Close()
+			return nil, fmt.Errorf("open BigQuery %s: %w", where, err)
+		}
+		storage.Location = p.location
+		p.storage = storage
+		sopts := opts.ClientOptions
+		if len(opts.StorageClientOptions) > 0 {
+			sopts = opts.StorageClientOptions
+		}
+		if err := storage.EnableStorageReadClient(ctx, sopts...); err != nil {
+			_ = p.Close()
+			return nil, fmt.Errorf("open BigQuery %s: Storage Read API: %w", where, err)
+		}
+	}
+	log.DebugContext(ctx, "BigQuery state opened", "project", p.project, "dataset", p.dataset,
+		"location", p.location, "storage_read", opts.StorageRead)
+	return p, nil
+}
+
+// Close releases the clients.
+func (p *Planner) Close() error {
+	var errs []error
+	for _, c := range []*bigquery.Client{p.bq, p.storage} {
+		if c != nil {
+			errs = append(errs, c.Close())
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close BigQuery: %w", err)
+	}
+	return nil
+}
+
+// lock serialises the state-changing steps (Plan, Commit) of one activation inside this
+// process; BigQuery queues concurrent DML on one table across processes.
+func (p *Planner) lock(activationID string) func() {
+	p.mu.Lock()
+	m, ok := p.locks[activationID]
+	if !ok {
+		m = &sync.Mutex{}
+		p.locks[activationID] = m
+	}
+	p.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// qualified names a table of the state dataset, quoted.
+func (p *Planner) qualified(table string) string {
+	return quoteIdent(p.project) + "." + quoteIdent(p.dataset) + "." + quoteIdent(table)
+}
+
+var activationIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+func checkActivationID(id string) error {
+	if !activationIDPattern.MatchString(id) {
+		return fmt.Errorf("activation id %q must match %s", id, activationIDPattern)
+	}
+	return nil
+}
+
+func tableSuffix(activationID string) string { return strings.ReplaceAll(activationID, "-", "_") }
+
+// StateTable is the name of an activation's state table.
+func StateTable(activationID string) string { return "state_" + tableSuffix(activationID) }
+
+// PlanTable is the name of the plan table of one run: stable, so a retried Plan replaces it.
+func PlanTable(activationID, runID string) string {
+	return "plan_" + tableSuffix(activationID) + "_" + shortHash(runID)
+}
+
+// KnownTable names the table of identifiers known to the destination for a run.
+func KnownTable(activationID, runID string) string { return PlanTable(activationID, runID+"/known") }
+
+var planTablePattern = regexp.MustCompile(`^plan_[a-z0-9][a-z0-9_]{0,62}_[0-9a-f]{12}$`)
+
+// checkPlanTable refuses table names that Plan cannot have produced (and, with an activation
+// id, plans of another activation), so a bad input never reaches DROP or the state.
+func checkPlanTable(table, activationID string) error {
+	if !planTablePattern.MatchString(table) {
+		return fmt.Errorf("%q is not a plan table name", table)
+	}
+	if activationID != "" && !strings.HasPrefix(table, "plan_"+tableSuffix(activationID)+"_") {
+		return fmt.Errorf("plan table %s does not belong to activation %s", table, activationID)
+	}
+	return nil
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:6])
+}
+
+// valueColumn names the plan column holding a destination field's value. Hex keeps every field
+// name a valid column name, and distinct although BigQuery column names are case-insensitive.
+func valueColumn(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
+
+// labels are set on every job, for cost attribution in INFORMATION_SCHEMA.JOBS and billing
+// exports. A ChunkRequest carries no run id: read jobs are labelled with the plan table's run
+// hash (label "plan") instead, which Plan's and Commit's jobs carry too.
+func labels(step, activationID, runID, planTable string) map[string]string {
+	l := map[string]string{"step": step}
+	if activationID != "" {
+		l["activation_id"] = labelValue(activationID)
+	}
+	if runID != "" {
+		l["run_id"] = labelValue(runID)
+	}
+	if planTable != "" {
+		l["plan"] = labelValue(planTable[strings.LastIndexByte(planTable, '_')+1:])
+	}
+	return l
+}
+
+// labelValue folds s into BigQuery's label rules: at most 63 characters of [a-z0-9_-].
+func labelValue(s string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(s) {
+		if b.Len() == 63 {
+			break
+		}
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+// init checks (or creates) the dataset and the rejections table, and that jobs may run.
+func (p *Planner) init(ctx context.Context) error {
+	p.bq.Location = p.location
+	ds := p.bq.Dataset(p.dataset)
+	md, err := ds.Metadata(ctx)
+	switch {
+	case isNotFound(err):
+		loc := p.location
+		if loc == "" {
+			loc = "US"
+		}
+		err := ds.Create(ctx, &bigquery.DatasetMetadata{
+			Location:    loc,
+			Description: "State of warehouse-to-Iterable activations: state, plan and rejections tables.",
+		})
+		if err != nil && !isConflict(err) {
+			if isAccessDenied(err) {
+				return fmt.Errorf("creating dataset %s in %s was refused: create it yourself (bq mk --location=%s %s:%s) "+
+					"and grant roles/bigquery.dataEditor on it, or grant bigquery.datasets.create on project %s "+
+					"(roles/bigquery.user or roles/bigquery.dataEditor); %s: %w",
+					p.dataset, loc, loc, p.project, p.dataset, p.project, p.iamRoles(), err)
+			}
+			return fmt.Errorf("create dataset %s: %w", p.dataset, err)
+		}
+		p.location = loc
+		p.log.InfoContext(ctx, "BigQuery state dataset created", "project", p.project, "dataset", p.dataset, "location", loc)
+	case err != nil:
+		return fmt.Errorf("read dataset %s: %w", p.dataset, p.explain(err))
+	case p.location == "":
+		p.location = md.Location
+	case !strings.EqualFold(md.Location, p.location):
+		return fmt.Errorf("dataset %s is in location %s, not %s: jobs of one location cannot write it",
+			p.dataset, md.Location, p.location)
+	}
+	p.bq.Location = p.location
+
+	err = ds.Table(RejectionsTable).Create(ctx, &bigquery.TableMetadata{
+		Description: "Rows of activation runs that were rejected by the destination or skipped; one row per " +
+			"recording, so count distinct keys.",
+		Schema: bigquery.Schema{
+			{Name: "activation_id", Type: bigquery.StringFieldType, Required: true},
+			{Name: "run_id", Type: bigquery.StringFieldType, Required: true},
+			{Name: "key", Type: bigquery.StringFieldType},
+			{Name: "op", Type: bigquery.StringFieldType},
+			{Name: "outcome", Type: bigquery.StringFieldType, Required: true},
+			{Name: "field", Type: bigquery.StringFieldType},
+			{Name: "reason", Type: bigquery.StringFieldType},
+			{Name: "at", Type: bigquery.TimestampFieldType, Required: true},
+		},
+		TimePartitioning: &bigquery.TimePartitioning{Type: bigquery.DayPartitioningType, Field: "at"},
+		Clustering:       &bigquery.Clustering{Fields: []string{"activation_id", "run_id"}},
+	})
+	if err != nil && !isConflict(err) {
+		return fmt.Errorf("create table %s: %w", RejectionsTable, p.explain(err))
+	}
+
+	// A dry run is free and needs bigquery.jobs.create: a missing roles/bigquery.jobUser shows now.
+	if _, err := p.dryRun(ctx, job{step: "open", sql: "SELECT 1"}); err != nil {
+		return fmt.Errorf("check that jobs can run: %w", p.explain(err))
+	}
+	return nil
+}
+
+// DryRunModel dry-runs a model without opening the state dataset (nothing is created): what
+// `starter validate` needs. It costs nothing.
+func DryRunModel(ctx context.Context, opts Options, query string) (DryRunResult, error) {
+	if !projectPattern.MatchString(opts.Project) {
+		return DryRunResult{}, fmt.Errorf("dry run: project %q is not a project id", opts.Project)
+	}
+	client, err := bigquery.NewClient(ctx, opts.Project, opts.ClientOptions...)
+	if err != nil {
+		return DryRunResult{}, fmt.Errorf("dry run in %s: %w", opts.Project, err)
+	}
+	defer client.Close()
+	client.Location = opts.Location
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Planner{bq: client, log: log, project: opts.Project, dataset: opts.Dataset, location: opts.Location,
+		maxBytes: opts.MaximumBytesBilled, newBackOff: defaultBackOff, locks: map[string]*sync.Mutex{}}
+	return p.DryRun(ctx, query)
+}

@@ -1,0 +1,238 @@
+package bigquery
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/bigquery"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+// DryRunResult is what BigQuery says about a query without running it.
+type DryRunResult struct {
+	// BytesProcessed is the number of bytes the query would scan (and bill, on demand).
+	BytesProcessed int64 `json:"bytesProcessed"`
+	// Schema is the query's result, column by column.
+	Schema []Column `json:"schema"`
+	// Unsupported describes the columns whose values cannot be sent, e.g.
+	// "column geo: FOO cannot be sent: unknown BigQuery type". Every type BigQuery documents
+	// today is supported (see normalize), so it lists only types added later.
+	Unsupported []string `json:"unsupported,omitempty"`
+}
+
+// DryRun validates a model query without running it (it costs nothing) and returns the bytes it
+// would scan and its columns. Errors of the query wrap warehouse.ErrInvalidModel.
+func (p *Planner) DryRun(ctx context.Context, query string) (DryRunResult, error) {
+	if strings.TrimSpace(query) == "" {
+		return DryRunResult{}, fmt.Errorf("dry run: %w: the query is empty", warehouse.ErrInvalidModel)
+	}
+	stats, err := p.dryRun(ctx, job{step: "dry-run", sql: trimQuery(query)})
+	if err != nil {
+		return DryRunResult{}, p.modelError(ctx, "dry run", err, true)
+	}
+	res := DryRunResult{BytesProcessed: stats.TotalBytesProcessed, Schema: []Column{}}
+	for _, fs := range querySchema(stats) {
+		res.Schema = append(res.Schema, Column{Name: fs.Name, Type: typeName(fs)})
+		res.Unsupported = append(res.Unsupported, unsupported("column "+fs.Name, fs)...)
+	}
+	return res, nil
+}
+
+// unsupported lists the parts of a column whose type this package does not know.
+func unsupported(path string, fs *bigquery.FieldSchema) []string {
+	if fs.Type == bigquery.RecordFieldType {
+		var out []string
+		for _, sub := range fs.Schema {
+			out = append(out, unsupported(path+"."+sub.Name, sub)...)
+		}
+		return out
+	}
+	elem := *fs
+	elem.Repeated = false
+	if _, ok := kindOf(&elem); !ok {
+		return []string{fmt.Sprintf("%s: %s cannot be sent: unknown BigQuery type (cast it in the model, e.g. to STRING)",
+			path, typeName(fs))}
+	}
+	return nil
+}
+
+func querySchema(stats *bigquery.JobStatistics) bigquery.Schema {
+	if qs, ok := stats.Details.(*bigquery.QueryStatistics); ok {
+		return qs.Schema
+	}
+	return nil
+}
+
+// Plan validates the model with a dry run (free; it also yields the column types), then runs one
+// script that snapshots the model, records duplicate keys, diffs against the state and writes
+// the plan table. Only counts come back.
+func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehouse.Plan, error) {
+	id := req.ActivationID
+	fields, err := checkPlanRequest(req)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+	}
+	chunkRows := req.ChunkRows
+	if chunkRows <= 0 {
+		chunkRows = warehouse.DefaultChunkRows
+	}
+	defer p.lock(id)()
+	start := time.Now()
+	table := PlanTable(id, req.RunID)
+	what := "plan " + id
+
+	validate := job{step: "plan-validate", activationID: id, runID: req.RunID, table: table,
+		sql: snapshotSelect(req, fields)}
+	stats, err := p.dryRun(ctx, validate)
+	if err != nil {
+		return warehouse.Plan{}, p.modelError(ctx, what, err, true)
+	}
+	plan := warehouse.Plan{Table: table, Columns: describeColumns(querySchema(stats), fields)}
+
+	script := job{step: "plan", activationID: id, runID: req.RunID, table: table,
+		sql: planScript(req, fields, p.qualified(table), p.qualified(StateTable(id)), p.qualified(RejectionsTable),
+			chunkRows, int64(p.expiration/time.Second)),
+		params: []bigquery.QueryParameter{
+			{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
+			{Name: "duplicate_prefix", Value: duplicateReasonPrefix},
+			{Name: "duplicate_format", Value: warehouse.DuplicateKeyReasonFormat},
+		}}
+	var parseErr error
+	rows := 0
+	err = p.query(ctx, script, func(row []bigquery.Value, _ bigquery.Schema) error {
+		rows++
+		parseErr = parseSummary(row, &plan)
+		return parseErr
+	})
+	switch {
+	case parseErr != nil:
+		return warehouse.Plan{}, fmt.Errorf("plan %s: read the plan summary: %w", id, parseErr)
+	case err != nil:
+		return warehouse.Plan{}, p.modelError(ctx, what, err, false)
+	case rows != 1:
+		return warehouse.Plan{}, fmt.Errorf("plan %s: the plan script returned %d summary rows, want 1", id, rows)
+	}
+	for _, c := range plan.Chunks {
+		plan.Counts.Added += c.Added
+		plan.Counts.Changed += c.Changed
+		plan.Counts.Removed += c.Removed
+	}
+	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys
+	plan.Counts.Unchanged = clean - plan.Counts.Added - plan.Counts.Changed
+
+	c := plan.Counts
+	p.log.DebugContext(ctx, "plan written", "activation", id, "run", req.RunID, "table", table,
+		"model_rows", c.ModelRows, "added", c.Added, "changed", c.Changed, "removed", c.Removed,
+		"unchanged", c.Unchanged, "null_keys", c.NullKeys, "duplicate_keys", c.DuplicateKeys,
+		"chunks", len(plan.Chunks), "model_bytes", stats.TotalBytesProcessed, "took", time.Since(start))
+	return plan, nil
+}
+
+// checkPlanRequest validates the request and returns its fields sorted by destination name,
+// the canonical order of hashes and of the changed-field lists. BaseDir has no meaning here:
+// BigQuery models name their tables.
+func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
+	if err := checkActivationID(req.ActivationID); err != nil {
+		return nil, err
+	}
+	if req.RunID == "" {
+		return nil, fmt.Errorf("run id is empty")
+	}
+	if strings.TrimSpace(req.Query) == "" {
+		return nil, fmt.Errorf("%w: the query is empty", warehouse.ErrInvalidModel)
+	}
+	if req.PrimaryKey == "" {
+		return nil, fmt.Errorf("%w: no primary key column", warehouse.ErrInvalidModel)
+	}
+	fields, err := sortedFields(req.Fields)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", warehouse.ErrInvalidModel, err)
+	}
+	if !validUTF8(req.PrimaryKey, req.Identifier) {
+		return nil, fmt.Errorf("%w: a column name is not valid UTF-8", warehouse.ErrInvalidModel)
+	}
+	return fields, nil
+}
+
+func sortedFields(fs []warehouse.Field) ([]warehouse.Field, error) {
+	fields := slices.Clone(fs)
+	slices.SortFunc(fields, func(a, b warehouse.Field) int { return strings.Compare(a.Field, b.Field) })
+	for i, f := range fields {
+		if f.Field == "" || f.Column == "" {
+			return nil, fmt.Errorf("a mapped field has an empty column or field name")
+		}
+		if !validUTF8(f.Field, f.Column) {
+			return nil, fmt.Errorf("a mapped field or column name is not valid UTF-8")
+		}
+		if i > 0 && fields[i-1].Field == f.Field {
+			return nil, fmt.Errorf("field %q is mapped twice", f.Field)
+		}
+	}
+	return fields, nil
+}
+
+// describeColumns reads the types of the mapped columns from the snapshot's schema, in field
+// order.
+func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehouse.ColumnType {
+	byName := map[string]*bigquery.FieldSchema{}
+	for _, fs := range schema {
+		byName[strings.ToLower(fs.Name)] = fs
+	}
+	out := make([]warehouse.ColumnType, len(fields))
+	for i, f := range fields {
+		out[i] = warehouse.ColumnType{Field: f.Field, Column: f.Column, Kind: warehouse.KindOther}
+		if fs, ok := byName[valueColumn(f.Field)]; ok {
+			out[i].Type = typeName(fs)
+			out[i].Kind, _ = kindOf(fs)
+		}
+	}
+	return out
+}
+
+// parseSummary reads the plan script's last row: model_rows, null_keys, duplicate_keys, chunks.
+func parseSummary(row []bigquery.Value, plan *warehouse.Plan) error {
+	if len(row) != 4 {
+		return fmt.Errorf("summary has %d columns, want 4", len(row))
+	}
+	var err error
+	c := &plan.Counts
+	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys} {
+		if *dst, err = asInt(row[i]); err != nil {
+			return fmt.Errorf("summary column %d: %w", i, err)
+		}
+	}
+	list, ok := row[3].([]bigquery.Value)
+	if !ok && row[3] != nil {
+		return fmt.Errorf("summary chunks are a %T, want a list", row[3])
+	}
+	plan.Chunks = nil
+	for _, item := range list {
+		cells, ok := item.([]bigquery.Value)
+		if !ok || len(cells) != 6 {
+			return fmt.Errorf("summary chunk is a %T, want 6 values", item)
+		}
+		var n [6]int64
+		for i := range n {
+			if n[i], err = asInt(cells[i]); err != nil {
+				return fmt.Errorf("summary chunk value %d: %w", i, err)
+			}
+		}
+		plan.Chunks = append(plan.Chunks, warehouse.Chunk{Index: int(n[0]), FirstSeq: n[1], LastSeq: n[2],
+			Added: n[3], Changed: n[4], Removed: n[5]})
+	}
+	return nil
+}
+
+func asInt(v bigquery.Value) (int64, error) {
+	switch x := v.(type) {
+	case int64:
+		return x, nil
+	case nil:
+		return 0, nil
+	}
+	return 0, fmt.Errorf("got a %T, want an INT64", v)
+}

@@ -1,0 +1,113 @@
+package bigquery
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/activation-engine/activations/internal/warehouse"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// goldenRequest is a representative plan request, with names that need quoting and escaping.
+func goldenRequest() warehouse.PlanRequest {
+	return warehouse.PlanRequest{
+		ActivationID: "crm-users", RunID: "run-1",
+		Query:      "SELECT * FROM `acme-prod.crm.users` WHERE NOT deleted -- the model\n;\n",
+		PrimaryKey: "user_id", Identifier: "email",
+		Fields: []warehouse.Field{
+			{Column: "first_name", Field: "firstName"},
+			{Column: "age", Field: "age"},
+			{Column: "we`ird col", Field: `a/b~c"d'e`},
+			{Column: "ünï", Field: "ünï cödé"},
+		},
+		ChunkRows: 500,
+	}
+}
+
+func TestGoldenSQL(t *testing.T) {
+	req := goldenRequest()
+	fields, err := checkPlanRequest(req)
+	require.NoError(t, err)
+	bare := req
+	bare.Identifier, bare.Fields, bare.FullResync = "", nil, true
+	p := &Planner{project: "acme-prod", dataset: "activations"}
+	id := req.ActivationID
+	plan, state, rej := p.qualified(PlanTable(id, req.RunID)), p.qualified(StateTable(id)), p.qualified(RejectionsTable)
+	week := int64(DefaultPlanExpiration.Seconds())
+	tests := []struct {
+		file string
+		sql  string
+	}{
+		{"plan_validate.sql", snapshotSelect(req, fields)},
+		{"plan.sql", planScript(req, fields, plan, state, rej, req.ChunkRows, week)},
+		{"plan_full_resync_no_fields.sql", planScript(bare, nil, plan, state, rej, 10000, week)},
+		{"read.sql", readChunkSQL(plan, "", false, fields)},
+		{"read_known.sql", readChunkSQL(plan, p.qualified(KnownTable(id, req.RunID)), true, fields)},
+		{"commit.sql", commitScript(plan, state, rej)},
+		{"rejections.sql", insertRejectionsSQL(rej)},
+		{"top_reasons.sql", topReasonsSQL(rej, true)},
+		{"known.sql", knownScript(p.qualified(KnownTable(id, req.RunID)), p.qualified(KnownTable(id, req.RunID)+"_staging"), true, week)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			path := filepath.Join("testdata", tc.file)
+			got := tc.sql + "\n"
+			if *update {
+				require.NoError(t, os.WriteFile(path, []byte(got), 0o644))
+			}
+			want, err := os.ReadFile(path)
+			require.NoError(t, err, "run go test -update to create it")
+			require.Equal(t, string(want), got)
+		})
+	}
+}
+
+func TestEscape(t *testing.T) {
+	tests := []struct{ in, ident, str string }{
+		{"plain_name", "`plain_name`", "'plain_name'"},
+		{"we`ird", "`we\\`ird`", "'we\\`ird'"},
+		{`it's "q"`, "`it\\'s \\\"q\\\"`", `'it\'s \"q\"'`},
+		{`back\slash`, "`back\\\\slash`", `'back\\slash'`},
+		{"line\nbreak", "`line\\u000abreak`", `'line\u000abreak'`},
+		{"ünï 😀", "`\\u00fcn\\u00ef \\U0001f600`", `'\u00fcn\u00ef \U0001f600'`},
+		{"x'); DROP TABLE t; --", "`x\\'); DROP TABLE t; --`", `'x\'); DROP TABLE t; --'`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			require.Equal(t, tc.ident, quoteIdent(tc.in))
+			require.Equal(t, tc.str, quoteString(tc.in))
+		})
+	}
+}
+
+func TestLabelValue(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"crm-users", "crm-users"},
+		{"Run/ID:42", "run_id_42"},
+		{"0190f7a2-6c3e-7d11-9a3b-1f2e3d4c5b6a", "0190f7a2-6c3e-7d11-9a3b-1f2e3d4c5b6a"},
+		{string(make([]byte, 100)), "_______________________________________________________________"},
+	}
+	for _, tc := range tests {
+		got := labelValue(tc.in)
+		require.Equal(t, tc.want, got)
+		require.LessOrEqual(t, len(got), 63)
+	}
+}
+
+func TestWithhold(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"Query error: Bad int64 value: top-secret at [3:5]", "Bad int64"},
+		{`Could not cast literal "top-secret" to type INT64`, "Could not cast literal"},
+		{"Division by zero: 42 / 0", "Division by zero"},
+		{"Row 12 has value 'top-secret'", "query error"},
+		{"", "query error"},
+	}
+	for _, tc := range tests {
+		require.Equal(t, tc.want, withhold(tc.in), tc.in)
+	}
+}

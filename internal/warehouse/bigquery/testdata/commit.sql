@@ -1,0 +1,25 @@
+MERGE `acme-prod`.`activations`.`state_crm_users` AS state
+USING (
+  SELECT plan.key, plan.op, plan.row_hash, plan.field_hashes, plan.ident_hash
+  FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS plan
+  WHERE plan.chunk IN UNNEST(@chunks) AND plan.key NOT IN (
+    SELECT r.key FROM `acme-prod`.`activations`.`rejections` AS r
+    WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL)
+) AS src
+ON state.key = src.key
+WHEN MATCHED AND src.op = 'remove' THEN DELETE
+WHEN MATCHED THEN UPDATE SET row_hash = src.row_hash, field_hashes = src.field_hashes,
+  ident_hash = src.ident_hash, synced_at = CURRENT_TIMESTAMP()
+WHEN NOT MATCHED AND src.op <> 'remove' THEN
+  INSERT (key, row_hash, field_hashes, ident_hash, synced_at)
+  VALUES (src.key, src.row_hash, src.field_hashes, src.ident_hash, CURRENT_TIMESTAMP());
+
+SELECT COUNTIF(NOT held AND op <> 'remove') AS upserted, COUNTIF(NOT held AND op = 'remove') AS deleted,
+  COUNTIF(held) AS held
+FROM (
+  SELECT plan.op, plan.key IN (
+    SELECT r.key FROM `acme-prod`.`activations`.`rejections` AS r
+    WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL) AS held
+  FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS plan
+  WHERE plan.chunk IN UNNEST(@chunks)
+)

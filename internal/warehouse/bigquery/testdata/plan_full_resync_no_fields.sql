@@ -1,0 +1,83 @@
+CREATE TABLE IF NOT EXISTS `acme-prod`.`activations`.`state_crm_users` (
+  key STRING NOT NULL,
+  row_hash STRING NOT NULL,
+  field_hashes STRING NOT NULL,
+  ident_hash STRING,
+  synced_at TIMESTAMP NOT NULL
+)
+CLUSTER BY key;
+
+CREATE TEMP TABLE activation_snapshot AS
+SELECT *, TO_HEX(SHA256(CONCAT(ident_hash, ':', field_hashes))) AS row_hash FROM (
+  SELECT CAST(model.`user_id` AS STRING) AS key,
+    CAST(NULL AS STRING) AS ident,
+    IF(CAST(NULL AS STRING) IS NULL, '\u2205', TO_HEX(SHA256(TO_JSON_STRING(CAST(NULL AS STRING))))) AS ident_hash,
+    TO_JSON_STRING(JSON_OBJECT()) AS field_hashes
+  FROM (
+SELECT * FROM `acme-prod.crm.users` WHERE NOT deleted -- the model
+  ) AS model
+);
+
+CREATE TEMP TABLE activation_duplicates AS
+SELECT key, COUNT(*) AS n FROM activation_snapshot
+WHERE key IS NOT NULL GROUP BY key HAVING COUNT(*) > 1;
+
+-- A retried Plan of the same run replaces the duplicate-key rejections it recorded.
+IF EXISTS (SELECT 1 FROM `acme-prod`.`activations`.`rejections` WHERE activation_id = @activation_id AND run_id = @run_id AND outcome = 'skipped' AND STARTS_WITH(reason, @duplicate_prefix)) THEN
+  DELETE FROM `acme-prod`.`activations`.`rejections` WHERE activation_id = @activation_id AND run_id = @run_id AND outcome = 'skipped' AND STARTS_WITH(reason, @duplicate_prefix);
+END IF;
+INSERT INTO `acme-prod`.`activations`.`rejections` (activation_id, run_id, key, op, outcome, field, reason, `at`)
+SELECT @activation_id, @run_id, key, 'add', 'skipped', CAST(NULL AS STRING), FORMAT(@duplicate_format, n), CURRENT_TIMESTAMP()
+FROM activation_duplicates;
+
+-- Equal row hashes settle most rows at once; only the others parse the old and new
+-- field_hashes to list the changed fields. changed_fields is kept for changes only (an add
+-- changes every field, a removal none). Clustering by seq makes a chunk's range cheap to read.
+CREATE OR REPLACE TABLE `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad`
+CLUSTER BY seq
+OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 604800 SECOND))
+AS
+WITH snap AS (
+  SELECT s.* FROM activation_snapshot AS s
+  WHERE s.key IS NOT NULL AND s.key NOT IN (SELECT d.key FROM activation_duplicates AS d)
+), st AS (
+  SELECT t.* FROM `acme-prod`.`activations`.`state_crm_users` AS t
+  WHERE t.key NOT IN (SELECT d.key FROM activation_duplicates AS d)
+), joined AS (
+  SELECT COALESCE(snap.key, st.key) AS key,
+    CASE WHEN snap.key IS NULL THEN 'remove'
+         WHEN st.key IS NULL OR TRUE THEN 'add'
+         WHEN snap.row_hash = st.row_hash THEN 'same'
+         WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
+         ELSE 'diff' END AS kind,
+    snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes
+  FROM snap FULL OUTER JOIN st ON snap.key = st.key
+), parsed AS (
+  SELECT *,
+    IF(kind = 'diff', PARSE_JSON(field_hashes), NULL) AS new_j,
+    IF(kind = 'diff', PARSE_JSON(old_hashes), NULL) AS old_j
+  FROM joined WHERE kind <> 'same'
+), classified AS (
+  SELECT key, kind,
+    CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
+    CASE kind
+      WHEN 'diff' THEN CAST([] AS ARRAY<STRING>)
+      WHEN 'ident' THEN CAST([] AS ARRAY<STRING>)
+      ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
+    row_hash, field_hashes, ident_hash, ident
+  FROM parsed
+), planned AS (
+  -- a row whose hash moved only because a field left the mapping has nothing to send
+  SELECT * EXCEPT (kind) FROM classified WHERE kind <> 'diff' OR ARRAY_LENGTH(changed_fields) > 0
+)
+SELECT seq, DIV(seq - 1, 10000) AS chunk, * EXCEPT (seq)
+FROM (SELECT ROW_NUMBER() OVER (ORDER BY key) AS seq, * FROM planned);
+
+SELECT s.model_rows, s.null_keys,
+  (SELECT IFNULL(SUM(d.n), 0) FROM activation_duplicates AS d) AS duplicate_keys,
+  ARRAY(
+    SELECT AS STRUCT chunk, MIN(seq) AS first_seq, MAX(seq) AS last_seq,
+      COUNTIF(op = 'add') AS added, COUNTIF(op = 'change') AS changed, COUNTIF(op = 'remove') AS removed
+    FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` GROUP BY chunk ORDER BY chunk
+  ) AS chunks
+FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM activation_snapshot) AS s
