@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/activation-engine/activations/internal/iterable"
@@ -25,6 +26,9 @@ type Activities struct {
 	Budgets    *iterable.Budgets
 	HTTPClient *http.Client
 	Logger     *slog.Logger
+	// Temporal pauses and unpauses the activation's schedule when a run pauses and resumes
+	// (PauseSchedule, UnpauseSchedule). It may be nil where no schedule is involved (unit tests).
+	Temporal client.Client
 }
 
 // New wires Activities with a planner pool, fresh budgets and a pooled HTTP client.
@@ -104,7 +108,8 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 			log.Info("resuming chunk", "after_seq", p.AfterSeq)
 		}
 	}
-	client, err := a.iterableClient(act, in.RunID)
+	// The chunk gives up after thresholds.maxConsecutiveFailedRequests failed requests in a row.
+	client, err := a.iterableClient(act, in.RunID, failureLimit(act, a.HTTPClient))
 	if err != nil {
 		return prog.Result, err
 	}
@@ -137,8 +142,12 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 	return res, nil
 }
 
-// iterableError makes fatal Iterable errors non-retryable and adds where it happened.
+// iterableError makes fatal Iterable errors, and a chunk that gave up after too many failed
+// requests in a row (IterableUnavailable), non-retryable, and adds where it happened.
 func iterableError(err error, where string) error {
+	if unavailable := asUnavailable(err, where); unavailable != nil {
+		return unavailable
+	}
 	var apiErr *iterable.APIError
 	if errors.As(err, &apiErr) && apiErr.Fatal() {
 		return temporal.NewNonRetryableApplicationError(
@@ -147,7 +156,9 @@ func iterableError(err error, where string) error {
 	return fmt.Errorf("%s: %w", where, err)
 }
 
-func (a *Activities) iterableClient(act spec.Activation, runID string) (*iterable.Client, error) {
+// iterableClient builds the activation's Iterable client; options adjust its config (the chunk's
+// failure limit, the probe's single attempt).
+func (a *Activities) iterableClient(act spec.Activation, runID string, options ...func(*iterable.Config)) (*iterable.Client, error) {
 	it := act.Destination.Iterable
 	key, err := it.APIKey.Resolve()
 	if err != nil {
@@ -160,11 +171,15 @@ func (a *Activities) iterableClient(act spec.Activation, runID string) (*iterabl
 			fmt.Sprintf("activation %s: %v", act.ID, err), ErrTypeInvalidSpec, nil)
 	}
 	s := act.Sync.WithDefaults()
-	c, err := iterable.New(iterable.Config{
+	cfg := iterable.Config{
 		BaseURL: base, APIKey: key, HTTPClient: a.HTTPClient, Budgets: a.Budgets,
 		UsersPerRequest: s.UsersPerRequest, RequestsPerSecond: s.RequestsPerSecond,
 		Logger: a.logger(act, runID),
-	})
+	}
+	for _, o := range options {
+		o(&cfg)
+	}
+	c, err := iterable.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("activation %s: Iterable client: %w", act.ID, err)
 	}

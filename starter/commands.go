@@ -31,9 +31,10 @@ func taskQueue() string {
 	return workflows.TaskQueue
 }
 
-func cmdValidate(_ context.Context, args []string, out io.Writer) error {
+func cmdValidate(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("validate")
 	file := fs.String("f", "", "activation spec file or folder")
+	offline := fs.Bool("offline", false, "skip the BigQuery dry runs of the models")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -43,6 +44,9 @@ func cmdValidate(_ context.Context, args []string, out io.Writer) error {
 	acts, err := spec.Load(*file)
 	for _, a := range acts {
 		fmt.Fprintf(out, "ok  %s (%s)\n", a.ID, a.File)
+	}
+	if !*offline {
+		err = errors.Join(err, dryRunModels(ctx, acts, out))
 	}
 	return err
 }
@@ -127,7 +131,9 @@ func startAndWatch(ctx context.Context, c client.Client, out io.Writer, in workf
 	return rep, err
 }
 
-// watch prints the run's progress every second until it ends, then returns its report.
+// watch prints the run's progress every second until it ends, then returns its report. A run
+// that pauses waiting for an operator is left open: watch prints why and what to do, and returns
+// exit code 3. A transient pause (the run resumes by itself) is only reported.
 func watch(ctx context.Context, c client.Client, out io.Writer, run client.WorkflowRun) (workflows.RunReport, error) {
 	done := make(chan struct{})
 	var (
@@ -140,7 +146,7 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 	}()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	last := ""
+	last, lastPause := "", ""
 	for {
 		select {
 		case <-done:
@@ -151,7 +157,7 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 				}
 				return rep, fmt.Errorf("run %s failed: %w", run.GetID(), runErr)
 			}
-			if rep.State == "Paused" {
+			if rep.State == workflows.StatePaused {
 				return rep, &exitError{code: 3, err: fmt.Errorf("run %s is paused, waiting for an operator", run.GetID())}
 			}
 			return rep, nil
@@ -172,8 +178,33 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 				fmt.Fprintln(out, line)
 				last = line
 			}
+			if p.State != workflows.StatePaused || p.Pause == nil {
+				continue
+			}
+			if pa := p.Pause; pa.AutoResume {
+				if pa.Reason != lastPause {
+					fmt.Fprintf(out, "  paused (%s): %s\n  it resumes by itself once Iterable answers again\n", pa.Cause, pa.Reason)
+					lastPause = pa.Reason
+				}
+				continue
+			}
+			pa := p.Pause
+			fmt.Fprintf(out, "\nrun %s is paused (%s): %s\n  next: %s\n", run.GetID(), pa.Cause, pa.Reason, pa.NextStep)
+			return pausedReport(p), &exitError{code: 3, err: fmt.Errorf("run %s is paused, waiting for an operator: %s", run.GetID(), pa.Reason)}
 		}
 	}
+}
+
+// pausedReport is what is known of a run that is paused and still open.
+func pausedReport(p workflows.Progress) workflows.RunReport {
+	r := workflows.RunReport{ActivationID: p.ActivationID, RunID: p.RunID, State: p.State, Chunks: p.Chunks,
+		ChunksDone: p.ChunksDone, Planned: p.Planned, Attempted: p.Attempted, Succeeded: p.Succeeded,
+		Rejected: p.Rejected, Skipped: p.Skipped, Committed: p.Committed, Requests: p.Requests}
+	if p.Pause != nil {
+		r.Pauses = []workflows.PauseInfo{*p.Pause}
+		r.TopRejections = p.Pause.TopRejections
+	}
+	return r
 }
 
 func printReport(out io.Writer, r workflows.RunReport) {
@@ -206,6 +237,19 @@ func printReport(out io.Writer, r workflows.RunReport) {
 	for _, wmsg := range r.Warnings {
 		fmt.Fprintf(out, "  warning: %s\n", wmsg)
 	}
+	if r.SkippedByOperator > 0 {
+		fmt.Fprintf(out, "  %d rejected rows committed on an operator's request (resume --skip-rejected)\n", r.SkippedByOperator)
+	}
+	for _, p := range r.Pauses {
+		fmt.Fprintf(out, "  paused %s (%s): %s", p.Since.Local().Format(time.RFC3339), p.Cause, p.Reason)
+		if p.EndedBy != "" {
+			fmt.Fprintf(out, " [%s]", p.EndedBy)
+		}
+		fmt.Fprintln(out)
+	}
+	if r.AbortReason != "" {
+		fmt.Fprintf(out, "  aborted: %s\n", r.AbortReason)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(out, "  error: %s\n", r.Error)
 	}
@@ -213,8 +257,13 @@ func printReport(out io.Writer, r workflows.RunReport) {
 
 // activationStatus is one line of `starter status`.
 type activationStatus struct {
-	ID         string               `json:"id"`
-	State      string               `json:"state"` // running | paused | completed | failed | idle
+	ID    string `json:"id"`
+	State string `json:"state"` // running | paused | completed | failed | aborted | idle
+	// PauseReason says why the activation is paused: its run's pause reason, or the note of its
+	// paused schedule when no run is paused.
+	PauseReason string `json:"pauseReason,omitempty"`
+	// Pause is the paused run's pause: cause, counts, deadline, what to do.
+	Pause      *workflows.PauseInfo `json:"pause,omitempty"`
 	Schedule   *scheduleState       `json:"schedule,omitempty"`
 	LastRuns   []runState           `json:"lastRuns"`
 	LastReport *workflows.RunReport `json:"lastReport,omitempty"`
@@ -283,6 +332,10 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer, logger *slog.L
 			}
 		}
 		fmt.Fprintf(out, "%s  %s  %s\n", st.ID, strings.ToUpper(st.State), sched)
+		if st.Pause != nil {
+			fmt.Fprintf(out, "  paused (%s) since %s: %s\n  next: %s\n", st.Pause.Cause,
+				st.Pause.Since.Local().Format(time.RFC3339), st.Pause.Reason, st.Pause.NextStep)
+		}
 		for _, r := range st.LastRuns {
 			fmt.Fprintf(out, "  %s  %-10s %s\n", r.Start.Local().Format(time.RFC3339), r.Status, r.WorkflowID)
 		}
@@ -364,6 +417,11 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 		st.LastRuns = append(st.LastRuns, r)
 		if i == 0 {
 			st.State = stateOf(e.GetStatus(), r.State)
+			if st.State == "paused" {
+				if st.Pause = pauseOf(e); st.Pause != nil {
+					st.PauseReason = st.Pause.Reason
+				}
+			}
 			if e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
 				var rep workflows.RunReport
 				if c.GetWorkflow(ctx, r.WorkflowID, r.RunID).Get(ctx, &rep) == nil {
@@ -372,17 +430,26 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 			}
 		}
 	}
+	// No run waits, but the schedule is paused (by an operator, or by a run that was aborted or
+	// timed out while paused): nothing runs until someone resumes it.
+	if s := st.Schedule; s != nil && s.Paused && st.State != "running" && st.State != "paused" {
+		st.State = "paused"
+		st.PauseReason = s.Note
+	}
 	return st, nil
 }
 
 func stateOf(s enumspb.WorkflowExecutionStatus, activationState string) string {
 	switch s {
 	case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
-		if activationState == "Paused" {
+		if activationState == workflows.StatePaused {
 			return "paused"
 		}
 		return "running"
 	case enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+		if activationState == workflows.StateAborted {
+			return "aborted"
+		}
 		return "completed"
 	default:
 		return "failed"

@@ -73,6 +73,7 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 
 	c := srv.Client()
 	acts := activities.New(logger)
+	acts.Temporal = c
 	defer func() { _ = acts.Close() }()
 	w := worker.New(c, taskQueue(), worker.Options{})
 	workflows.Register(w, acts)

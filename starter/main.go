@@ -5,6 +5,10 @@
 //	starter apply    -f PATH [--prune] [--dry-run]
 //	starter run ID   -f PATH [--full-resync] [--dry-run] [--wait]
 //	starter status [ID] [--json]
+//	starter pause ID --reason TEXT
+//	starter resume ID --reason TEXT [--skip-rejected]
+//	starter abort ID --reason TEXT
+//	starter trigger ID
 //	starter demo [--keep-running] [--rows N]
 //
 // Exit codes of `run --wait`: 0 completed, 3 paused waiting for an operator, 1 failed.
@@ -41,7 +45,13 @@ commands:
   run ID -f PATH [--full-resync] [--dry-run] [--wait]
                                        start a run now; --wait shows progress
                                        (exit 0 completed, 3 paused, 1 failed)
-  status [ID] [--json]                 schedules, last runs and state of activations
+  status [ID] [--json]                 schedules, last runs and state of activations (paused: why)
+  pause ID --reason TEXT               pause the schedule; the live run pauses after its in-flight chunks
+  resume ID --reason TEXT [--skip-rejected]
+                                       resume the paused run (update "resume") and unpause the schedule;
+                                       --skip-rejected commits the rows it rejected so far as if accepted
+  abort ID --reason TEXT               end the live run after its in-flight chunks (state Aborted)
+  trigger ID                           run it now through its schedule
   demo [--keep-running] [--rows N]     the whole thing on the embedded default
 
 Temporal settings come from TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE
@@ -82,6 +92,14 @@ func run(ctx context.Context, args []string, out io.Writer, logger *slog.Logger)
 		return cmdRun(ctx, rest, out, logger)
 	case "status":
 		return cmdStatus(ctx, rest, out, logger)
+	case "pause":
+		return cmdPause(ctx, rest, out, logger)
+	case "resume":
+		return cmdResume(ctx, rest, out, logger)
+	case "abort":
+		return cmdAbort(ctx, rest, out, logger)
+	case "trigger":
+		return cmdTrigger(ctx, rest, out, logger)
 	case "demo":
 		return cmdDemo(ctx, rest, out, logger)
 	case "help", "-h", "--help":

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -61,6 +60,7 @@ func TestOperatorCommands(t *testing.T) {
 	emu.AddProject("good-key", iterabletest.ProjectHybrid)
 
 	acts := activities.New(slog.New(slog.DiscardHandler))
+	acts.Temporal = srv.Client()
 	w := worker.New(srv.Client(), "starter-it", worker.Options{})
 	workflows.Register(w, acts)
 	require.NoError(t, w.Start())
@@ -119,16 +119,81 @@ func TestOperatorCommands(t *testing.T) {
 	_, found := emu.User("good-key", "b@example.com", "")
 	require.True(t, found)
 
-	// A run that fails (the key names no project) exits 1 and still prints its report.
+	// A run whose key names no project pauses at once (a fatal destination error waits for a
+	// person): --wait prints why and what to do, and exits 3. The key never shows.
 	writeSpec("badkey", "STARTER_IT_BAD_KEY", "")
 	t.Setenv("STARTER_IT_BAD_KEY", "unknown-key")
 	out, err = cmd("run", "badkey", "-f", dir, "--wait")
-	require.Error(t, err)
 	var ee *exitError
-	require.False(t, errors.As(err, &ee), "a failed run exits 1, the default")
-	require.Contains(t, err.Error(), "BadApiKey")
-	require.Contains(t, out, "state Failed")
+	require.ErrorAs(t, err, &ee, out)
+	require.Equal(t, 3, ee.code, "paused, waiting for an operator")
+	require.Contains(t, out, "is paused (fatal)")
+	require.Contains(t, out, "BadApiKey")
+	require.Contains(t, out, "starter resume badkey --reason")
+	require.Contains(t, out, "state Paused")
 	require.NotContains(t, out+err.Error(), "unknown-key", "the API key never shows")
+	_, err = cmd("resume", "badkey")
+	require.ErrorContains(t, err, "--reason is required")
+
+	// status shows the paused run and why (visibility is eventually consistent).
+	require.Eventually(t, func() bool {
+		out, err = cmd("status", "badkey", "--json")
+		return err == nil && strings.Contains(out, `"state": "paused"`)
+	}, 20*time.Second, 300*time.Millisecond, out)
+	var badkey []activationStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &badkey))
+	require.Contains(t, badkey[0].PauseReason, "BadApiKey")
+	require.NotNil(t, badkey[0].Pause)
+	out, err = cmd("status", "badkey")
+	require.NoError(t, err)
+	require.Contains(t, out, "badkey  PAUSED  no schedule")
+	require.Contains(t, out, "paused (fatal)")
+
+	// abort ends it cleanly.
+	out, err = cmd("abort", "badkey", "--reason", "wrong key in the spec")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "aborts after its in-flight chunks")
+	require.Eventually(t, func() bool {
+		out, err = cmd("status", "badkey", "--json")
+		return err == nil && strings.Contains(out, `"state": "aborted"`)
+	}, 20*time.Second, 300*time.Millisecond, out)
+
+	// pause and resume an activation without a live run: only its schedule.
+	out, err = cmd("pause", "hourly", "--reason", "Iterable maintenance")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "schedule activation-hourly paused")
+	require.Contains(t, out, "no live run")
+	out, err = cmd("status", "hourly", "--json")
+	require.NoError(t, err)
+	var hourly []activationStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &hourly))
+	require.Equal(t, "paused", hourly[0].State)
+	require.Contains(t, hourly[0].PauseReason, "Iterable maintenance")
+	out, err = cmd("resume", "hourly", "--reason", "maintenance over")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "schedule activation-hourly unpaused")
+	desc, err = srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("hourly")).Describe(ctx)
+	require.NoError(t, err)
+	require.False(t, desc.Schedule.State.Paused)
+
+	// trigger runs an activation now through its schedule.
+	out, err = cmd("trigger", "manual")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "schedule activation-manual triggered")
+	var triggered string
+	require.Eventually(t, func() bool {
+		desc, err := srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("manual")).Describe(ctx)
+		if err != nil || len(desc.Info.RecentActions) == 0 {
+			return false
+		}
+		triggered = desc.Info.RecentActions[0].StartWorkflowResult.WorkflowID
+		return true
+	}, 20*time.Second, 300*time.Millisecond, "the schedule started a run")
+	var triggeredReport workflows.RunReport
+	require.NoError(t, srv.Client().GetWorkflow(ctx, triggered, "").Get(ctx, &triggeredReport))
+	require.Equal(t, workflows.StateCompleted, triggeredReport.State)
+	_, err = cmd("trigger", "nosuch")
+	require.ErrorContains(t, err, "no schedule activation-nosuch")
 
 	// status --json: one entry per managed schedule, with the state of its last run.
 	require.Eventually(t, func() bool {

@@ -46,6 +46,7 @@ func run(logger *slog.Logger) error {
 		queue = workflows.TaskQueue
 	}
 	acts := activities.New(logger)
+	acts.Temporal = c // pauses and unpauses schedules when runs pause and resume
 	defer func() {
 		if err := acts.Close(); err != nil {
 			logger.Warn("close planners", "error", err)

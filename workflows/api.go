@@ -21,6 +21,32 @@ const WorkflowName = "ActivationWorkflow"
 // QueryProgress returns a Progress.
 const QueryProgress = "progress"
 
+// Control of a run by an operator. Updates answer with a message or the validator's refusal;
+// signals of the same names (for the UI's signal form) do the same without an answer.
+const (
+	// UpdateResume takes a ResumeInput: a paused run goes on with the remaining chunks.
+	UpdateResume = "resume"
+	// UpdateAbort takes an AbortInput: the run stops after its in-flight chunks, commits what
+	// succeeded and ends in state Aborted.
+	UpdateAbort = "abort"
+	// SignalPause takes a PauseInput: the run stops starting chunks, lets the in-flight ones
+	// finish, commits them and waits for an operator.
+	SignalPause  = "pause"
+	SignalResume = UpdateResume
+	SignalAbort  = UpdateAbort
+)
+
+// MemoPause is the memo key that holds the PauseInfo of a paused run (null otherwise), so that
+// `starter status` and the UI show why a run waits without querying it.
+const MemoPause = "pause"
+
+// ScheduleIDPrefix starts the id of every activation's schedule: the schedule of activation X
+// is "activation-X" (internal/schedules uses the same prefix).
+const ScheduleIDPrefix = "activation-"
+
+// ScheduleID is the id of the schedule of an activation.
+func ScheduleID(activationID string) string { return ScheduleIDPrefix + activationID }
+
 // Search attributes the runs set; the dev server and `starter` register them.
 var (
 	ActivationIDKey    = temporal.NewSearchAttributeKeyKeyword("ActivationId")
@@ -36,10 +62,74 @@ func SearchAttributes() []temporal.SearchAttributeKey {
 const (
 	StatePlanning  = "Planning"
 	StateRunning   = "Running"
+	StatePaused    = "Paused"
 	StateCompleted = "Completed"
 	StateFailed    = "Failed"
+	StateAborted   = "Aborted"
 	StateDryRun    = "DryRun"
 )
+
+// Why a run paused (PauseInfo.Cause).
+const (
+	// CauseRejections: more than thresholds.maxRejectedPercent of the attempted rows were rejected.
+	CauseRejections = "rejections"
+	// CauseVolume: the plan changes or removes more rows than the volume guard allows.
+	CauseVolume = "volume"
+	// CauseFatal: Iterable refused the project (bad API key, forbidden, field limit).
+	CauseFatal = "fatal"
+	// CauseTransient: Iterable did not answer (IterableUnavailable, or a step's retries ran
+	// out). The run probes Iterable and resumes by itself.
+	CauseTransient = "transient"
+	// CauseOperator: an operator asked for the pause.
+	CauseOperator = "operator"
+)
+
+// ResumeInput is the input of the `resume` update and signal.
+type ResumeInput struct {
+	// Reason is required: it says why the run may go on (kept in the report and the schedule's note).
+	Reason string `json:"reason"`
+	// SkipRejected commits the rows this run rejected so far (in its finished chunks) as if
+	// they had been accepted, so that later runs do not send them again until they change.
+	SkipRejected bool `json:"skipRejected,omitempty"`
+}
+
+// AbortInput is the input of the `abort` update and signal.
+type AbortInput struct {
+	Reason string `json:"reason"`
+}
+
+// PauseInput is the input of the `pause` signal.
+type PauseInput struct {
+	Reason string `json:"reason"`
+}
+
+// PauseInfo describes a pause of a run: why, since when, until when it waits, and what to do.
+// It holds counts and reason categories only, never row data.
+type PauseInfo struct {
+	Cause  string    `json:"cause"`
+	Reason string    `json:"reason"`
+	RunID  string    `json:"runId"`
+	Since  time.Time `json:"since"`
+	// Deadline is when the run fails if nobody resumed or aborted it (thresholds.pauseTimeout).
+	Deadline time.Time `json:"deadline"`
+	// AutoResume is true when the run probes Iterable and resumes by itself (transient causes).
+	AutoResume bool   `json:"autoResume"`
+	NextStep   string `json:"nextStep"`
+	// SchedulePaused says whether the activation's schedule is paused (false when it has none).
+	SchedulePaused bool `json:"schedulePaused"`
+
+	ChunksDone    int                     `json:"chunksDone"`
+	Chunks        int                     `json:"chunks"`
+	Attempted     int64                   `json:"attempted"`
+	Rejected      int64                   `json:"rejected"`
+	Committed     int64                   `json:"committed"`
+	TopRejections []warehouse.ReasonCount `json:"topRejections,omitempty"`
+
+	// EndedAt and EndedBy say how the pause ended ("operator resume: …", "automatic resume: …",
+	// "abort: …", "timeout").
+	EndedAt *time.Time `json:"endedAt,omitempty"`
+	EndedBy string     `json:"endedBy,omitempty"`
+}
 
 // RunInput is the single input of ActivationWorkflow (the UI's "Start workflow" form takes one
 // JSON payload). The spec carries secret references, never secret values.
@@ -88,15 +178,34 @@ type RunReport struct {
 	TopRejections []warehouse.ReasonCount `json:"topRejections,omitempty"`
 	Warnings      []string                `json:"warnings,omitempty"`
 	Error         string                  `json:"error,omitempty"`
+
+	// Pauses lists the run's pauses, oldest first (the last MaxPausesReported).
+	Pauses []PauseInfo `json:"pauses,omitempty"`
+	// SkippedByOperator counts rejected rows committed by `resume --skip-rejected`.
+	SkippedByOperator int64 `json:"skippedByOperator,omitempty"`
+	// AbortReason is the operator's reason when State is Aborted.
+	AbortReason string `json:"abortReason,omitempty"`
 }
+
+// MaxPausesReported bounds RunReport.Pauses.
+const MaxPausesReported = 20
 
 // Progress is what the `progress` query returns while a run goes on.
 type Progress struct {
-	State      string              `json:"state"`
-	Chunks     int                 `json:"chunks"`
-	ChunksDone int                 `json:"chunksDone"`
-	Planned    activities.OpCounts `json:"planned"`
-	Succeeded  activities.OpCounts `json:"succeeded"`
-	Rejected   activities.OpCounts `json:"rejected"`
-	Requests   int64               `json:"requests"`
+	ActivationID string              `json:"activationId"`
+	RunID        string              `json:"runId"`
+	State        string              `json:"state"`
+	Chunks       int                 `json:"chunks"`
+	ChunksDone   int                 `json:"chunksDone"`
+	Planned      activities.OpCounts `json:"planned"`
+	Attempted    activities.OpCounts `json:"attempted"`
+	Succeeded    activities.OpCounts `json:"succeeded"`
+	Rejected     activities.OpCounts `json:"rejected"`
+	Skipped      activities.OpCounts `json:"skipped"`
+	Committed    int64               `json:"committed"`
+	Requests     int64               `json:"requests"`
+	// Pause is set while the run is paused.
+	Pause *PauseInfo `json:"pause,omitempty"`
+	// Ignored lists control signals the run ignored, and why (e.g. a resume without a reason).
+	Ignored []string `json:"ignored,omitempty"`
 }

@@ -67,6 +67,11 @@ func TestUpdateModeNeverCreatesProfiles(t *testing.T) {
 				act.Destination.Identifier = spec.Identifier{Column: "user_id", Field: "userId"}
 			}
 			act.Sync.LookupMaxRows = tc.lookupMaxRows
+			// 25 of the 40 users are never committed (not in Iterable) and are planned as added
+			// again by every run: above the default volume guard (50%), which would pause the
+			// second run. An update-mode activation into a sparse project raises it so.
+			all := 100.0
+			act.Thresholds = &spec.Thresholds{MaxChangedPercent: &all}
 			rep := h.run(act)
 			require.Equal(t, tc.want, rep.Existence)
 			require.Equal(t, int64(15), rep.Succeeded.Added, "the existing profiles are updated")

@@ -81,6 +81,7 @@ func newHarness(t *testing.T, opts iterabletest.Options) *harness {
 // startWorker runs a worker in this process until the test ends (or stop is called).
 func (h *harness) startWorker() (stop func()) {
 	acts := activities.New(slog.New(slog.DiscardHandler))
+	acts.Temporal = h.c
 	w := worker.New(h.c, h.queue, worker.Options{})
 	workflows.Register(w, acts)
 	require.NoError(h.t, w.Start())

@@ -3,49 +3,109 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
+	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse"
 )
 
 // a is only used to name activity methods type-safely; the worker registers the real instance.
 var a *activities.Activities
 
-var nonRetryable = []string{activities.ErrTypeInvalidSpec, activities.ErrTypeInvalidModel, activities.ErrTypeIterableFatal}
+var nonRetryable = []string{activities.ErrTypeInvalidSpec, activities.ErrTypeInvalidModel,
+	activities.ErrTypeIterableFatal, activities.ErrTypeIterableUnavailable, activities.ErrTypeNoTemporalClient}
 
 // ActivationWorkflow runs one sync of an activation: plan in the warehouse, send the changed rows
-// chunk by chunk (several at once), commit what Iterable accepted, and report.
+// chunk by chunk (several at once), commit what Iterable accepted, and report. When a threshold
+// is exceeded, Iterable refuses the project or does not answer, or an operator asks, the run
+// pauses: it stops starting chunks, lets the in-flight ones finish, commits them, pauses the
+// activation's schedule and waits (durably) for `resume` or `abort`, or, when the cause was
+// transient, for Iterable to answer again.
 func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
+	r := newRun(ctx, in)
+	if err := r.register(ctx); err != nil {
+		return r.rep, err
+	}
+	end := r.execute(ctx)
+	r.ended = true
+	return end.rep, end.err
+}
+
+// run is the state of one execution of ActivationWorkflow. Its fields change only in the
+// workflow's coroutines (the main one, the signal receiver, update handlers), one at a time.
+type run struct {
+	in       RunInput
+	act      spec.Activation
+	runID    string
+	settings spec.SyncSettings
+	limits   spec.Limits
+	logger   log.Logger
+	rep      RunReport
+	shortCtx workflow.Context
+
+	plan    warehouse.Plan
+	tables  []string
+	fields  activities.CheckFieldsResult
+	known   activities.ExportIdentifiersResult
+	pending []warehouse.Chunk // chunks still to send, in order
+	// finished chunks wait for the next commit; committed ones are in the state.
+	finished  []int
+	committed []int
+	held      int64 // rows this run's commits kept out of the state (rejected or skipped)
+	// window counts the rows attempted and rejected since the run started or last resumed.
+	window struct{ attempted, rejected int64 }
+	// transientSince is when the current series of transient pauses began (reset by progress),
+	// so that pauseTimeout bounds it as a whole.
+	transientSince time.Time
+	// schedulePaused: this run paused the schedule and has not unpaused it yet.
+	schedulePaused bool
+	syncActive     time.Duration
+
+	// Control (see pause.go).
+	paused    *PauseInfo
+	pauseReq  *PauseInput
+	resumeReq *ResumeInput
+	resumeVia string
+	abortReq  *AbortInput
+	ended     bool
+	ignored   []string
+	memoSet   bool
+}
+
+// ending is how a run ends: its report and its error.
+type ending struct {
+	rep RunReport
+	err error
+}
+
+func newRun(ctx workflow.Context, in RunInput) *run {
 	info := workflow.GetInfo(ctx)
-	runID := info.WorkflowExecution.RunID
-	act := in.Spec
-	settings := act.Sync.WithDefaults()
-	rep := RunReport{ActivationID: act.ID, RunID: runID, State: StatePlanning, DryRun: in.DryRun,
+	r := &run{
+		in: in, act: in.Spec, runID: info.WorkflowExecution.RunID,
+		settings: in.Spec.Sync.WithDefaults(), limits: in.Spec.Limits(),
+		logger: workflow.GetLogger(ctx),
+	}
+	r.rep = RunReport{ActivationID: r.act.ID, RunID: r.runID, State: StatePlanning, DryRun: in.DryRun,
 		FullResync: in.FullResync, StartedAt: workflow.Now(ctx)}
-	logger := workflow.GetLogger(ctx)
+	r.shortCtx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: 10 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2,
+			MaximumInterval: time.Minute, MaximumAttempts: 10, NonRetryableErrorTypes: nonRetryable},
+	})
+	return r
+}
 
-	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (Progress, error) {
-		return Progress{State: rep.State, Chunks: rep.Chunks, ChunksDone: rep.ChunksDone, Planned: rep.Planned,
-			Succeeded: rep.Succeeded, Rejected: rep.Rejected, Requests: rep.Requests}, nil
-	}); err != nil {
-		return rep, err
-	}
-	setState := func(state string) {
-		rep.State = state
-		// Only the id and the state: search attributes are plaintext in visibility.
-		if err := workflow.UpsertTypedSearchAttributes(ctx, ActivationIDKey.ValueSet(act.ID),
-			ActivationStateKey.ValueSet(state)); err != nil {
-			logger.Warn("upsert search attributes", "error", err)
-		}
-	}
-	setState(StatePlanning)
-
+func (r *run) execute(ctx workflow.Context) *ending {
+	act := r.act
+	r.setState(ctx, StatePlanning)
 	if err := act.Validate(); err != nil {
-		return failRun(ctx, &rep, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrTypeInvalidSpec, nil), setState)
+		return r.fail(ctx, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrTypeInvalidSpec, nil))
 	}
 
 	planCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
@@ -54,50 +114,48 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2,
 			MaximumInterval: 2 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 	})
-	var plan warehouse.Plan
-	if err := workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: runID, FullResync: in.FullResync}).Get(ctx, &plan); err != nil {
-		return failRun(ctx, &rep, err, setState)
+	if err := workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID, FullResync: r.in.FullResync}).Get(ctx, &r.plan); err != nil {
+		return r.fail(ctx, err)
 	}
+	rep := &r.rep
 	rep.PlanDuration = workflow.Now(ctx).Sub(rep.StartedAt)
-	c := plan.Counts
+	c := r.plan.Counts
 	rep.ModelRows, rep.Unchanged, rep.NullKeys, rep.DuplicateKeys = c.ModelRows, c.Unchanged, c.NullKeys, c.DuplicateKeys
 	rep.Planned = activities.OpCounts{Added: c.Added, Changed: c.Changed, Removed: c.Removed}
-	rep.Chunks = len(plan.Chunks)
+	rep.Chunks = len(r.plan.Chunks)
+	r.pending = append([]warehouse.Chunk(nil), r.plan.Chunks...)
+	r.tables = []string{r.plan.Table}
 
-	shortCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: 10 * time.Minute,
-		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2,
-			MaximumInterval: time.Minute, MaximumAttempts: 10, NonRetryableErrorTypes: nonRetryable},
-	})
-	tables := []string{plan.Table}
-	finish := func() {
-		var fin activities.FinishResult
-		if err := workflow.ExecuteActivity(shortCtx, a.Finish, activities.FinishInput{Spec: act, RunID: runID, Tables: tables}).Get(ctx, &fin); err != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("finish: %v", describe(err)))
+	// The volume guard, before anything is sent.
+	guard := volumeGuard(c, r.limits, r.in.FullResync)
+	if guard != "" && !r.in.DryRun {
+		if end := r.pauseFor(ctx, CauseVolume, guard); end != nil {
+			return end
 		}
-		rep.TopRejections = fin.TopReasons
 	}
 
 	// Field types are compared once per run, before anything is sent.
-	var fields activities.CheckFieldsResult
 	if rep.Planned.Total() > 0 {
-		if err := workflow.ExecuteActivity(shortCtx, a.CheckFields, activities.CheckFieldsInput{Spec: act, RunID: runID, Columns: plan.Columns}).Get(ctx, &fields); err != nil {
-			finish()
-			return failRun(ctx, &rep, err, setState)
+		if end := r.untilDone(ctx, "check field types", func() error {
+			return workflow.ExecuteActivity(r.shortCtx, a.CheckFields, activities.CheckFieldsInput{Spec: act, RunID: r.runID, Columns: r.plan.Columns}).Get(ctx, &r.fields)
+		}); end != nil {
+			return end
 		}
-		rep.Warnings = append(rep.Warnings, fields.Warnings...)
+		rep.Warnings = append(rep.Warnings, r.fields.Warnings...)
 	}
 	rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Total())
 
-	if in.DryRun {
-		finish()
-		setState(StateCompleted)
+	if r.in.DryRun {
+		if guard != "" {
+			rep.Warnings = append(rep.Warnings, "a real run would pause here: "+guard)
+		}
+		r.finish(ctx)
+		r.setState(ctx, StateCompleted)
 		rep.State = StateDryRun
-		return done(ctx, &rep), nil
+		return &ending{rep: done(ctx, rep)}
 	}
 
-	setState(StateRunning)
-	var known activities.ExportIdentifiersResult
+	r.setState(ctx, StateRunning)
 	if rep.Existence == activities.ExistenceExport {
 		exportCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 2 * time.Hour,
@@ -105,84 +163,112 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 15 * time.Second, BackoffCoefficient: 2,
 				MaximumInterval: 5 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 		})
-		if err := workflow.ExecuteActivity(exportCtx, a.ExportIdentifiers, activities.ExportIdentifiersInput{Spec: act, RunID: runID}).Get(ctx, &known); err != nil {
-			finish()
-			return failRun(ctx, &rep, err, setState)
+		if end := r.untilDone(ctx, "export the project's identifiers", func() error {
+			return workflow.ExecuteActivity(exportCtx, a.ExportIdentifiers, activities.ExportIdentifiersInput{Spec: act, RunID: r.runID}).Get(ctx, &r.known)
+		}); end != nil {
+			return end
 		}
-		tables = append(tables, known.Table)
+		r.tables = append(r.tables, r.known.Table)
 	}
-	syncStart := workflow.Now(ctx)
-	finished, syncErr := syncChunks(ctx, settings.Concurrency, time.Duration(settings.HeartbeatTimeout), plan, &rep,
-		func(ch warehouse.Chunk) activities.SyncChunkInput {
-			return activities.SyncChunkInput{Spec: act, RunID: runID, Table: plan.Table, Chunk: ch,
-				Existence: rep.Existence, KnownTable: known.Table, Conflicts: fields.Conflicts}
-		})
 
-	rep.SyncDuration = workflow.Now(ctx).Sub(syncStart)
-	if len(finished) > 0 {
-		var cr warehouse.CommitResult
-		if err := workflow.ExecuteActivity(shortCtx, a.Commit, activities.CommitInput{Spec: act, RunID: runID, Table: plan.Table, Chunks: finished}).Get(ctx, &cr); err != nil {
-			return failRun(ctx, &rep, err, setState)
+	for len(r.pending) > 0 {
+		start := workflow.Now(ctx)
+		st := r.syncChunks(ctx)
+		r.syncActive += workflow.Now(ctx).Sub(start)
+		rep.SyncDuration = r.syncActive
+		// What finished is committed before anything else: before pausing, aborting or failing.
+		if err := r.commit(ctx); err != nil {
+			return r.fail(ctx, err)
 		}
-		rep.Committed = cr.Upserted + cr.Deleted
+		switch {
+		case st == nil:
+		case st.abort:
+			return r.abort(ctx)
+		case st.cause == "":
+			r.finish(ctx)
+			return r.fail(ctx, st.err)
+		default:
+			if end := r.pauseFor(ctx, st.cause, st.reason); end != nil {
+				return end
+			}
+		}
 	}
-	finish()
-	if syncErr != nil {
-		return failRun(ctx, &rep, syncErr, setState)
-	}
-	setState(StateCompleted)
-	return done(ctx, &rep), nil
+	r.finish(ctx)
+	r.setState(ctx, StateCompleted)
+	return &ending{rep: done(ctx, rep)}
 }
 
-// syncChunks runs at most concurrency SyncChunk activities at once and returns the indices of
-// the chunks that finished. After the first failure it starts no new chunk and lets the running
-// ones finish, so their rows can still be committed.
-func syncChunks(ctx workflow.Context, concurrency int, heartbeat time.Duration, plan warehouse.Plan, rep *RunReport,
-	input func(warehouse.Chunk) activities.SyncChunkInput) ([]int, error) {
+// untilDone runs a step that talks to Iterable; when it fails for a reason a pause can cure
+// (Iterable refused the project or did not answer), the run pauses and the step runs again on
+// resume. Other failures, and any failure of a dry run, fail the run.
+func (r *run) untilDone(ctx workflow.Context, step string, fn func() error) *ending {
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		cause := pauseCause(err)
+		if cause == "" || r.in.DryRun {
+			r.finish(ctx)
+			return r.fail(ctx, err)
+		}
+		if end := r.pauseFor(ctx, cause, step+": "+describe(err)); end != nil {
+			return end
+		}
+	}
+}
+
+// stop says why syncChunks stopped starting chunks.
+type stop struct {
+	abort  bool
+	cause  string // a pause cause; "" with err set: the run fails
+	reason string
+	err    error
+}
+
+// syncChunks runs at most sync.concurrency SyncChunk activities at once until no chunk is left,
+// or until something asks to stop (an error, the rejection threshold, an operator's pause or
+// abort): then it starts no new chunk, lets the running ones finish (their rows can still be
+// committed), puts the failed chunks back at the front of the queue and says why it stopped.
+func (r *run) syncChunks(ctx workflow.Context) *stop {
 	chunkCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 2 * time.Hour,
-		HeartbeatTimeout:    heartbeat,
+		HeartbeatTimeout:    time.Duration(r.settings.HeartbeatTimeout),
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2,
 			MaximumInterval: time.Minute, MaximumAttempts: 10, NonRetryableErrorTypes: nonRetryable},
 	})
 	var (
-		finished []int
-		firstErr error
+		first    *stop
+		failed   []warehouse.Chunk
 		inflight int
-		next     int
 		sel      = workflow.NewSelector(ctx)
 	)
-	for next < len(plan.Chunks) || inflight > 0 {
-		for firstErr == nil && inflight < concurrency && next < len(plan.Chunks) {
-			ch := plan.Chunks[next]
-			next++
+	for {
+		for first == nil && r.pauseReq == nil && r.abortReq == nil && inflight < r.settings.Concurrency && len(r.pending) > 0 {
+			ch := r.pending[0]
+			r.pending = r.pending[1:]
 			inflight++
-			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, input(ch))
+			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
+				Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunk: ch,
+				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts})
 			sel.AddFuture(f, func(f workflow.Future) {
 				inflight--
 				var res activities.ChunkResult
 				if err := f.Get(ctx, &res); err != nil {
-					if firstErr == nil {
-						firstErr = &chunkError{index: ch.Index, err: err}
+					failed = append(failed, ch)
+					cerr := &chunkError{index: ch.Index, err: err}
+					if first == nil {
+						first = &stop{cause: pauseCause(err), reason: describe(cerr), err: cerr}
+					} else {
+						r.logger.Warn("another chunk failed while stopping", "chunk", ch.Index, "error", describe(cerr))
 					}
 					return
 				}
-				finished = append(finished, ch.Index)
-				rep.ChunksDone++
-				if res.Resumed {
-					rep.ResumedChunks++
-				}
-				rep.Attempted = rep.Attempted.Add(res.Attempted)
-				rep.Succeeded = rep.Succeeded.Add(res.Succeeded)
-				rep.Rejected = rep.Rejected.Add(res.Rejected)
-				rep.Skipped = rep.Skipped.Add(res.Skipped)
-				rep.Requests += res.Requests
-				rep.RateLimited += res.RateLimited
-				for _, f := range res.CreatedFields {
-					rep.Warnings = appendOnce(rep.Warnings, fmt.Sprintf("Iterable created field %s", f))
-				}
-				for _, f := range res.FilteredOutFields {
-					rep.Warnings = appendOnce(rep.Warnings, fmt.Sprintf("Iterable dropped field %s (createNewFields is false and the field does not exist)", f))
+				r.record(ctx, ch, res)
+				if first == nil {
+					if reason := rejectionGuard(r.window.attempted, r.window.rejected, r.limits); reason != "" {
+						first = &stop{cause: CauseRejections, reason: reason}
+					}
 				}
 			})
 		}
@@ -191,7 +277,106 @@ func syncChunks(ctx workflow.Context, concurrency int, heartbeat time.Duration, 
 		}
 		sel.Select(ctx)
 	}
-	return finished, firstErr
+	if len(failed) > 0 {
+		sort.Slice(failed, func(i, j int) bool { return failed[i].Index < failed[j].Index })
+		r.pending = append(failed, r.pending...)
+	}
+	switch {
+	case first != nil && first.cause == "":
+		return first // a failure wins over an operator's request: the run cannot go on anyway
+	case r.abortReq != nil:
+		return &stop{abort: true}
+	case first != nil:
+		return first
+	case r.pauseReq != nil && len(r.pending) == 0:
+		r.pauseReq = nil
+		r.ignore("pause: nothing was left to send when the in-flight chunks finished")
+	case r.pauseReq != nil:
+		return &stop{cause: CauseOperator, reason: "paused by an operator: " + r.pauseReq.Reason}
+	}
+	return nil
+}
+
+// record adds a finished chunk's counts to the report and to the threshold window.
+func (r *run) record(ctx workflow.Context, ch warehouse.Chunk, res activities.ChunkResult) {
+	rep := &r.rep
+	r.finished = append(r.finished, ch.Index)
+	rep.ChunksDone++
+	if res.Resumed {
+		rep.ResumedChunks++
+	}
+	rep.Attempted = rep.Attempted.Add(res.Attempted)
+	rep.Succeeded = rep.Succeeded.Add(res.Succeeded)
+	rep.Rejected = rep.Rejected.Add(res.Rejected)
+	rep.Skipped = rep.Skipped.Add(res.Skipped)
+	rep.Requests += res.Requests
+	rep.RateLimited += res.RateLimited
+	r.window.attempted += res.Attempted.Total()
+	r.window.rejected += res.Rejected.Total()
+	// A chunk got through: a later transient pause starts a new pauseTimeout.
+	r.transientSince = time.Time{}
+	for _, f := range res.CreatedFields {
+		r.warn(fmt.Sprintf("Iterable created field %s", f))
+	}
+	for _, f := range res.FilteredOutFields {
+		r.warn(fmt.Sprintf("Iterable dropped field %s (createNewFields is false and the field does not exist)", f))
+	}
+	workflow.SetCurrentDetails(ctx, r.details(workflow.Now(ctx)))
+}
+
+// commit moves the chunks finished since the last commit into the state (Commit is idempotent).
+func (r *run) commit(ctx workflow.Context) error {
+	if len(r.finished) == 0 {
+		return nil
+	}
+	var cr warehouse.CommitResult
+	if err := workflow.ExecuteActivity(r.shortCtx, a.Commit, activities.CommitInput{
+		Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunks: r.finished}).Get(ctx, &cr); err != nil {
+		return err
+	}
+	r.rep.Committed += cr.Upserted + cr.Deleted
+	r.held += cr.Held
+	r.committed = append(r.committed, r.finished...)
+	r.finished = nil
+	return nil
+}
+
+// finish reads the run's top rejection reasons and drops its tables (the plan, known identifiers).
+func (r *run) finish(ctx workflow.Context) {
+	if len(r.tables) == 0 {
+		return
+	}
+	var fin activities.FinishResult
+	if err := workflow.ExecuteActivity(r.shortCtx, a.Finish, activities.FinishInput{Spec: r.act, RunID: r.runID, Tables: r.tables}).Get(ctx, &fin); err != nil {
+		r.rep.Warnings = append(r.rep.Warnings, fmt.Sprintf("finish: %v", describe(err)))
+	}
+	r.rep.TopRejections = fin.TopReasons
+	r.tables = nil
+}
+
+// setState records the run's state in the report, the search attributes and the details.
+func (r *run) setState(ctx workflow.Context, state string) {
+	r.rep.State = state
+	// Only the id and the state: search attributes are plaintext in visibility.
+	if err := workflow.UpsertTypedSearchAttributes(ctx, ActivationIDKey.ValueSet(r.act.ID),
+		ActivationStateKey.ValueSet(state)); err != nil {
+		r.logger.Warn("upsert search attributes", "error", err)
+	}
+	r.publish(ctx)
+}
+
+func (r *run) warn(s string) { r.rep.Warnings = appendOnce(r.rep.Warnings, s) }
+
+// fail ends the run as failed, carrying the report in the error's details so that the UI and
+// `starter run --wait` still show what was done.
+func (r *run) fail(ctx workflow.Context, err error) *ending {
+	r.paused = nil
+	r.ended = true
+	r.setState(ctx, StateFailed)
+	r.rep.Error = describe(err)
+	rep := done(ctx, &r.rep)
+	return &ending{rep: rep, err: temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("activation %s run %s failed: %s", rep.ActivationID, rep.RunID, rep.Error), "RunFailed", err, rep)}
 }
 
 func appendOnce(list []string, s string) []string {
@@ -207,15 +392,6 @@ func done(ctx workflow.Context, rep *RunReport) RunReport {
 	rep.FinishedAt = workflow.Now(ctx)
 	rep.Duration = rep.FinishedAt.Sub(rep.StartedAt)
 	return *rep
-}
-
-// failRun ends the run as failed, carrying the report in the error's details so that the UI and
-// `starter run --wait` still show what was done.
-func failRun(ctx workflow.Context, rep *RunReport, err error, setState func(string)) (RunReport, error) {
-	setState(StateFailed)
-	rep.Error = describe(err)
-	r := done(ctx, rep)
-	return r, temporal.NewNonRetryableApplicationError(fmt.Sprintf("activation %s run %s failed: %s", rep.ActivationID, rep.RunID, rep.Error), "RunFailed", err, r)
 }
 
 // describe keeps what an operator needs from an error chain: where (the chunk) and the

@@ -25,8 +25,9 @@ import (
 	"github.com/activation-engine/activations/workflows"
 )
 
-// Prefix starts every schedule id and every workflow id of an activation.
-const Prefix = "activation-"
+// Prefix starts every schedule id and every workflow id of an activation. Runs pause and
+// unpause their activation's schedule by this id (workflows.ScheduleID).
+const Prefix = workflows.ScheduleIDPrefix
 
 // Memo keys that mark schedules this package manages.
 const (
@@ -38,7 +39,7 @@ const (
 const CatchupWindow = 10 * time.Minute
 
 // ID is the schedule id of an activation.
-func ID(activationID string) string { return Prefix + activationID }
+func ID(activationID string) string { return workflows.ScheduleID(activationID) }
 
 // Change is one thing Apply did (or would do).
 type Change struct {

@@ -20,6 +20,8 @@ type Activation struct {
 	Destination Destination  `yaml:"destination" json:"destination"`
 	Schedule    *Schedule    `yaml:"schedule,omitempty" json:"schedule,omitempty"`
 	Sync        SyncSettings `yaml:"sync,omitempty" json:"sync,omitempty"`
+	// Thresholds say when a run pauses (nil = every default; see thresholds.go).
+	Thresholds *Thresholds `yaml:"thresholds,omitempty" json:"thresholds,omitempty"`
 
 	// File is the spec's path and BaseDir its folder (relative paths resolve against it); both are
 	// set by Load, not written by users.
@@ -29,8 +31,8 @@ type Activation struct {
 
 // Source is the model: a SQL query with a primary key.
 type Source struct {
-	Type       string        `yaml:"type" json:"type"`
-	Query      string        `yaml:"query" json:"query"`
+	Type       string          `yaml:"type" json:"type"`
+	Query      string          `yaml:"query" json:"query"`
 	PrimaryKey string          `yaml:"primaryKey" json:"primaryKey"`
 	DuckDB     *DuckDBSource   `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
 	BigQuery   *BigQuerySource `yaml:"bigquery,omitempty" json:"bigquery,omitempty"`

@@ -198,6 +198,7 @@ func (a Activation) validate() Problems {
 	if hb := a.Sync.HeartbeatTimeout; hb != 0 && time.Duration(hb) < 2*time.Second {
 		add("sync.heartbeatTimeout", "%s is too short (at least 2s)", time.Duration(hb))
 	}
+	ps = append(ps, a.Thresholds.problems()...)
 	return ps
 }
 
