@@ -386,6 +386,25 @@ func TestVolumeGuardSkipsFirstRunsAndFullResyncs(t *testing.T) {
 	require.Equal(t, workflows.StateCompleted, w.report().State)
 }
 
+func TestVolumeGuardDoesNotCountRetriedRows(t *testing.T) {
+	// 60 of 100 rows are adds, but 55 of them were held back by earlier runs: 5% of new volume.
+	p := chunks10(3, 0)
+	p.Counts = warehouse.Counts{ModelRows: 100, Unchanged: 40, Added: 60, Retried: 55}
+	w := newWorld(t, p, rejecting(0))
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(nil)})
+	require.Equal(t, workflows.StateCompleted, w.report().State)
+	require.Empty(t, w.paused)
+
+	p.Counts.Retried = 5 // 55 new adds: above the default 50%
+	w = newWorld(t, p, rejecting(0))
+	w.e.RegisterDelayedCallback(func() {
+		require.Equal(t, workflows.StatePaused, w.progress().State)
+		w.e.CancelWorkflow()
+	}, time.Minute)
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(nil)})
+	require.NotEmpty(t, w.paused)
+}
+
 func TestDryRunReportsTheVolumeGuardWithoutPausing(t *testing.T) {
 	p := chunks10(3, 0)
 	p.Counts = warehouse.Counts{ModelRows: 100, Unchanged: 40, Added: 60}

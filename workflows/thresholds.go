@@ -21,10 +21,11 @@ func volumeGuard(c warehouse.Counts, l spec.Limits, fullResync bool) string {
 	if synced == 0 || fullResync {
 		return ""
 	}
-	if changed := c.Added + c.Changed; c.ModelRows > 0 && changed > 0 {
+	// Rows held back by earlier runs are planned as adds again; they are not new volume.
+	if changed := c.Added - c.Retried + c.Changed; c.ModelRows > 0 && changed > 0 {
 		if pct := percent(changed, c.ModelRows); pct > l.MaxChangedPercent {
-			return fmt.Sprintf("volume guard: the plan adds or changes %d of the model's %d rows (%.1f%%, above thresholds.maxChangedPercent %g%%); nothing was sent",
-				changed, c.ModelRows, pct, l.MaxChangedPercent)
+			return fmt.Sprintf("volume guard: the plan adds or changes %d of the model's %d rows (%.1f%%, above thresholds.maxChangedPercent %g%%; %d rows held back by earlier runs not counted); nothing was sent",
+				changed, c.ModelRows, pct, l.MaxChangedPercent, c.Retried)
 		}
 	}
 	if c.Removed > 0 {

@@ -31,17 +31,10 @@ type Activation struct {
 
 // Source is the model: a SQL query with a primary key.
 type Source struct {
-	Type       string          `yaml:"type" json:"type"`
-	Query      string          `yaml:"query" json:"query"`
-	PrimaryKey string          `yaml:"primaryKey" json:"primaryKey"`
-	DuckDB     *DuckDBSource   `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
-	BigQuery   *BigQuerySource `yaml:"bigquery,omitempty" json:"bigquery,omitempty"`
-}
-
-// BigQuerySource names the project whose jobs run the model (defaults to the state's project).
-type BigQuerySource struct {
-	Project  string `yaml:"project,omitempty" json:"project,omitempty"`
-	Location string `yaml:"location,omitempty" json:"location,omitempty"`
+	Type       string        `yaml:"type" json:"type"`
+	Query      string        `yaml:"query" json:"query"`
+	PrimaryKey string        `yaml:"primaryKey" json:"primaryKey"`
+	DuckDB     *DuckDBSource `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
 }
 
 // DuckDBSource optionally names a database file the model reads from.

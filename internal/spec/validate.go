@@ -70,9 +70,6 @@ func (a Activation) validate() Problems {
 		if a.State.BigQuery != nil {
 			add("state.bigquery", "a duckdb source keeps its state in DuckDB: use state.duckdb")
 		}
-		if a.Source.BigQuery != nil {
-			add("source.bigquery", "is only for source.type bigquery")
-		}
 	case "bigquery":
 		bq := a.State.BigQuery
 		switch {

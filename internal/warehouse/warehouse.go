@@ -62,6 +62,9 @@ type Counts struct {
 	Unchanged     int64 `json:"unchanged"`
 	NullKeys      int64 `json:"nullKeys"`      // model rows whose primary key is NULL: never sent
 	DuplicateKeys int64 `json:"duplicateKeys"` // model rows whose key appears more than once: never sent
+	// Retried are the adds whose key an earlier run of the activation held back (rejected or
+	// skipped): they are planned again, but they are not new to the model.
+	Retried int64 `json:"retried"`
 }
 
 // Planned is the number of rows the plan will send.

@@ -146,9 +146,10 @@ func handlePlan(fake *bqfake.Server) {
 	chunk := func(name string) *bq.TableFieldSchema { return bqfake.Field(name, "INTEGER") }
 	fake.Handle("CREATE TEMP TABLE", bqfake.Result{StatementType: "SCRIPT", Schema: bqfake.Schema(
 		bqfake.Field("model_rows", "INTEGER"), bqfake.Field("null_keys", "INTEGER"), bqfake.Field("duplicate_keys", "INTEGER"),
+		bqfake.Field("retried", "INTEGER"),
 		&bq.TableFieldSchema{Name: "chunks", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{chunk("chunk"),
 			chunk("first_seq"), chunk("last_seq"), chunk("added"), chunk("changed"), chunk("removed")}}),
-		Rows: [][]any{{int64(10), int64(1), int64(2), []any{[]any{0, 1, 3, 2, 1, 0}, []any{1, 4, 5, 0, 0, 2}}}}})
+		Rows: [][]any{{int64(10), int64(1), int64(2), int64(1), []any{[]any{0, 1, 3, 2, 1, 0}, []any{1, 4, 5, 0, 0, 2}}}}})
 }
 
 func TestPlan(t *testing.T) {
@@ -160,7 +161,7 @@ func TestPlan(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, warehouse.Plan{
 		Table:  bigquery.PlanTable("crm-users", "run-1"),
-		Counts: warehouse.Counts{ModelRows: 10, Added: 2, Changed: 1, Removed: 2, Unchanged: 4, NullKeys: 1, DuplicateKeys: 2},
+		Counts: warehouse.Counts{ModelRows: 10, Added: 2, Changed: 1, Removed: 2, Unchanged: 4, NullKeys: 1, DuplicateKeys: 2, Retried: 1},
 		Chunks: []warehouse.Chunk{{Index: 0, FirstSeq: 1, LastSeq: 3, Added: 2, Changed: 1}, {Index: 1, FirstSeq: 4, LastSeq: 5, Removed: 2}},
 		Columns: []warehouse.ColumnType{
 			{Field: "age", Column: "age", Type: "INT64", Kind: warehouse.KindInteger},

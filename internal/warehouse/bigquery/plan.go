@@ -193,21 +193,22 @@ func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehou
 	return out
 }
 
-// parseSummary reads the plan script's last row: model_rows, null_keys, duplicate_keys, chunks.
+// parseSummary reads the plan script's last row: model_rows, null_keys, duplicate_keys,
+// retried, chunks.
 func parseSummary(row []bigquery.Value, plan *warehouse.Plan) error {
-	if len(row) != 4 {
-		return fmt.Errorf("summary has %d columns, want 4", len(row))
+	if len(row) != 5 {
+		return fmt.Errorf("summary has %d columns, want 5", len(row))
 	}
 	var err error
 	c := &plan.Counts
-	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys} {
+	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys, &c.Retried} {
 		if *dst, err = asInt(row[i]); err != nil {
 			return fmt.Errorf("summary column %d: %w", i, err)
 		}
 	}
-	list, ok := row[3].([]bigquery.Value)
-	if !ok && row[3] != nil {
-		return fmt.Errorf("summary chunks are a %T, want a list", row[3])
+	list, ok := row[4].([]bigquery.Value)
+	if !ok && row[4] != nil {
+		return fmt.Errorf("summary chunks are a %T, want a list", row[4])
 	}
 	plan.Chunks = nil
 	for _, item := range list {

@@ -210,6 +210,8 @@ FROM (SELECT ROW_NUMBER() OVER (ORDER BY key) AS seq, * FROM planned);
 
 SELECT s.model_rows, s.null_keys,
   (SELECT IFNULL(SUM(d.n), 0) FROM ` + duplicatesTable + ` AS d) AS duplicate_keys,
+  (SELECT COUNT(*) FROM ` + plan + ` AS p WHERE p.op = 'add' AND p.key IN
+    (SELECT r.key FROM ` + rejections + ` AS r WHERE r.activation_id = @activation_id AND r.run_id != @run_id)) AS retried,
   ARRAY(
     SELECT AS STRUCT chunk, MIN(seq) AS first_seq, MAX(seq) AS last_seq,
       COUNTIF(op = 'add') AS added, COUNTIF(op = 'change') AS changed, COUNTIF(op = 'remove') AS removed

@@ -80,6 +80,12 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	if err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: count model rows: %w", id, err)
 	}
+	err = conn.QueryRowContext(ctx, `SELECT count(*) FROM `+p.qualified(table)+` WHERE op = 'add' AND key IN
+		(SELECT key FROM `+p.qualified(RejectionsTable)+` WHERE activation_id = ? AND run_id <> ?)`, id, req.RunID).
+		Scan(&plan.Counts.Retried)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: count retried rows: %w", id, err)
+	}
 	plan.Chunks, err = readChunks(ctx, conn, p.qualified(table))
 	if err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: read chunks of %s: %w", id, table, err)

@@ -337,10 +337,11 @@ func testDuplicateKeys(t *testing.T, s *suite) {
 		{Outcome: warehouse.OutcomeSkipped, Reason: fmt.Sprintf(warehouse.DuplicateKeyReasonFormat, 3), Count: 1},
 	}, top)
 
-	// Once the duplicates are gone, 6 is added and 2, still in the state, is unchanged.
+	// Once the duplicates are gone, 6 is added (a retry: an earlier run held it back) and 2,
+	// still in the state, is unchanged.
 	s.model(users(1, 2, 3, 4, 5, 6))
 	p := s.plan()
-	require.Equal(t, warehouse.Counts{ModelRows: 6, Added: 1, Unchanged: 5}, p.Counts)
+	require.Equal(t, warehouse.Counts{ModelRows: 6, Added: 1, Unchanged: 5, Retried: 1}, p.Counts)
 }
 
 func testCommitHoldsRejected(t *testing.T, s *suite) {
@@ -350,10 +351,10 @@ func testCommitHoldsRejected(t *testing.T, s *suite) {
 		warehouse.Rejection{Key: "3", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Field: "email", Reason: "invalid email"})
 	require.Equal(t, warehouse.CommitResult{Upserted: 4, Held: 1}, s.commit(p, allChunks(p)...))
 
-	// 3 is planned again; 5 leaves the model but its removal is skipped.
+	// 3 is planned again (counted as retried); 5 leaves the model but its removal is skipped.
 	s.model(users(1, 2, 3, 4))
 	p = s.plan()
-	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Removed: 1, Unchanged: 3}, p.Counts)
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Removed: 1, Unchanged: 3, Retried: 1}, p.Counts)
 	got := byKey(s.readAll(p))
 	require.Equal(t, warehouse.OpAdd, got["3"].Op)
 	require.Equal(t, warehouse.OpRemove, got["5"].Op)
@@ -387,7 +388,7 @@ func testCommitIdempotent(t *testing.T, s *suite) {
 	require.Equal(t, warehouse.CommitResult{Upserted: 1, Deleted: 1, Held: 1}, first)
 	require.Equal(t, first, s.commit(p, allChunks(p)...))
 	p = s.plan()
-	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Unchanged: 3}, p.Counts)
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Unchanged: 3, Retried: 1}, p.Counts)
 }
 
 func testReadChunkResume(t *testing.T, s *suite) {

@@ -75,6 +75,8 @@ FROM (SELECT ROW_NUMBER() OVER (ORDER BY key) AS seq, * FROM planned);
 
 SELECT s.model_rows, s.null_keys,
   (SELECT IFNULL(SUM(d.n), 0) FROM activation_duplicates AS d) AS duplicate_keys,
+  (SELECT COUNT(*) FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS p WHERE p.op = 'add' AND p.key IN
+    (SELECT r.key FROM `acme-prod`.`activations`.`rejections` AS r WHERE r.activation_id = @activation_id AND r.run_id != @run_id)) AS retried,
   ARRAY(
     SELECT AS STRUCT chunk, MIN(seq) AS first_seq, MAX(seq) AS last_seq,
       COUNTIF(op = 'add') AS added, COUNTIF(op = 'change') AS changed, COUNTIF(op = 'remove') AS removed
