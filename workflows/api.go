@@ -60,6 +60,8 @@ func SearchAttributes() []temporal.SearchAttributeKey {
 
 // Run states, as set in ActivationState and in reports.
 const (
+	// StateQueued: the run waits for another run of the activation to end (Progress.WaitingFor).
+	StateQueued    = "Queued"
 	StatePlanning  = "Planning"
 	StateRunning   = "Running"
 	StatePaused    = "Paused"
@@ -206,6 +208,9 @@ type Progress struct {
 	Requests     int64               `json:"requests"`
 	// Pause is set while the run is paused.
 	Pause *PauseInfo `json:"pause,omitempty"`
+	// WaitingFor is, while the run is Queued, the workflow id of the run of the same activation
+	// that holds the activation's lock.
+	WaitingFor string `json:"waitingFor,omitempty"`
 	// Ignored lists control signals the run ignored, and why (e.g. a resume without a reason).
 	Ignored []string `json:"ignored,omitempty"`
 }

@@ -117,7 +117,8 @@ func (h *harness) writeModel(users []user) {
 
 func (h *harness) spec() spec.Activation {
 	return spec.Activation{
-		ID: "it-users", BaseDir: h.dir,
+		// One activation id per test: each test has its own task queue, and so its own lock workflow.
+		ID: "it-users-" + h.queue, BaseDir: h.dir,
 		Source: spec.Source{Type: "duckdb", PrimaryKey: "user_id",
 			Query: "SELECT * FROM read_csv('users.csv', header=true, columns={'user_id':'BIGINT','email':'VARCHAR','name':'VARCHAR','score':'INTEGER'})"},
 		State: spec.State{DuckDB: &spec.DuckDBState{Path: filepath.Join(h.dir, "state.duckdb")}},

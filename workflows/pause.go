@@ -407,7 +407,7 @@ func (r *run) progress() Progress {
 	p := Progress{ActivationID: rep.ActivationID, RunID: rep.RunID, State: rep.State, Chunks: rep.Chunks,
 		ChunksDone: rep.ChunksDone, Planned: rep.Planned, Attempted: rep.Attempted, Succeeded: rep.Succeeded,
 		Rejected: rep.Rejected, Skipped: rep.Skipped, Committed: rep.Committed, Requests: rep.Requests,
-		Ignored: append([]string(nil), r.ignored...)}
+		Ignored: append([]string(nil), r.ignored...), WaitingFor: r.waitingFor}
 	if r.paused != nil {
 		pi := *r.paused
 		p.Pause = &pi
@@ -439,6 +439,8 @@ func (r *run) details(now time.Time) string {
 	fmt.Fprintf(&b, "**%s** run of activation `%s`: **%s**", modeOf(rep), rep.ActivationID, rep.State)
 	if p := r.paused; p != nil {
 		fmt.Fprintf(&b, " (%s) since %s\n\n> %s\n\n", p.Cause, p.Since.UTC().Format(time.RFC3339), p.Reason)
+	} else if r.waitingFor != "" {
+		fmt.Fprintf(&b, ": waiting for run `%s` of this activation to end\n\n", r.waitingFor)
 	} else {
 		b.WriteString("\n\n")
 	}

@@ -61,6 +61,7 @@ func newWorld(t *testing.T, p warehouse.Plan, sync chunkFunc) *world {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	grantLock(e)
 	w := &world{t: t, e: e}
 	calls := map[int]int{}
 	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(p, nil)

@@ -12,8 +12,9 @@ type Registry interface {
 	RegisterActivity(a any)
 }
 
-// Register registers ActivationWorkflow and the activities on a worker.
+// Register registers ActivationWorkflow, LockWorkflow and the activities on a worker.
 func Register(r Registry, acts *activities.Activities) {
 	r.RegisterWorkflowWithOptions(ActivationWorkflow, workflow.RegisterOptions{Name: WorkflowName})
+	r.RegisterWorkflowWithOptions(LockWorkflow, workflow.RegisterOptions{Name: LockWorkflowName})
 	r.RegisterActivity(acts)
 }

@@ -32,6 +32,7 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 	if err := r.register(ctx); err != nil {
 		return r.rep, err
 	}
+	defer r.releaseLock(ctx)
 	end := r.execute(ctx)
 	r.ended = true
 	return end.rep, end.err
@@ -76,6 +77,11 @@ type run struct {
 	ended     bool
 	ignored   []string
 	memoSet   bool
+
+	// Lock (see lock.go): lockAsked once the run asked for the activation's lock; waitingFor
+	// is the workflow id of the run that holds it while this one is Queued.
+	lockAsked  bool
+	waitingFor string
 }
 
 // ending is how a run ends: its report and its error.
@@ -106,6 +112,12 @@ func (r *run) execute(ctx workflow.Context) *ending {
 	r.setState(ctx, StatePlanning)
 	if err := act.Validate(); err != nil {
 		return r.fail(ctx, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrTypeInvalidSpec, nil))
+	}
+	// One run of an activation at a time: a real run waits here for the activation's lock.
+	if !r.in.DryRun {
+		if end := r.acquireLock(ctx); end != nil {
+			return end
+		}
 	}
 
 	planCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{

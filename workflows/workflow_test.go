@@ -55,7 +55,17 @@ func env(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	e.RegisterActivity(&activities.Activities{})
 	// Most tests are not about field types: no conflicts unless a test says otherwise.
 	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(activities.CheckFieldsResult{}, nil).Maybe()
+	grantLock(e)
 	return e
+}
+
+// grantLock makes the activation's lock free: RequestLock succeeds, the grant arrives at once
+// and the release goes nowhere (lock_test.go tests the lock itself).
+func grantLock(e *testsuite.TestWorkflowEnvironment) {
+	e.RegisterWorkflowWithOptions(workflows.LockWorkflow, workflow.RegisterOptions{Name: workflows.LockWorkflowName})
+	e.OnActivity("RequestLock", mock.Anything, mock.Anything).Return(nil).Maybe()
+	e.OnSignalExternalWorkflow(mock.Anything, mock.Anything, mock.Anything, mock.Anything, mock.Anything).Return(nil).Maybe()
+	e.RegisterDelayedCallback(func() { e.SignalWorkflow(activities.SignalLockGranted, nil) }, 0)
 }
 
 func chunkOK(_ context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
@@ -200,6 +210,7 @@ func TestUpdateModeExportsIdentifiersAndPassesConflicts(t *testing.T) {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	grantLock(e)
 	sp := testSpec()
 	sp.Destination.Mode = "update"
 	sp.Sync.LookupMaxRows = 10 // the 30-row plan is "large": export instead of lookups

@@ -1,0 +1,126 @@
+//go:build integration
+
+package workflows_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
+
+	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/iterable/iterabletest"
+	"github.com/activation-engine/activations/internal/schedules"
+	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/workflows"
+)
+
+func progressOf(ctx context.Context, h *harness, run client.WorkflowRun) (workflows.Progress, error) {
+	var p workflows.Progress
+	v, err := h.c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
+	if err == nil {
+		err = v.Get(&p)
+	}
+	return p, err
+}
+
+// TestManualStartQueuesBehindScheduledRun: while a scheduled run of an activation sends (slowly:
+// Iterable answers one bulk request a second), a manual start of the same activation (as
+// `starter run` makes it, another workflow id) waits in state Queued, names the run it waits
+// for, and plans only once that run has committed: it finds nothing left to send.
+func TestManualStartQueuesBehindScheduledRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 1})
+	h.startWorker()
+	us := users(600)
+	h.writeModel(us)
+	act := h.spec()
+	act.Sync = spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 2}
+
+	_, err := schedules.Apply(ctx, h.c, []spec.Activation{act}, h.queue, false, false)
+	require.NoError(t, err)
+	sched := h.c.ScheduleClient().GetHandle(ctx, schedules.ID(act.ID))
+	t.Cleanup(func() { _ = sched.Delete(context.Background()) })
+	require.NoError(t, sched.Trigger(ctx, client.ScheduleTriggerOptions{}))
+	var scheduled client.WorkflowRun
+	require.Eventually(t, func() bool {
+		desc, err := sched.Describe(ctx)
+		if err != nil || len(desc.Info.RunningWorkflows) == 0 {
+			return false
+		}
+		ex := desc.Info.RunningWorkflows[0]
+		scheduled = h.c.GetWorkflow(ctx, ex.WorkflowID, ex.FirstExecutionRunID)
+		return true
+	}, 30*time.Second, 100*time.Millisecond, "the schedule started a run")
+	require.Eventually(t, func() bool {
+		p, err := progressOf(ctx, h, scheduled)
+		return err == nil && p.State == workflows.StateRunning
+	}, time.Minute, 50*time.Millisecond, "the scheduled run sends")
+
+	manual, err := h.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: fmt.Sprintf("%s%s-manual-%s", schedules.Prefix, act.ID, time.Now().UTC().Format("20060102T150405.000")), TaskQueue: h.queue,
+	}, workflows.WorkflowName, workflows.RunInput{Spec: act})
+	require.NoError(t, err)
+	require.NotEqual(t, scheduled.GetID(), manual.GetID())
+	var queued workflows.Progress
+	require.Eventually(t, func() bool {
+		queued, err = progressOf(ctx, h, manual)
+		return err == nil && queued.State == workflows.StateQueued
+	}, 30*time.Second, 50*time.Millisecond, "the manual run waits")
+	require.Equal(t, scheduled.GetID(), queued.WaitingFor, "it names the run it waits for")
+	p, err := progressOf(ctx, h, scheduled)
+	require.NoError(t, err)
+	require.Equal(t, workflows.StateRunning, p.State, "the scheduled run is still live")
+	require.Less(t, h.emu.Stats(h.key).UsersReceived, len(us), "the scheduled run has not finished sending")
+
+	var first, second workflows.RunReport
+	require.NoError(t, scheduled.Get(ctx, &first))
+	require.NoError(t, manual.Get(ctx, &second))
+	require.Equal(t, workflows.StateCompleted, first.State)
+	require.Equal(t, workflows.StateCompleted, second.State)
+	require.Equal(t, int64(len(us)), first.Planned.Total())
+	require.Zero(t, second.Planned.Total(), "the manual run planned after the scheduled run committed")
+	require.False(t, second.StartedAt.Add(second.PlanDuration).Before(first.FinishedAt), "its plan ended after the first run ended")
+	require.Equal(t, len(us), h.emu.Stats(h.key).UsersReceived, "no row was sent twice")
+	h.requireIterableEqualsModel(us)
+
+	// With nobody holding or waiting, the lock workflow completes.
+	require.Eventually(t, func() bool {
+		d, err := h.c.DescribeWorkflowExecution(ctx, activities.LockWorkflowID(act.ID), "")
+		return err == nil && d.GetWorkflowExecutionInfo().GetCloseTime() != nil
+	}, 30*time.Second, 100*time.Millisecond, "the idle lock workflow completes")
+}
+
+// TestLockIsFreedWhenTheHolderIsTerminated: a run terminated while it holds the lock never
+// releases it; the lock workflow notices the close and lets the queued run go.
+func TestLockIsFreedWhenTheHolderIsTerminated(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 1})
+	h.startWorker()
+	us := users(600)
+	h.writeModel(us)
+	act := h.spec()
+	act.Sync = spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 1}
+
+	first := h.start(act)
+	require.Eventually(t, func() bool {
+		p, err := progressOf(ctx, h, first)
+		return err == nil && p.State == workflows.StateRunning
+	}, time.Minute, 50*time.Millisecond)
+	second := h.start(act)
+	require.Eventually(t, func() bool {
+		p, err := progressOf(ctx, h, second)
+		return err == nil && p.State == workflows.StateQueued
+	}, 30*time.Second, 50*time.Millisecond)
+	require.NoError(t, h.c.TerminateWorkflow(ctx, first.GetID(), first.GetRunID(), "test: the holder dies"))
+
+	var rep workflows.RunReport
+	require.NoError(t, second.Get(ctx, &rep))
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	h.requireIterableEqualsModel(us)
+}
