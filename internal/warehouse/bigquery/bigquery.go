@@ -36,7 +36,6 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"cloud.google.com/go/bigquery"
@@ -93,8 +92,7 @@ type Planner struct {
 	expiration                 time.Duration
 	newBackOff                 func() backoff.BackOff // tests shorten the waits
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex // one per activation: serialises its Plan and Commit
+	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
 }
 
 var _ warehouse.Planner = (*Planner)(nil)
@@ -131,7 +129,7 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 	p := &Planner{
 		log: log, project: opts.Project, dataset: opts.Dataset, location: opts.Location,
 		maxBytes: opts.MaximumBytesBilled, expiration: expiration.Truncate(time.Second),
-		newBackOff: defaultBackOff, locks: map[string]*sync.Mutex{},
+		newBackOff: defaultBackOff,
 	}
 	where := opts.Project + ":" + opts.Dataset
 	client, err := bigquery.NewClient(ctx, opts.Project, opts.ClientOptions...)
@@ -183,17 +181,7 @@ func (p *Planner) Close() error {
 
 // lock serialises the state-changing steps (Plan, Commit) of one activation inside this
 // process; BigQuery queues concurrent DML on one table across processes.
-func (p *Planner) lock(activationID string) func() {
-	p.mu.Lock()
-	m, ok := p.locks[activationID]
-	if !ok {
-		m = &sync.Mutex{}
-		p.locks[activationID] = m
-	}
-	p.mu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (p *Planner) lock(activationID string) func() { return p.locks.Lock(activationID) }
 
 // qualified names a table of the state dataset, quoted.
 func (p *Planner) qualified(table string) string {
@@ -358,6 +346,6 @@ func DryRunModel(ctx context.Context, opts Options, query string) (DryRunResult,
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Planner{bq: client, log: log, project: opts.Project, dataset: opts.Dataset, location: opts.Location,
-		maxBytes: opts.MaximumBytesBilled, newBackOff: defaultBackOff, locks: map[string]*sync.Mutex{}}
+		maxBytes: opts.MaximumBytesBilled, newBackOff: defaultBackOff}
 	return p.DryRun(ctx, query)
 }

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
@@ -50,8 +49,7 @@ type Planner struct {
 	catName string // the same, unquoted (for the Appender)
 	source  string // quoted alias of the attached source database, "" without one
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex // one per activation: serialises its Plan and Commit
+	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
 }
 
 var _ warehouse.Planner = (*Planner)(nil)
@@ -72,7 +70,7 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
 	}
 	db := sql.OpenDB(connector)
-	p := &Planner{db: db, log: log, locks: map[string]*sync.Mutex{}}
+	p := &Planner{db: db, log: log}
 	if err := p.init(ctx, opts); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
@@ -132,17 +130,7 @@ func (p *Planner) Close() error {
 }
 
 // lock serialises the state-changing steps (Plan, Commit) of one activation.
-func (p *Planner) lock(activationID string) func() {
-	p.mu.Lock()
-	m, ok := p.locks[activationID]
-	if !ok {
-		m = &sync.Mutex{}
-		p.locks[activationID] = m
-	}
-	p.mu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (p *Planner) lock(activationID string) func() { return p.locks.Lock(activationID) }
 
 // qualified names a table of the state database, whatever catalog a connection currently uses.
 func (p *Planner) qualified(table string) string {
