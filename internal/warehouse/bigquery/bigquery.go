@@ -29,8 +29,6 @@ package bigquery
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -187,51 +185,6 @@ func (p *Planner) lock(activationID string) func() { return p.locks.Lock(activat
 func (p *Planner) qualified(table string) string {
 	return quoteIdent(p.project) + "." + quoteIdent(p.dataset) + "." + quoteIdent(table)
 }
-
-var activationIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
-func checkActivationID(id string) error {
-	if !activationIDPattern.MatchString(id) {
-		return fmt.Errorf("activation id %q must match %s", id, activationIDPattern)
-	}
-	return nil
-}
-
-func tableSuffix(activationID string) string { return strings.ReplaceAll(activationID, "-", "_") }
-
-// StateTable is the name of an activation's state table.
-func StateTable(activationID string) string { return "state_" + tableSuffix(activationID) }
-
-// PlanTable is the name of the plan table of one run: stable, so a retried Plan replaces it.
-func PlanTable(activationID, runID string) string {
-	return "plan_" + tableSuffix(activationID) + "_" + shortHash(runID)
-}
-
-// KnownTable names the table of identifiers known to the destination for a run.
-func KnownTable(activationID, runID string) string { return PlanTable(activationID, runID+"/known") }
-
-var planTablePattern = regexp.MustCompile(`^plan_[a-z0-9][a-z0-9_]{0,62}_[0-9a-f]{12}$`)
-
-// checkPlanTable refuses table names that Plan cannot have produced (and, with an activation
-// id, plans of another activation), so a bad input never reaches DROP or the state.
-func checkPlanTable(table, activationID string) error {
-	if !planTablePattern.MatchString(table) {
-		return fmt.Errorf("%q is not a plan table name", table)
-	}
-	if activationID != "" && !strings.HasPrefix(table, "plan_"+tableSuffix(activationID)+"_") {
-		return fmt.Errorf("plan table %s does not belong to activation %s", table, activationID)
-	}
-	return nil
-}
-
-func shortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:6])
-}
-
-// valueColumn names the plan column holding a destination field's value. Hex keeps every field
-// name a valid column name, and distinct although BigQuery column names are case-insensitive.
-func valueColumn(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
 
 // labels are set on every job, for cost attribution in INFORMATION_SCHEMA.JOBS and billing
 // exports. A ChunkRequest carries no run id: read jobs are labelled with the plan table's run

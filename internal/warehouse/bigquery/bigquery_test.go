@@ -160,7 +160,7 @@ func TestPlan(t *testing.T) {
 	plan, err := p.Plan(context.Background(), req)
 	require.NoError(t, err)
 	require.Equal(t, warehouse.Plan{
-		Table:  bigquery.PlanTable("crm-users", "run-1"),
+		Table:  warehouse.PlanTable("crm-users", "run-1"),
 		Counts: warehouse.Counts{ModelRows: 10, Added: 2, Changed: 1, Removed: 2, Unchanged: 4, NullKeys: 1, DuplicateKeys: 2, Retried: 1},
 		Chunks: []warehouse.Chunk{{Index: 0, FirstSeq: 1, LastSeq: 3, Added: 2, Changed: 1}, {Index: 1, FirstSeq: 4, LastSeq: 5, Removed: 2}},
 		Columns: []warehouse.ColumnType{
@@ -261,7 +261,7 @@ func TestPlanModelErrors(t *testing.T) {
 
 func commitRequest() warehouse.CommitRequest {
 	return warehouse.CommitRequest{ActivationID: "crm-users", RunID: "run-1",
-		Table: bigquery.PlanTable("crm-users", "run-1"), Chunks: []int{0, 2}}
+		Table: warehouse.PlanTable("crm-users", "run-1"), Chunks: []int{0, 2}}
 }
 
 func handleCommit(fake *bqfake.Server, errs ...*bqfake.Error) {
@@ -382,7 +382,7 @@ func TestReadChunk(t *testing.T) {
 	}
 	fake.Handle("WHERE plan.seq > @after", bqfake.Result{Schema: readSchema(), PageSize: 2, Rows: [][]any{
 		row(3, "add"), row(4, "change", "firstName", "tags"), row(5, "remove"), row(6, "add"), row(7, "add")}})
-	plan := bigquery.PlanTable("crm-users", "run-1")
+	plan := warehouse.PlanTable("crm-users", "run-1")
 	var got []warehouse.Row
 	err := p.ReadChunk(context.Background(), warehouse.ChunkRequest{ActivationID: "crm-users", Table: plan,
 		Fields: readFields(), Chunk: warehouse.Chunk{Index: 1, FirstSeq: 1, LastSeq: 9}, AfterSeq: 2},
@@ -479,10 +479,10 @@ func TestReadChunkStorageRead(t *testing.T) {
 		{3, "3", "remove", []any{}, "c@example.com", nil, nil, nil, false},
 	}})
 	fields := []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}, {Column: "signup", Field: "signup"}}
-	plan := bigquery.PlanTable("crm-users", "run-1")
+	plan := warehouse.PlanTable("crm-users", "run-1")
 	var got []warehouse.Row
 	err := p.ReadChunk(context.Background(), warehouse.ChunkRequest{ActivationID: "crm-users", Table: plan, Fields: fields,
-		Chunk: warehouse.Chunk{FirstSeq: 1, LastSeq: 3}, KnownTable: bigquery.KnownTable("crm-users", "run-1"), KnownLowerCase: true},
+		Chunk: warehouse.Chunk{FirstSeq: 1, LastSeq: 3}, KnownTable: warehouse.KnownTable("crm-users", "run-1"), KnownLowerCase: true},
 		func(r warehouse.Row) error { got = append(got, r); return nil })
 	require.NoError(t, err)
 	require.Equal(t, []warehouse.Row{
@@ -496,7 +496,7 @@ func TestReadChunkStorageRead(t *testing.T) {
 	jobs := jobsAfterOpen(fake)
 	require.Len(t, jobs, 1)
 	require.False(t, jobs[0].FastPath, "a job whose result table the Storage Read API reads")
-	require.Contains(t, jobs[0].SQL, "LEFT JOIN `test-proj`.`activations`.`"+bigquery.KnownTable("crm-users", "run-1")+"` AS k")
+	require.Contains(t, jobs[0].SQL, "LEFT JOIN `test-proj`.`activations`.`"+warehouse.KnownTable("crm-users", "run-1")+"` AS k")
 	require.Equal(t, "EU", jobs[0].Location)
 	require.Equal(t, maxBill, jobs[0].MaxBytesBilled)
 }
@@ -552,7 +552,7 @@ func TestTopReasons(t *testing.T) {
 func TestDropPlan(t *testing.T) {
 	fake := bqfake.New(t)
 	p := open(t, fake)
-	plan := bigquery.PlanTable("crm-users", "run-1")
+	plan := warehouse.PlanTable("crm-users", "run-1")
 	fake.AddTable(dataset, plan, bqfake.Schema(bqfake.Field("seq", "INTEGER")))
 	require.NoError(t, p.DropPlan(context.Background(), plan))
 	require.Nil(t, fake.Table(dataset+"."+plan))
@@ -569,7 +569,7 @@ func TestLoadIdentifiers(t *testing.T) {
 	fake := bqfake.New(t)
 	p := open(t, fake)
 	fake.Handle("CREATE OR REPLACE TABLE", bqfake.Result{Schema: bqfake.Schema(bqfake.Field("n", "INTEGER")), Rows: [][]any{{2}}})
-	known := bigquery.KnownTable("crm-users", "run-1")
+	known := warehouse.KnownTable("crm-users", "run-1")
 	table, n, err := p.LoadIdentifiers(context.Background(), "crm-users", "run-1", true, func(add func(string) error) error {
 		for _, id := range []string{"A@Example.com", `we"ird<&>`, "a@example.com"} {
 			if err := add(id); err != nil {

@@ -3,7 +3,6 @@ package bigquery
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -82,7 +81,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	}
 	defer p.lock(id)()
 	start := time.Now()
-	table := PlanTable(id, req.RunID)
+	table := warehouse.PlanTable(id, req.RunID)
 	what := "plan " + id
 
 	validate := job{step: "plan-validate", activationID: id, runID: req.RunID, table: table,
@@ -94,7 +93,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	plan := warehouse.Plan{Table: table, Columns: describeColumns(querySchema(stats), fields)}
 
 	script := job{step: "plan", activationID: id, runID: req.RunID, table: table,
-		sql: planScript(req, fields, p.qualified(table), p.qualified(StateTable(id)), p.qualified(RejectionsTable),
+		sql: planScript(req, fields, p.qualified(table), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable),
 			chunkRows, int64(p.expiration/time.Second)),
 		params: []bigquery.QueryParameter{
 			{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
@@ -132,45 +131,20 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	return plan, nil
 }
 
-// checkPlanRequest validates the request and returns its fields sorted by destination name,
-// the canonical order of hashes and of the changed-field lists. BaseDir has no meaning here:
-// BigQuery models name their tables.
+// checkPlanRequest adds BigQuery's own limit to the shared checks: names must be valid UTF-8.
+// BaseDir has no meaning here: BigQuery models name their tables.
 func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
-	if err := checkActivationID(req.ActivationID); err != nil {
+	fields, err := warehouse.CheckPlanRequest(req)
+	if err != nil {
 		return nil, err
 	}
-	if req.RunID == "" {
-		return nil, fmt.Errorf("run id is empty")
-	}
-	if strings.TrimSpace(req.Query) == "" {
-		return nil, fmt.Errorf("%w: the query is empty", warehouse.ErrInvalidModel)
-	}
-	if req.PrimaryKey == "" {
-		return nil, fmt.Errorf("%w: no primary key column", warehouse.ErrInvalidModel)
-	}
-	fields, err := sortedFields(req.Fields)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", warehouse.ErrInvalidModel, err)
+	for _, f := range fields {
+		if !validUTF8(f.Field, f.Column) {
+			return nil, fmt.Errorf("%w: a mapped field or column name is not valid UTF-8", warehouse.ErrInvalidModel)
+		}
 	}
 	if !validUTF8(req.PrimaryKey, req.Identifier) {
 		return nil, fmt.Errorf("%w: a column name is not valid UTF-8", warehouse.ErrInvalidModel)
-	}
-	return fields, nil
-}
-
-func sortedFields(fs []warehouse.Field) ([]warehouse.Field, error) {
-	fields := slices.Clone(fs)
-	slices.SortFunc(fields, func(a, b warehouse.Field) int { return strings.Compare(a.Field, b.Field) })
-	for i, f := range fields {
-		if f.Field == "" || f.Column == "" {
-			return nil, fmt.Errorf("a mapped field has an empty column or field name")
-		}
-		if !validUTF8(f.Field, f.Column) {
-			return nil, fmt.Errorf("a mapped field or column name is not valid UTF-8")
-		}
-		if i > 0 && fields[i-1].Field == f.Field {
-			return nil, fmt.Errorf("field %q is mapped twice", f.Field)
-		}
 	}
 	return fields, nil
 }
@@ -185,7 +159,7 @@ func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehou
 	out := make([]warehouse.ColumnType, len(fields))
 	for i, f := range fields {
 		out[i] = warehouse.ColumnType{Field: f.Field, Column: f.Column, Kind: warehouse.KindOther}
-		if fs, ok := byName[valueColumn(f.Field)]; ok {
+		if fs, ok := byName[warehouse.ValueColumn(f.Field)]; ok {
 			out[i].Type = typeName(fs)
 			out[i].Kind, _ = kindOf(fs)
 		}

@@ -76,7 +76,7 @@ func snapshotSelect(req warehouse.PlanRequest, fields []warehouse.Field) string 
 	}
 	obj := make([]string, 0, len(fields))
 	for _, f := range fields {
-		sel = append(sel, col(f.Column)+" AS "+quoteIdent(valueColumn(f.Field)))
+		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
 		obj = append(obj, quoteString(f.Field)+", "+hashExpr(col(f.Column)))
 	}
 	// The field hashes live only in the JSON object (keys are field names, in sorted order): the
@@ -118,7 +118,7 @@ func planScript(req warehouse.PlanRequest, fields []warehouse.Field, plan, state
 	var names, values []string
 	for _, f := range fields {
 		names = append(names, quoteString(f.Field))
-		values = append(values, quoteIdent(valueColumn(f.Field)))
+		values = append(values, quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
 	allList := "CAST([] AS ARRAY<STRING>)"
 	if len(names) > 0 {
@@ -225,7 +225,7 @@ FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM ` + 
 func readChunkSQL(plan, known string, lowerCase bool, fields []warehouse.Field) string {
 	cols := []string{"plan.seq", "plan.key", "plan.op", "plan.changed_fields", "plan.ident"}
 	for _, f := range fields {
-		cols = append(cols, "plan."+quoteIdent(valueColumn(f.Field)))
+		cols = append(cols, "plan."+quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
 	from := plan + " AS plan"
 	if known == "" {

@@ -37,7 +37,7 @@ func TestGoldenSQL(t *testing.T) {
 	bare.Identifier, bare.Fields, bare.FullResync = "", nil, true
 	p := &Planner{project: "acme-prod", dataset: "activations"}
 	id := req.ActivationID
-	plan, state, rej := p.qualified(PlanTable(id, req.RunID)), p.qualified(StateTable(id)), p.qualified(RejectionsTable)
+	plan, state, rej := p.qualified(warehouse.PlanTable(id, req.RunID)), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable)
 	week := int64(DefaultPlanExpiration.Seconds())
 	tests := []struct {
 		file string
@@ -47,11 +47,11 @@ func TestGoldenSQL(t *testing.T) {
 		{"plan.sql", planScript(req, fields, plan, state, rej, req.ChunkRows, week)},
 		{"plan_full_resync_no_fields.sql", planScript(bare, nil, plan, state, rej, 10000, week)},
 		{"read.sql", readChunkSQL(plan, "", false, fields)},
-		{"read_known.sql", readChunkSQL(plan, p.qualified(KnownTable(id, req.RunID)), true, fields)},
+		{"read_known.sql", readChunkSQL(plan, p.qualified(warehouse.KnownTable(id, req.RunID)), true, fields)},
 		{"commit.sql", commitScript(plan, state, rej)},
 		{"rejections.sql", insertRejectionsSQL(rej)},
 		{"top_reasons.sql", topReasonsSQL(rej, true)},
-		{"known.sql", knownScript(p.qualified(KnownTable(id, req.RunID)), p.qualified(KnownTable(id, req.RunID)+"_staging"), true, week)},
+		{"known.sql", knownScript(p.qualified(warehouse.KnownTable(id, req.RunID)), p.qualified(warehouse.KnownTable(id, req.RunID)+"_staging"), true, week)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {

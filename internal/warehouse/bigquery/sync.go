@@ -23,16 +23,16 @@ import (
 func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
 	id := req.ActivationID
 	what := fmt.Sprintf("read chunk %d of %s", req.Chunk.Index, id)
-	if err := checkPlanTable(req.Table, id); err != nil {
+	if err := warehouse.CheckPlanTable(req.Table, id); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	fields, err := sortedFields(req.Fields)
+	fields, err := warehouse.SortedFields(req.Fields)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	known := ""
 	if req.KnownTable != "" {
-		if err := checkPlanTable(req.KnownTable, id); err != nil {
+		if err := warehouse.CheckPlanTable(req.KnownTable, id); err != nil {
 			return fmt.Errorf("%s: known identifiers: %w", what, err)
 		}
 		known = p.qualified(req.KnownTable)
@@ -169,7 +169,7 @@ const (
 // RecordRejections appends the rows with DML INSERTs of a few thousand rows each; the values
 // travel as one array-of-structs parameter per batch.
 func (p *Planner) RecordRejections(ctx context.Context, activationID, runID string, rs []warehouse.Rejection) error {
-	if err := checkActivationID(activationID); err != nil {
+	if err := warehouse.CheckActivationID(activationID); err != nil {
 		return fmt.Errorf("record rejections: %w", err)
 	}
 	if len(rs) == 0 {
@@ -201,7 +201,7 @@ func (p *Planner) RecordRejections(ctx context.Context, activationID, runID stri
 
 // TopReasons counts distinct keys per outcome and reason, most frequent first.
 func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, limit int) ([]warehouse.ReasonCount, error) {
-	if err := checkActivationID(activationID); err != nil {
+	if err := warehouse.CheckActivationID(activationID); err != nil {
 		return nil, fmt.Errorf("top reasons: %w", err)
 	}
 	j := job{step: "top-reasons", activationID: activationID, runID: runID,
@@ -236,10 +236,10 @@ func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, li
 func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (warehouse.CommitResult, error) {
 	id := req.ActivationID
 	var res warehouse.CommitResult
-	if err := checkActivationID(id); err != nil {
+	if err := warehouse.CheckActivationID(id); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
-	if err := checkPlanTable(req.Table, id); err != nil {
+	if err := warehouse.CheckPlanTable(req.Table, id); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
 	if len(req.Chunks) == 0 {
@@ -255,7 +255,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	defer p.lock(id)()
 	start := time.Now()
 	j := job{step: "commit", activationID: id, runID: req.RunID, table: req.Table,
-		sql: commitScript(p.qualified(req.Table), p.qualified(StateTable(id)), p.qualified(RejectionsTable)),
+		sql: commitScript(p.qualified(req.Table), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable)),
 		params: []bigquery.QueryParameter{{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
 			{Name: "chunks", Value: chunks}}}
 	rows := 0
@@ -287,7 +287,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 // DropPlan deletes a plan (or known-identifier) table; dropping it twice is harmless. It is an
 // API call, not a job: free and immediate.
 func (p *Planner) DropPlan(ctx context.Context, table string) error {
-	if err := checkPlanTable(table, ""); err != nil {
+	if err := warehouse.CheckPlanTable(table, ""); err != nil {
 		return fmt.Errorf("drop plan: %w", err)
 	}
 	if err := p.bq.Dataset(p.dataset).Table(table).Delete(ctx); err != nil && !isNotFound(err) {
@@ -306,10 +306,10 @@ var errUploadEnded = errors.New("the upload of identifiers ended")
 // deduplicates them into the run's known table, which expires like a plan table.
 func (p *Planner) LoadIdentifiers(ctx context.Context, activationID, runID string, lowerCase bool,
 	load func(add func(id string) error) error) (string, int64, error) {
-	if err := checkActivationID(activationID); err != nil {
+	if err := warehouse.CheckActivationID(activationID); err != nil {
 		return "", 0, fmt.Errorf("load identifiers: %w", err)
 	}
-	table := KnownTable(activationID, runID)
+	table := warehouse.KnownTable(activationID, runID)
 	what := "load identifiers of " + activationID
 	schema := bigquery.Schema{{Name: "id", Type: bigquery.StringFieldType}}
 	staging := p.bq.Dataset(p.dataset).Table(table + "_staging")

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
@@ -97,7 +96,8 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 		}
 		// Planners of one state file share DuckDB's instance (and its attachments), so the
 		// alias is derived from the source path: two sources never take each other's place.
-		alias := "activation_source_" + shortHash(abs)
+		sum := sha256.Sum256([]byte(abs))
+		alias := "activation_source_" + hex.EncodeToString(sum[:6])
 		p.source = quoteIdent(alias)
 		// ATTACH takes no parameters; the path is a literal, escaped.
 		if _, err := p.db.ExecContext(ctx, fmt.Sprintf(`ATTACH IF NOT EXISTS %s AS %s (READ_ONLY)`,
@@ -137,54 +137,12 @@ func (p *Planner) qualified(table string) string {
 	return p.catalog + ".main." + quoteIdent(table)
 }
 
-var activationIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
-func checkActivationID(id string) error {
-	if !activationIDPattern.MatchString(id) {
-		return fmt.Errorf("activation id %q must match %s", id, activationIDPattern)
-	}
-	return nil
-}
-
-func tableSuffix(activationID string) string { return strings.ReplaceAll(activationID, "-", "_") }
-
-// StateTable is the name of an activation's state table.
-func StateTable(activationID string) string { return "state_" + tableSuffix(activationID) }
-
-// PlanTable is the name of the plan table of one run: stable, so a retried Plan replaces it.
-func PlanTable(activationID, runID string) string {
-	return "plan_" + tableSuffix(activationID) + "_" + shortHash(runID)
-}
-
-var planTablePattern = regexp.MustCompile(`^plan_[a-z0-9][a-z0-9_]{0,62}_[0-9a-f]{12}$`)
-
-// checkPlanTable refuses table names that Plan cannot have produced (and, with an activation
-// id, plans of another activation), so a bad input never reaches DROP or the state.
-func checkPlanTable(table, activationID string) error {
-	if !planTablePattern.MatchString(table) {
-		return fmt.Errorf("%q is not a plan table name", table)
-	}
-	if activationID != "" && !strings.HasPrefix(table, "plan_"+tableSuffix(activationID)+"_") {
-		return fmt.Errorf("plan table %s does not belong to activation %s", table, activationID)
-	}
-	return nil
-}
-
-func shortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:6])
-}
-
 // quoteIdent quotes an identifier for DuckDB: column names may contain anything.
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // quoteLiteral quotes a string literal. It is used only for configuration (field names, paths)
 // in places where DuckDB takes no parameters; row values always travel as parameters.
 func quoteLiteral(s string) string { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
-
-// valueColumn names the plan column holding a destination field's value. Hex keeps distinct
-// field names distinct although DuckDB matches identifiers case-insensitively.
-func valueColumn(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
 
 // DuckDB error classes whose messages describe the query (names of columns, tables, files),
 // never the data: these are safe to show in errors that reach workflow history.

@@ -435,7 +435,7 @@ func TestRejectsForeignNames(t *testing.T) {
 	req := baseRequest("owner", "SELECT 1 AS id, 'e' AS email, 'n' AS name, 2 AS age")
 	plan, err := p.Plan(ctx, req)
 	require.NoError(t, err)
-	require.Equal(t, duckdb.PlanTable("owner", "run-1"), plan.Table)
+	require.Equal(t, warehouse.PlanTable("owner", "run-1"), plan.Table)
 
 	tests := []struct {
 		name string

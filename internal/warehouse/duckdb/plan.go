@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -58,7 +57,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
 
-	state := p.qualified(StateTable(id))
+	state := p.qualified(warehouse.StateTable(id))
 	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: create state table: %w", id, err)
 	}
@@ -68,7 +67,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		return warehouse.Plan{}, fmt.Errorf("plan %s: find duplicate keys: %w", id, err)
 	}
 
-	table := PlanTable(id, req.RunID)
+	table := warehouse.PlanTable(id, req.RunID)
 	if err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows); err != nil {
 		return warehouse.Plan{}, err
 	}
@@ -106,43 +105,16 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	return plan, nil
 }
 
-// checkPlanRequest validates the request and returns its fields sorted by destination name,
-// the canonical order of hashes and of the changed-field lists.
+// checkPlanRequest adds DuckDB's own limit to the shared checks.
 func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
-	if err := checkActivationID(req.ActivationID); err != nil {
+	fields, err := warehouse.CheckPlanRequest(req)
+	if err != nil {
 		return nil, err
-	}
-	if req.RunID == "" {
-		return nil, fmt.Errorf("run id is empty")
-	}
-	if strings.TrimSpace(req.Query) == "" {
-		return nil, fmt.Errorf("%w: the query is empty", warehouse.ErrInvalidModel)
 	}
 	// DuckDB splits file_search_path on commas and has no escape for them.
 	if strings.Contains(req.BaseDir, ",") {
 		return nil, fmt.Errorf("%w: the model's folder %q contains a comma, which DuckDB's file_search_path cannot hold",
 			warehouse.ErrInvalidModel, req.BaseDir)
-	}
-	if req.PrimaryKey == "" {
-		return nil, fmt.Errorf("%w: no primary key column", warehouse.ErrInvalidModel)
-	}
-	fields, err := sortedFields(req.Fields)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", warehouse.ErrInvalidModel, err)
-	}
-	return fields, nil
-}
-
-func sortedFields(fs []warehouse.Field) ([]warehouse.Field, error) {
-	fields := slices.Clone(fs)
-	slices.SortFunc(fields, func(a, b warehouse.Field) int { return strings.Compare(a.Field, b.Field) })
-	for i, f := range fields {
-		if f.Field == "" || f.Column == "" {
-			return nil, fmt.Errorf("a mapped field has an empty column or field name")
-		}
-		if i > 0 && fields[i-1].Field == f.Field {
-			return nil, fmt.Errorf("field %q is mapped twice", f.Field)
-		}
 	}
 	return fields, nil
 }
@@ -201,7 +173,7 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 	}
 	var obj []string
 	for _, f := range fields {
-		sel = append(sel, col(f.Column)+" AS "+quoteIdent(valueColumn(f.Field)))
+		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
 		obj = append(obj, quoteLiteral(f.Field), hashExpr(col(f.Column)))
 	}
 	// The field hashes live only in the JSON object: the few changed rows parse it again rather
@@ -262,7 +234,7 @@ func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chun
 	for _, f := range fields {
 		names = append(names, quoteLiteral(f.Field))
 		paths = append(paths, quoteLiteral(jsonPointer(f.Field)))
-		values = append(values, quoteIdent(valueColumn(f.Field)))
+		values = append(values, quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
 	allList := "CAST([" + strings.Join(names, ", ") + "] AS VARCHAR[])"
 	diffList := "CAST([] AS VARCHAR[])"
@@ -359,7 +331,7 @@ func describeColumns(ctx context.Context, conn *sql.Conn, fields []warehouse.Fie
 	}
 	out := make([]warehouse.ColumnType, len(fields))
 	for i, f := range fields {
-		t := types[valueColumn(f.Field)]
+		t := types[warehouse.ValueColumn(f.Field)]
 		out[i] = warehouse.ColumnType{Field: f.Field, Column: f.Column, Type: t, Kind: kindOf(t)}
 	}
 	return out, nil

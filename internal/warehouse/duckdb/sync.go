@@ -18,24 +18,24 @@ import (
 // An error returned by fn stops the read and is returned as is.
 func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
 	id := req.ActivationID
-	if err := checkPlanTable(req.Table, id); err != nil {
+	if err := warehouse.CheckPlanTable(req.Table, id); err != nil {
 		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
 	}
-	fields, err := sortedFields(req.Fields)
+	fields, err := warehouse.SortedFields(req.Fields)
 	if err != nil {
 		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
 	}
 	cols := []string{"seq", "key", "op", "changed_fields", "ident"}
 	all := make([]string, len(fields)) // an add changes every field; the plan stores no list for it
 	for i, f := range fields {
-		cols = append(cols, quoteIdent(valueColumn(f.Field)))
+		cols = append(cols, quoteIdent(warehouse.ValueColumn(f.Field)))
 		all[i] = f.Field
 	}
 	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
 	from := p.qualified(req.Table) + " AS plan"
 	cols = append(cols, "false AS known")
 	if req.KnownTable != "" {
-		if err := checkPlanTable(req.KnownTable, id); err != nil {
+		if err := warehouse.CheckPlanTable(req.KnownTable, id); err != nil {
 			return fmt.Errorf("read chunk %d of %s: known identifiers: %w", req.Chunk.Index, id, err)
 		}
 		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
@@ -108,7 +108,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 
 // RecordRejections appends the rows with DuckDB's Appender: one bulk write however many rows.
 func (p *Planner) RecordRejections(ctx context.Context, activationID, runID string, rs []warehouse.Rejection) error {
-	if err := checkActivationID(activationID); err != nil {
+	if err := warehouse.CheckActivationID(activationID); err != nil {
 		return fmt.Errorf("record rejections: %w", err)
 	}
 	if len(rs) == 0 {
@@ -184,10 +184,10 @@ func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, li
 func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (warehouse.CommitResult, error) {
 	id := req.ActivationID
 	var res warehouse.CommitResult
-	if err := checkActivationID(id); err != nil {
+	if err := warehouse.CheckActivationID(id); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
-	if err := checkPlanTable(req.Table, id); err != nil {
+	if err := warehouse.CheckPlanTable(req.Table, id); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
 	if len(req.Chunks) == 0 {
@@ -200,7 +200,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	defer p.lock(id)()
 	start := time.Now()
 
-	plan, state := p.qualified(req.Table), p.qualified(StateTable(id))
+	plan, state := p.qualified(req.Table), p.qualified(warehouse.StateTable(id))
 	// Plan rows of the finished chunks, each with whether the run rejected (or skipped) its key.
 	finished := `SELECT p.*, r.key IS NOT NULL AS held FROM ` + plan + ` AS p
 		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
@@ -243,7 +243,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 
 // DropPlan drops a plan table; dropping it twice is harmless.
 func (p *Planner) DropPlan(ctx context.Context, table string) error {
-	if err := checkPlanTable(table, ""); err != nil {
+	if err := warehouse.CheckPlanTable(table, ""); err != nil {
 		return fmt.Errorf("drop plan: %w", err)
 	}
 	if _, err := p.db.ExecContext(ctx, `DROP TABLE IF EXISTS `+p.qualified(table)); err != nil {
@@ -252,17 +252,14 @@ func (p *Planner) DropPlan(ctx context.Context, table string) error {
 	return nil
 }
 
-// KnownTable names the table of identifiers known to the destination for a run.
-func KnownTable(activationID, runID string) string { return PlanTable(activationID, runID+"/known") }
-
 // LoadIdentifiers bulk-appends the destination's identifiers into a run's table, deduplicated,
 // so ReadChunk can tell which plan rows name an existing profile.
 func (p *Planner) LoadIdentifiers(ctx context.Context, activationID, runID string, lowerCase bool,
 	load func(add func(id string) error) error) (string, int64, error) {
-	if err := checkActivationID(activationID); err != nil {
+	if err := warehouse.CheckActivationID(activationID); err != nil {
 		return "", 0, fmt.Errorf("load identifiers: %w", err)
 	}
-	table := KnownTable(activationID, runID)
+	table := warehouse.KnownTable(activationID, runID)
 	staging := table + "_staging"
 	q, qs := p.qualified(table), p.qualified(staging)
 	if _, err := p.db.ExecContext(ctx, `CREATE OR REPLACE TABLE `+qs+` (id VARCHAR)`); err != nil {
