@@ -123,25 +123,9 @@ func cmdResume(ctx context.Context, args []string, out io.Writer, logger *slog.L
 		return err
 	}
 	defer c.Close()
-	runs, err := liveRuns(ctx, c, opts.Namespace, id)
-	if err != nil {
+	if _, err := updateLiveRuns(ctx, c, opts.Namespace, id, workflows.UpdateResume,
+		workflows.ResumeInput{Reason: reason, SkipRejected: *skip}, "resume", out); err != nil {
 		return err
-	}
-	for _, r := range runs {
-		e := r.GetExecution()
-		msg, refusal, err := update(ctx, c, e.GetWorkflowId(), e.GetRunId(), workflows.UpdateResume,
-			workflows.ResumeInput{Reason: reason, SkipRejected: *skip})
-		switch {
-		case err != nil:
-			return err
-		case refusal != "":
-			fmt.Fprintf(out, "run %s refused to resume: %s\n", e.GetWorkflowId(), refusal)
-		default:
-			fmt.Fprintf(out, "%s\n", msg)
-		}
-	}
-	if len(runs) == 0 {
-		fmt.Fprintln(out, "no live run")
 	}
 	h := c.ScheduleClient().GetHandle(ctx, schedules.ID(id))
 	switch err := h.Unpause(ctx, client.ScheduleUnpauseOptions{Note: "unpaused by an operator: " + reason}); {
@@ -167,32 +151,40 @@ func cmdAbort(ctx context.Context, args []string, out io.Writer, logger *slog.Lo
 		return err
 	}
 	defer c.Close()
-	runs, err := liveRuns(ctx, c, opts.Namespace, id)
+	refused, err := updateLiveRuns(ctx, c, opts.Namespace, id, workflows.UpdateAbort, workflows.AbortInput{Reason: reason}, "abort", out)
 	if err != nil {
 		return err
-	}
-	if len(runs) == 0 {
-		fmt.Fprintln(out, "no live run")
-		return nil
-	}
-	refused := false
-	for _, r := range runs {
-		e := r.GetExecution()
-		msg, refusal, err := update(ctx, c, e.GetWorkflowId(), e.GetRunId(), workflows.UpdateAbort, workflows.AbortInput{Reason: reason})
-		switch {
-		case err != nil:
-			return err
-		case refusal != "":
-			refused = true
-			fmt.Fprintf(out, "run %s refused to abort: %s\n", e.GetWorkflowId(), refusal)
-		default:
-			fmt.Fprintf(out, "%s\n", msg)
-		}
 	}
 	if refused {
 		return errors.New("a run refused to abort")
 	}
 	return nil
+}
+
+// updateLiveRuns sends an update to every live run of the activation and prints each answer or
+// refusal; it reports whether any run refused.
+func updateLiveRuns(ctx context.Context, c client.Client, namespace, id, name string, arg any, verb string, out io.Writer) (refused bool, err error) {
+	runs, err := liveRuns(ctx, c, namespace, id)
+	if err != nil {
+		return false, err
+	}
+	if len(runs) == 0 {
+		fmt.Fprintln(out, "no live run")
+	}
+	for _, r := range runs {
+		e := r.GetExecution()
+		msg, refusal, err := update(ctx, c, e.GetWorkflowId(), e.GetRunId(), name, arg)
+		switch {
+		case err != nil:
+			return refused, err
+		case refusal != "":
+			refused = true
+			fmt.Fprintf(out, "run %s refused to %s: %s\n", e.GetWorkflowId(), verb, refusal)
+		default:
+			fmt.Fprintf(out, "%s\n", msg)
+		}
+	}
+	return refused, nil
 }
 
 // cmdTrigger runs the activation now through its schedule (the schedule's overlap policy,
