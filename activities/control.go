@@ -145,6 +145,26 @@ func (a *Activities) Probe(ctx context.Context, in ProbeInput) error {
 	return nil
 }
 
+// ProbeWarehouse checks that the activation's warehouse answers, with one cheap read (the run's
+// top rejection reason), for a run paused because a warehouse step ran out of retries. A
+// planner that has a cheaper check (Ping) is asked that instead.
+func (a *Activities) ProbeWarehouse(ctx context.Context, in ProbeInput) error {
+	planner, err := a.Planners.Planner(ctx, in.Spec)
+	if err != nil {
+		return fmt.Errorf("activation %s run %s: probe the warehouse: %w", in.Spec.ID, in.RunID, err)
+	}
+	if p, ok := planner.(interface{ Ping(context.Context) error }); ok {
+		err = p.Ping(ctx)
+	} else {
+		_, err = planner.TopReasons(ctx, in.Spec.ID, in.RunID, 1)
+	}
+	if err != nil {
+		return fmt.Errorf("activation %s run %s: probe the warehouse: %w", in.Spec.ID, in.RunID, err)
+	}
+	a.logger(in.Spec, in.RunID).Info("the warehouse answers again")
+	return nil
+}
+
 // TopRejectionsInput asks for a run's most frequent rejection reasons.
 type TopRejectionsInput struct {
 	Spec  spec.Activation `json:"spec"`

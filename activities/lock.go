@@ -76,11 +76,27 @@ type WaitForCloseInput struct {
 	RunID      string `json:"runId"`
 }
 
+// chainRuns says whether the latest execution of the holder's workflow id is running and
+// belongs to the holder's chain (its first run is the holder's run).
+func (a *Activities) chainRuns(ctx context.Context, in WaitForCloseInput) (bool, error) {
+	desc, err := a.Temporal.DescribeWorkflowExecution(ctx, in.WorkflowID, "")
+	var nf *serviceerror.NotFound
+	switch {
+	case errors.As(err, &nf):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	info := desc.GetWorkflowExecutionInfo()
+	return info.GetStatus() == enums.WORKFLOW_EXECUTION_STATUS_RUNNING && info.GetFirstRunId() == in.RunID, nil
+}
+
 // waitPoll bounds one long poll of WaitForClose, well inside its heartbeat timeout.
 const waitPoll = 20 * time.Second
 
 // WaitForClose returns when the run is closed in any way (completed, failed, terminated, timed
-// out) or unknown, so that a lock is not held forever by a run that never released it.
+// out) or unknown, so that a lock is not held forever by a run that never released it. A run
+// that continued as new is followed to its last execution: the chain holds the lock as a whole.
 func (a *Activities) WaitForClose(ctx context.Context, in WaitForCloseInput) error {
 	if a.Temporal == nil {
 		return temporal.NewNonRetryableApplicationError(
@@ -106,6 +122,11 @@ func (a *Activities) WaitForClose(ctx context.Context, in WaitForCloseInput) err
 			return nil
 		case derr != nil:
 			return derr
+		case desc.GetWorkflowExecutionInfo().GetStatus() == enums.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW:
+			// The holder continued as new and keeps the lock: wait for the chain's last execution.
+			if running, err := a.chainRuns(ctx, in); err != nil || !running {
+				return err
+			}
 		case desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING:
 			return nil
 		case !timedOut:

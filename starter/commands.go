@@ -14,6 +14,7 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -259,6 +260,9 @@ func printReport(out io.Writer, r workflows.RunReport) {
 type activationStatus struct {
 	ID    string `json:"id"`
 	State string `json:"state"` // running | paused | completed | failed | aborted | idle
+	// Phase is the ActivationState of the latest run while it is live (Queued, Planning,
+	// Running, Paused): a Queued run waits for another run of the activation to end.
+	Phase string `json:"phase,omitempty"`
 	// PauseReason says why the activation is paused: its run's pause reason, or the note of its
 	// paused schedule when no run is paused.
 	PauseReason string `json:"pauseReason,omitempty"`
@@ -331,13 +335,21 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer, logger *slog.L
 				sched += ", next " + s.NextRun.Local().Format(time.RFC3339)
 			}
 		}
-		fmt.Fprintf(out, "%s  %s  %s\n", st.ID, strings.ToUpper(st.State), sched)
+		state := strings.ToUpper(st.State)
+		if st.Phase != "" && !strings.EqualFold(st.Phase, st.State) {
+			state += " (" + st.Phase + ")"
+		}
+		fmt.Fprintf(out, "%s  %s  %s\n", st.ID, state, sched)
 		if st.Pause != nil {
 			fmt.Fprintf(out, "  paused (%s) since %s: %s\n  next: %s\n", st.Pause.Cause,
 				st.Pause.Since.Local().Format(time.RFC3339), st.Pause.Reason, st.Pause.NextStep)
 		}
 		for _, r := range st.LastRuns {
-			fmt.Fprintf(out, "  %s  %-10s %s\n", r.Start.Local().Format(time.RFC3339), r.Status, r.WorkflowID)
+			status := r.Status
+			if r.Status == "running" && r.State != "" {
+				status = strings.ToLower(r.State)
+			}
+			fmt.Fprintf(out, "  %s  %-10s %s\n", r.Start.Local().Format(time.RFC3339), status, r.WorkflowID)
 		}
 		if r := st.LastReport; r != nil {
 			fmt.Fprintf(out, "  last report: planned %d, succeeded %d, rejected %d, requests %d\n",
@@ -398,10 +410,25 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 	if err != nil {
 		return st, fmt.Errorf("list runs of %s: %w", id, err)
 	}
-	execs := resp.GetExecutions()
+	var execs []*workflowpb.WorkflowExecutionInfo
+	for _, e := range resp.GetExecutions() {
+		// A run that continued as new goes on in its chain's latest execution, listed too.
+		if e.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW {
+			execs = append(execs, e)
+		}
+	}
 	sort.SliceStable(execs, func(i, j int) bool { return execs[i].GetStartTime().AsTime().After(execs[j].GetStartTime().AsTime()) })
 	if len(execs) > 5 {
 		execs = execs[:5]
+	}
+	// The activation's state is its latest run's, except that a run sending (or paused) wins
+	// over a later one that waits for it in the lock's queue.
+	primary := 0
+	for i, e := range execs {
+		if e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING && runStateOf(e) != workflows.StateQueued {
+			primary = i
+			break
+		}
 	}
 	for i, e := range execs {
 		r := runState{WorkflowID: e.GetExecution().GetWorkflowId(), RunID: e.GetExecution().GetRunId(),
@@ -415,8 +442,11 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 			_ = json.Unmarshal(p.GetData(), &r.State)
 		}
 		st.LastRuns = append(st.LastRuns, r)
-		if i == 0 {
+		if i == primary {
 			st.State = stateOf(e.GetStatus(), r.State)
+			if e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				st.Phase = r.State
+			}
 			if st.State == "paused" {
 				if st.Pause = pauseOf(e); st.Pause != nil {
 					st.PauseReason = st.Pause.Reason

@@ -100,6 +100,10 @@ func cmdPause(ctx context.Context, args []string, out io.Writer, logger *slog.Lo
 		if err := c.SignalWorkflow(ctx, e.GetWorkflowId(), e.GetRunId(), workflows.SignalPause, workflows.PauseInput{Reason: reason}); err != nil {
 			return fmt.Errorf("signal run %s to pause: %w", e.GetWorkflowId(), err)
 		}
+		if runStateOf(r) == workflows.StateQueued {
+			fmt.Fprintf(out, "run %s is queued behind another run: it pauses before planning once it may go\n", e.GetWorkflowId())
+			continue
+		}
 		fmt.Fprintf(out, "run %s asked to pause after its in-flight chunks\n", e.GetWorkflowId())
 	}
 	if len(runs) == 0 {
@@ -139,8 +143,9 @@ func cmdResume(ctx context.Context, args []string, out io.Writer, logger *slog.L
 	return nil
 }
 
-// cmdAbort sends the `abort` update to the activation's live run: it stops after its in-flight
-// chunks, commits what succeeded and ends as Aborted. The schedule is left as it is.
+// cmdAbort sends the `abort` update to the activation's live runs: a sending run stops after its
+// in-flight chunks, commits what succeeded and ends as Aborted; a paused or queued one ends at
+// once. The schedule is left as it is.
 func cmdAbort(ctx context.Context, args []string, out io.Writer, logger *slog.Logger) error {
 	id, reason, err := operatorArgs("abort", args, true, nil)
 	if err != nil {
@@ -173,6 +178,11 @@ func updateLiveRuns(ctx context.Context, c client.Client, namespace, id, name st
 	}
 	for _, r := range runs {
 		e := r.GetExecution()
+		// A queued run waits for the activation's lock and cannot be paused: resume leaves it be.
+		if name == workflows.UpdateResume && runStateOf(r) == workflows.StateQueued {
+			fmt.Fprintf(out, "run %s is queued behind another run of %s: nothing to resume\n", e.GetWorkflowId(), id)
+			continue
+		}
 		msg, refusal, err := update(ctx, c, e.GetWorkflowId(), e.GetRunId(), name, arg)
 		switch {
 		case err != nil:

@@ -84,6 +84,9 @@ const (
 	CauseTransient = "transient"
 	// CauseOperator: an operator asked for the pause.
 	CauseOperator = "operator"
+	// CauseWarehouse: a warehouse step (plan, commit) ran out of retries. The run probes the
+	// warehouse and runs the step again by itself once it answers.
+	CauseWarehouse = "warehouse"
 )
 
 // ResumeInput is the input of the `resume` update and signal.
@@ -139,6 +142,41 @@ type RunInput struct {
 	Spec       spec.Activation `json:"spec"`
 	FullResync bool            `json:"fullResync,omitempty"`
 	DryRun     bool            `json:"dryRun,omitempty"`
+	// ChunksPerExecution, when above 0, continues the run as new after that many chunks in one
+	// execution. By default a run continues as new only when Temporal suggests it (about 4,096
+	// history events, some 1,000 chunks), which keeps any plan far below history limits.
+	ChunksPerExecution int `json:"chunksPerExecution,omitempty"`
+	// Continued is set by a run that continues as new, never by operators: where it stopped.
+	Continued *Continuation `json:"continued,omitempty"`
+}
+
+// Continuation carries a run across continue-as-new: the plan's remaining chunk ranges, the
+// counts so far and the lock it holds. It holds table names, counts and cursors, never rows.
+type Continuation struct {
+	// RunID is the id of the run's first execution: the plan table, the rejections and the
+	// report keep it, so that the whole chain is one run to the warehouse and to operators.
+	RunID string `json:"runId"`
+	// Executions counts the executions of the run so far (1 for the first).
+	Executions int `json:"executions"`
+	// Plan is the plan with only the chunks still to send.
+	Plan   warehouse.Plan                     `json:"plan"`
+	Tables []string                           `json:"tables"`
+	Fields activities.CheckFieldsResult       `json:"fields"`
+	Known  activities.ExportIdentifiersResult `json:"known"`
+	Report RunReport                          `json:"report"`
+	// Committed lists the chunks committed so far (for resume --skip-rejected); Held the rows
+	// their commits kept out of the state.
+	Committed []int `json:"committed,omitempty"`
+	Held      int64 `json:"held,omitempty"`
+	// Window is the rejection threshold's window (attempted, rejected) at the hand-over.
+	WindowAttempted int64         `json:"windowAttempted,omitempty"`
+	WindowRejected  int64         `json:"windowRejected,omitempty"`
+	SyncActive      time.Duration `json:"syncActive"`
+	TransientSince  time.Time     `json:"transientSince,omitempty"`
+	SchedulePaused  bool          `json:"schedulePaused,omitempty"`
+	// Lock is the request that holds the activation's lock (the first execution's): the lock
+	// workflow follows the chain by workflow id, so the lock stays held across executions.
+	Lock activities.LockRequest `json:"lock"`
 }
 
 // RunReport is the result of a run. It holds counts and reason categories only, no row data.
@@ -180,6 +218,10 @@ type RunReport struct {
 	TopRejections []warehouse.ReasonCount `json:"topRejections,omitempty"`
 	Warnings      []string                `json:"warnings,omitempty"`
 	Error         string                  `json:"error,omitempty"`
+
+	// Executions is the number of Temporal executions the run took (it continues as new when
+	// Temporal suggests it; all of them share RunID, the first execution's id).
+	Executions int `json:"executions,omitempty"`
 
 	// Pauses lists the run's pauses, oldest first (the last MaxPausesReported).
 	Pauses []PauseInfo `json:"pauses,omitempty"`

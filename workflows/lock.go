@@ -149,32 +149,43 @@ func (l *lock) notify(ctx workflow.Context, req activities.LockRequest, holder s
 
 // acquireLock asks for the activation's lock and waits (state Queued) until it is granted, so
 // that two runs of one activation never run at the same time.
+// An operator's abort ends a queued run at once (it leaves the queue when it releases); a
+// pause is kept and applies as soon as the run holds the lock, before it plans.
 func (r *run) acquireLock(ctx workflow.Context) *ending {
 	r.lockAsked = true
+	r.lockReq = r.lockRequest(ctx)
 	if err := workflow.ExecuteActivity(r.shortCtx, a.RequestLock, activities.RequestLockInput{
-		ActivationID: r.act.ID, Request: r.lockRequest(ctx)}).Get(ctx, nil); err != nil {
+		ActivationID: r.act.ID, Request: r.lockReq}).Get(ctx, nil); err != nil {
 		return r.fail(ctx, err)
 	}
 	granted := workflow.GetSignalChannel(ctx, activities.SignalLockGranted)
 	queued := workflow.GetSignalChannel(ctx, activities.SignalLockQueued)
-	for got := false; !got; {
-		sel := workflow.NewSelector(ctx)
-		sel.AddReceive(granted, func(c workflow.ReceiveChannel, _ bool) {
-			c.Receive(ctx, nil)
-			got = true
-		})
-		sel.AddReceive(queued, func(c workflow.ReceiveChannel, _ bool) {
-			var q activities.LockQueued
-			c.Receive(ctx, &q)
-			r.waitingFor = q.Holder
-			r.logger.Info("queued behind another run of the activation", "holder", q.Holder, "position", q.Position)
-			r.setState(ctx, StateQueued)
-		})
-		sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
-		sel.Select(ctx)
-		if ctx.Err() != nil {
-			return r.fail(ctx, temporal.NewCanceledError("cancelled while waiting for the activation's lock"))
+	got := false
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		for !got {
+			sel := workflow.NewSelector(gctx)
+			sel.AddReceive(granted, func(c workflow.ReceiveChannel, _ bool) {
+				c.Receive(gctx, nil)
+				got = true
+			})
+			sel.AddReceive(queued, func(c workflow.ReceiveChannel, _ bool) {
+				var q activities.LockQueued
+				c.Receive(gctx, &q)
+				if got {
+					return
+				}
+				r.waitingFor = q.Holder
+				r.logger.Info("queued behind another run of the activation", "holder", q.Holder, "position", q.Position)
+				r.setState(gctx, StateQueued)
+			})
+			sel.Select(gctx)
 		}
+	})
+	if err := workflow.Await(ctx, func() bool { return got || r.abortReq != nil }); err != nil {
+		return r.fail(ctx, temporal.NewCanceledError("cancelled while waiting for the activation's lock"))
+	}
+	if r.abortReq != nil {
+		return r.abort(ctx) // releaseLock takes the run out of the queue, or gives back a lock just granted
 	}
 	if r.waitingFor != "" {
 		r.waitingFor = ""
@@ -191,7 +202,7 @@ func (r *run) releaseLock(ctx workflow.Context) {
 	}
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	err := workflow.SignalExternalWorkflow(dctx, activities.LockWorkflowID(r.act.ID), "",
-		activities.SignalLockRelease, r.lockRequest(ctx)).Get(dctx, nil)
+		activities.SignalLockRelease, r.lockReq).Get(dctx, nil)
 	if err != nil {
 		// Not found: the lock workflow ended already (it watches its holder's close too).
 		r.logger.Info("release of the activation's lock", "error", err)

@@ -23,6 +23,8 @@ const (
 	maxIgnored = 10
 	// maxNote bounds the reason quoted in a schedule's note.
 	maxNote = 300
+	// maxAutoResumes bounds the automatic resumes in a row that made no progress.
+	maxAutoResumes = 3
 )
 
 // register installs the progress query, the resume and abort updates, and the receiver of the
@@ -152,14 +154,21 @@ func (r *run) pauseFor(ctx workflow.Context, cause, reason string) *ending {
 	now := workflow.Now(ctx)
 	r.pauseReq = nil
 	deadline := now.Add(r.limits.PauseTimeout)
-	if cause == CauseTransient {
+	auto := cause == CauseTransient || cause == CauseWarehouse
+	if auto {
 		if r.transientSince.IsZero() {
 			r.transientSince = now
 		}
 		deadline = r.transientSince.Add(r.limits.PauseTimeout)
+		// A step that fails again right after each automatic resume is not transient after all:
+		// after maxAutoResumes without progress, a person decides.
+		if r.autoResumes >= maxAutoResumes {
+			auto = false
+			reason = fmt.Sprintf("%s (resumed automatically %d times without progress; waiting for an operator)", reason, r.autoResumes)
+		}
 	}
 	p := &PauseInfo{Cause: cause, Reason: reason, RunID: r.runID, Since: now, Deadline: deadline,
-		AutoResume: cause == CauseTransient, ChunksDone: r.rep.ChunksDone, Chunks: r.rep.Chunks,
+		AutoResume: auto, ChunksDone: r.rep.ChunksDone, Chunks: r.rep.Chunks,
 		Attempted: r.rep.Attempted.Total(), Rejected: r.rep.Rejected.Total(), Committed: r.rep.Committed}
 	if p.Rejected > 0 {
 		var top []warehouse.ReasonCount
@@ -200,7 +209,7 @@ type probe struct {
 // startProbe probes Iterable in a workflow goroutine: after probeFirstDelay, then with Temporal's
 // retries (doubling to probeMaxInterval) until it answers or the pause's deadline. It returns nil
 // when the deadline is too close to probe at all.
-func (r *run) startProbe(ctx workflow.Context, deadline time.Time) *probe {
+func (r *run) startProbe(ctx workflow.Context, cause string, deadline time.Time) *probe {
 	budget := deadline.Sub(workflow.Now(ctx)) - probeFirstDelay
 	if budget <= 0 {
 		return nil
@@ -219,7 +228,11 @@ func (r *run) startProbe(ctx workflow.Context, deadline time.Time) *probe {
 				NonRetryableErrorTypes: []string{activities.ErrTypeIterableFatal, activities.ErrTypeInvalidSpec,
 					activities.ErrTypeInvalidModel}},
 		})
-		err := workflow.ExecuteActivity(actx, a.Probe, activities.ProbeInput{Spec: r.act, RunID: r.runID}).Get(gctx, nil)
+		probeFn := a.Probe // Iterable
+		if cause == CauseWarehouse {
+			probeFn = a.ProbeWarehouse
+		}
+		err := workflow.ExecuteActivity(actx, probeFn, activities.ProbeInput{Spec: r.act, RunID: r.runID}).Get(gctx, nil)
 		pr.err, pr.done = err, true
 	})
 	return pr
@@ -230,7 +243,7 @@ func (r *run) startProbe(ctx workflow.Context, deadline time.Time) *probe {
 func (r *run) waitWhilePaused(ctx workflow.Context, p *PauseInfo) *ending {
 	var pr *probe
 	if p.AutoResume {
-		pr = r.startProbe(ctx, p.Deadline)
+		pr = r.startProbe(ctx, p.Cause, p.Deadline)
 	}
 	defer func() {
 		if pr != nil {
@@ -260,13 +273,20 @@ func (r *run) waitWhilePaused(ctx workflow.Context, p *PauseInfo) *ending {
 			err := pr.err
 			pr = nil
 			if err == nil {
+				r.autoResumes++
 				r.resume(ctx, p, nil)
 				return nil
 			}
 			if pauseCause(err) == CauseFatal || pauseCause(err) == "" {
 				// The cause is no longer transient: from now on a person decides.
-				p.Cause, p.AutoResume = CauseFatal, false
-				p.Reason = fmt.Sprintf("Iterable refused the probe: %s (the run first paused because: %s)", describe(err), p.Reason)
+				target := "Iterable"
+				if p.Cause == CauseWarehouse {
+					target = "the warehouse"
+				} else {
+					p.Cause = CauseFatal
+				}
+				p.AutoResume = false
+				p.Reason = fmt.Sprintf("%s refused the probe: %s (the run first paused because: %s)", target, describe(err), p.Reason)
 				p.NextStep = r.nextStep(p)
 				r.paused = p
 				r.updatePause(*p)
@@ -285,6 +305,9 @@ func (r *run) waitWhilePaused(ctx workflow.Context, p *PauseInfo) *ending {
 // resume ends a pause: by an operator (req set) or automatically (req nil, the probe succeeded).
 func (r *run) resume(ctx workflow.Context, p *PauseInfo, req *ResumeInput) {
 	how := "automatic resume: Iterable answers again"
+	if p.Cause == CauseWarehouse {
+		how = "automatic resume: the warehouse answers again"
+	}
 	if req != nil {
 		how = fmt.Sprintf("operator resume (%s): %s", r.resumeVia, req.Reason)
 		if req.SkipRejected {
@@ -385,9 +408,17 @@ func (r *run) nextStep(p *PauseInfo) string {
 		"or the UI's update `resume` with {\"reason\": \"...\"}; stop with `starter abort %s --reason TEXT` or the update `abort`", id, id)
 	var what string
 	switch p.Cause {
-	case CauseTransient:
-		what = fmt.Sprintf("the run probes Iterable (after %s, then doubling to %s) and resumes by itself once it answers; to decide sooner, %s",
-			probeFirstDelay, probeMaxInterval, resume)
+	case CauseTransient, CauseWarehouse:
+		target := "Iterable"
+		if p.Cause == CauseWarehouse {
+			target = "the warehouse"
+		}
+		if p.AutoResume {
+			what = fmt.Sprintf("the run probes %s (after %s, then doubling to %s) and resumes by itself once it answers; to decide sooner, %s",
+				target, probeFirstDelay, probeMaxInterval, resume)
+		} else {
+			what = fmt.Sprintf("check %s (the reason above says what failed), then %s", target, resume)
+		}
 	case CauseRejections:
 		what = fmt.Sprintf("look at the rejections (the report's top reasons, or the rejections table: activation_id = '%s' AND run_id = '%s'), "+
 			"fix the model or accept them, then %s", id, r.runID, resume)

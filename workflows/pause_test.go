@@ -27,6 +27,9 @@ type world struct {
 	e *testsuite.TestWorkflowEnvironment
 	// checkFields, when set, answers CheckFields.
 	checkFields func(context.Context, activities.CheckFieldsInput) (activities.CheckFieldsResult, error)
+	// planFn and commitFn, when set, answer Plan and Commit.
+	planFn   func(context.Context, activities.PlanInput) (warehouse.Plan, error)
+	commitFn func(context.Context, activities.CommitInput) (warehouse.CommitResult, error)
 	// syncMock is the SyncChunk mock (tests may add .After to make chunks take time).
 	syncMock *testsuite.MockCallWrapper
 
@@ -64,7 +67,13 @@ func newWorld(t *testing.T, p warehouse.Plan, sync chunkFunc) *world {
 	grantLock(e)
 	w := &world{t: t, e: e}
 	calls := map[int]int{}
-	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(p, nil)
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.PlanInput) (warehouse.Plan, error) {
+			if w.planFn != nil {
+				return w.planFn(ctx, in)
+			}
+			return p, nil
+		})
 	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(
 		func(ctx context.Context, in activities.CheckFieldsInput) (activities.CheckFieldsResult, error) {
 			if w.checkFields != nil {
@@ -88,6 +97,9 @@ func newWorld(t *testing.T, p warehouse.Plan, sync chunkFunc) *world {
 		}).Maybe()
 	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
+			if w.commitFn != nil {
+				return w.commitFn(context.Background(), in)
+			}
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			w.commits = append(w.commits, append([]int(nil), in.Chunks...))

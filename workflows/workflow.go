@@ -32,7 +32,11 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 	if err := r.register(ctx); err != nil {
 		return r.rep, err
 	}
-	defer r.releaseLock(ctx)
+	defer func() {
+		if !r.continuing { // the next execution keeps the lock
+			r.releaseLock(ctx)
+		}
+	}()
 	end := r.execute(ctx)
 	r.ended = true
 	return end.rep, end.err
@@ -78,10 +82,19 @@ type run struct {
 	ignored   []string
 	memoSet   bool
 
-	// Lock (see lock.go): lockAsked once the run asked for the activation's lock; waitingFor
-	// is the workflow id of the run that holds it while this one is Queued.
+	// Lock (see lock.go): lockAsked once the run asked for the activation's lock (lockReq, the
+	// request of the run's first execution); waitingFor is the workflow id of the run that holds
+	// it while this one is Queued.
 	lockAsked  bool
+	lockReq    activities.LockRequest
 	waitingFor string
+
+	// Continue-as-new (see continue.go): executions of the run so far, chunks started by this
+	// execution, and continuing once this execution hands over to the next.
+	executions  int
+	startedHere int
+	continuing  bool
+	autoResumes int // automatic resumes since the last progress (see pauseFor)
 }
 
 // ending is how a run ends: its report and its error.
@@ -98,7 +111,11 @@ func newRun(ctx workflow.Context, in RunInput) *run {
 		logger: workflow.GetLogger(ctx),
 	}
 	r.rep = RunReport{ActivationID: r.act.ID, RunID: r.runID, State: StatePlanning, DryRun: in.DryRun,
-		FullResync: in.FullResync, StartedAt: workflow.Now(ctx)}
+		FullResync: in.FullResync, StartedAt: workflow.Now(ctx), Executions: 1}
+	r.executions = 1
+	if c := in.Continued; c != nil {
+		r.restore(c)
+	}
 	r.shortCtx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 10 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2,
@@ -108,15 +125,35 @@ func newRun(ctx workflow.Context, in RunInput) *run {
 }
 
 func (r *run) execute(ctx workflow.Context) *ending {
-	act := r.act
-	r.setState(ctx, StatePlanning)
-	if err := act.Validate(); err != nil {
+	if err := r.act.Validate(); err != nil {
+		r.setState(ctx, StatePlanning)
 		return r.fail(ctx, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrTypeInvalidSpec, nil))
 	}
+	if r.in.Continued != nil {
+		// A continued run holds the lock and has its plan: it goes on sending.
+		r.setState(ctx, StateRunning)
+	} else if end := r.prepare(ctx); end != nil {
+		return end
+	}
+	return r.sync(ctx)
+}
+
+// prepare takes the activation's lock, plans in the warehouse, applies the volume guard,
+// compares field types and, in update mode with the export strategy, loads the project's
+// identifiers. A dry run ends here.
+func (r *run) prepare(ctx workflow.Context) *ending {
+	act := r.act
+	r.setState(ctx, StatePlanning)
 	// One run of an activation at a time: a real run waits here for the activation's lock.
 	if !r.in.DryRun {
 		if end := r.acquireLock(ctx); end != nil {
 			return end
+		}
+		// An operator paused the activation while this run waited: pause before planning.
+		if r.pauseReq != nil {
+			if end := r.pauseFor(ctx, CauseOperator, "paused by an operator before planning: "+r.pauseReq.Reason); end != nil {
+				return end
+			}
 		}
 	}
 
@@ -126,8 +163,10 @@ func (r *run) execute(ctx workflow.Context) *ending {
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2,
 			MaximumInterval: 2 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 	})
-	if err := workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID, FullResync: r.in.FullResync}).Get(ctx, &r.plan); err != nil {
-		return r.fail(ctx, err)
+	if end := r.untilWarehouse(ctx, "plan", func() error {
+		return workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID, FullResync: r.in.FullResync}).Get(ctx, &r.plan)
+	}); end != nil {
+		return end
 	}
 	rep := &r.rep
 	rep.PlanDuration = workflow.Now(ctx).Sub(rep.StartedAt)
@@ -182,20 +221,28 @@ func (r *run) execute(ctx workflow.Context) *ending {
 		}
 		r.tables = append(r.tables, r.known.Table)
 	}
+	return nil
+}
 
+// sync sends the pending chunks, commits what finished after each stretch, and pauses, aborts,
+// fails or continues as new when syncChunks says so.
+func (r *run) sync(ctx workflow.Context) *ending {
+	rep := &r.rep
 	for len(r.pending) > 0 {
 		start := workflow.Now(ctx)
 		st := r.syncChunks(ctx)
 		r.syncActive += workflow.Now(ctx).Sub(start)
 		rep.SyncDuration = r.syncActive
 		// What finished is committed before anything else: before pausing, aborting or failing.
-		if err := r.commit(ctx); err != nil {
-			return r.fail(ctx, err)
+		if end := r.untilWarehouse(ctx, "commit", func() error { return r.commit(ctx) }); end != nil {
+			return end
 		}
 		switch {
 		case st == nil:
 		case st.abort:
 			return r.abort(ctx)
+		case st.continueAsNew:
+			return r.continueAsNew(ctx)
 		case st.cause == "":
 			r.finish(ctx)
 			return r.fail(ctx, st.err)
@@ -208,6 +255,25 @@ func (r *run) execute(ctx workflow.Context) *ending {
 	r.finish(ctx)
 	r.setState(ctx, StateCompleted)
 	return &ending{rep: done(ctx, rep)}
+}
+
+// untilWarehouse runs a warehouse step (plan, commit). When its retries run out for a reason
+// other than the spec or the model (the warehouse did not answer, a quota), the run pauses with
+// cause warehouse, probes the warehouse and runs the step again once it answers.
+func (r *run) untilWarehouse(ctx workflow.Context, step string, fn func() error) *ending {
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if pauseCause(err) == "" || r.in.DryRun {
+			r.finish(ctx)
+			return r.fail(ctx, err)
+		}
+		if end := r.pauseFor(ctx, CauseWarehouse, step+": "+describe(err)); end != nil {
+			return end
+		}
+	}
 }
 
 // untilDone runs a step that talks to Iterable; when it fails for a reason a pause can cure
@@ -232,10 +298,11 @@ func (r *run) untilDone(ctx workflow.Context, step string, fn func() error) *end
 
 // stop says why syncChunks stopped starting chunks.
 type stop struct {
-	abort  bool
-	cause  string // a pause cause; "" with err set: the run fails
-	reason string
-	err    error
+	abort         bool
+	continueAsNew bool
+	cause         string // a pause cause; "" with err set: the run fails
+	reason        string
+	err           error
 }
 
 // syncChunks runs at most sync.concurrency SyncChunk activities at once until no chunk is left,
@@ -256,10 +323,12 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 		sel      = workflow.NewSelector(ctx)
 	)
 	for {
-		for first == nil && r.pauseReq == nil && r.abortReq == nil && inflight < r.settings.Concurrency && len(r.pending) > 0 {
+		for first == nil && r.pauseReq == nil && r.abortReq == nil && inflight < r.settings.Concurrency && len(r.pending) > 0 &&
+			!r.shouldContinueAsNew(ctx) {
 			ch := r.pending[0]
 			r.pending = r.pending[1:]
 			inflight++
+			r.startedHere++
 			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
 				Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunk: ch,
 				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts})
@@ -306,6 +375,9 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 	case r.pauseReq != nil:
 		return &stop{cause: CauseOperator, reason: "paused by an operator: " + r.pauseReq.Reason}
 	}
+	if len(r.pending) > 0 && r.shouldContinueAsNew(ctx) {
+		return &stop{continueAsNew: true}
+	}
 	return nil
 }
 
@@ -327,6 +399,7 @@ func (r *run) record(ctx workflow.Context, ch warehouse.Chunk, res activities.Ch
 	r.window.rejected += res.Rejected.Total()
 	// A chunk got through: a later transient pause starts a new pauseTimeout.
 	r.transientSince = time.Time{}
+	r.autoResumes = 0
 	for _, f := range res.CreatedFields {
 		r.warn(fmt.Sprintf("Iterable created field %s", f))
 	}
