@@ -17,6 +17,7 @@ import (
 	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/activation-engine/activations/internal/schedules"
@@ -76,7 +77,7 @@ func cmdApply(ctx context.Context, args []string, out io.Writer, logger *slog.Lo
 	if err := temporalclient.EnsureSearchAttributes(ctx, c, opts.Namespace, workflows.SearchAttributes()); err != nil {
 		return err
 	}
-	changes, err := schedules.Apply(ctx, c, acts, taskQueue(), *prune, *dry)
+	changes, err := schedules.Apply(ctx, c, acts, schedules.ApplyOptions{TaskQueue: taskQueue(), Prune: *prune, DryRun: *dry, DataConverter: temporalclient.DataConverter(opts)})
 	for _, ch := range changes {
 		fmt.Fprintf(out, "%-9s %s\n", ch.Action, ch.ScheduleID)
 	}
@@ -311,7 +312,7 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer, logger *slog.L
 	}
 	var all []activationStatus
 	for _, id := range ids {
-		st, err := status(ctx, c, opts.Namespace, id)
+		st, err := status(ctx, c, temporalclient.DataConverter(opts), opts.Namespace, id)
 		if err != nil {
 			return err
 		}
@@ -379,7 +380,7 @@ func activationIDs(ctx context.Context, c client.Client) ([]string, error) {
 	return ids, nil
 }
 
-func status(ctx context.Context, c client.Client, namespace, id string) (activationStatus, error) {
+func status(ctx context.Context, c client.Client, dc converter.DataConverter, namespace, id string) (activationStatus, error) {
 	st := activationStatus{ID: id, State: "idle"}
 	desc, err := c.ScheduleClient().GetHandle(ctx, schedules.ID(id)).Describe(ctx)
 	switch {
@@ -448,7 +449,7 @@ func status(ctx context.Context, c client.Client, namespace, id string) (activat
 				st.Phase = r.State
 			}
 			if st.State == "paused" {
-				if st.Pause = pauseOf(e); st.Pause != nil {
+				if st.Pause = pauseOf(e, dc); st.Pause != nil {
 					st.PauseReason = st.Pause.Reason
 				}
 			}

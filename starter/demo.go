@@ -99,7 +99,7 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	}
 	fmt.Fprintf(out, "4. model: %d users in %s (with 3 malformed emails, 1 duplicate key and 1 NULL key on purpose)\n", len(users), csvPath)
 
-	changes, err := schedules.Apply(ctx, c, []spec.Activation{act}, taskQueue(), false, false)
+	changes, err := schedules.Apply(ctx, c, []spec.Activation{act}, schedules.ApplyOptions{TaskQueue: taskQueue()})
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ commands:
   abort ID --reason TEXT               end the live run after its in-flight chunks (state Aborted)
   trigger ID                           run it now through its schedule
   demo [--keep-running] [--rows N]     the whole thing on the embedded default
+  codec-server [--addr A] [--allowed-origin URL]  decrypt payloads for the Temporal UI/CLI (docs/security.md)
 
 Temporal settings come from TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE
 (default "default"), TEMPORAL_API_KEY, TLS variables and profiles, as for every Temporal tool.
@@ -102,6 +103,8 @@ func run(ctx context.Context, args []string, out io.Writer, logger *slog.Logger)
 		return cmdTrigger(ctx, rest, out, logger)
 	case "demo":
 		return cmdDemo(ctx, rest, out, logger)
+	case "codec-server":
+		return cmdCodecServer(ctx, rest, out, logger)
 	case "help", "-h", "--help":
 		fmt.Fprint(out, usage)
 		return nil

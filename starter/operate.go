@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strings"
 
-	commonpb "go.temporal.io/api/common/v1"
 	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
@@ -243,27 +242,25 @@ func update(ctx context.Context, c client.Client, workflowID, runID, name string
 	return msg, "", nil
 }
 
-// runStateOf reads the ActivationState search attribute of a listed run.
+// runStateOf reads the ActivationState search attribute of a listed run (search attributes
+// are never encrypted).
 func runStateOf(e *workflowpb.WorkflowExecutionInfo) string {
 	var s string
 	if p := e.GetSearchAttributes().GetIndexedFields()[workflows.ActivationStateKey.GetName()]; p != nil {
-		_ = decodePayload(p, &s)
+		_ = converter.GetDefaultDataConverter().FromPayload(p, &s)
 	}
 	return s
 }
 
-func decodePayload(p *commonpb.Payload, v any) error {
-	return converter.GetDefaultDataConverter().FromPayload(p, v)
-}
-
-// pauseOf reads the PauseInfo a paused run keeps in its memo (nil when it is not paused).
-func pauseOf(e *workflowpb.WorkflowExecutionInfo) *workflows.PauseInfo {
+// pauseOf reads the PauseInfo a paused run keeps in its memo (nil when it is not paused). Memo
+// values go through the client's data converter: dc decrypts them when encryption is on.
+func pauseOf(e *workflowpb.WorkflowExecutionInfo, dc converter.DataConverter) *workflows.PauseInfo {
 	p := e.GetMemo().GetFields()[workflows.MemoPause]
 	if p == nil {
 		return nil
 	}
 	var info *workflows.PauseInfo
-	if decodePayload(p, &info) != nil {
+	if dc.FromPayload(p, &info) != nil {
 		return nil
 	}
 	return info

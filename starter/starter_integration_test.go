@@ -5,6 +5,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -17,12 +19,16 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/codec"
 	"github.com/activation-engine/activations/internal/devserver"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/internal/schedules"
+	"github.com/activation-engine/activations/internal/temporalclient"
 	"github.com/activation-engine/activations/workflows"
 )
 
@@ -54,14 +60,23 @@ func TestOperatorCommands(t *testing.T) {
 	t.Setenv("TEMPORAL_NAMESPACE", "default")
 	t.Setenv("ACTIVATIONS_TASK_QUEUE", "starter-it")
 	t.Setenv("STARTER_IT_KEY", "good-key")
+	// Payload encryption on, for the worker and every command: apply must still recognise its
+	// schedules (encrypted memo and action) and status must read a paused run's (encrypted) memo.
+	key := make([]byte, 32)
+	_, err = rand.Read(key)
+	require.NoError(t, err)
+	t.Setenv("ACTIVATIONS_CODEC_KEYS", "it1:"+base64.StdEncoding.EncodeToString(key))
 
 	emu := iterabletest.NewServer(iterabletest.Options{Unlimited: true})
 	t.Cleanup(emu.Close)
 	emu.AddProject("good-key", iterabletest.ProjectHybrid)
 
+	wc, _, err := temporalclient.Dial(ctx, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(wc.Close)
 	acts := activities.New(slog.New(slog.DiscardHandler))
-	acts.Temporal = srv.Client()
-	w := worker.New(srv.Client(), "starter-it", worker.Options{})
+	acts.Temporal = wc
+	w := worker.New(wc, "starter-it", worker.Options{})
 	workflows.Register(w, acts)
 	require.NoError(t, w.Start())
 	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
@@ -94,6 +109,15 @@ func TestOperatorCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "unchanged activation-hourly")
 	require.Contains(t, out, "unchanged activation-manual")
+	// What the server stores is encrypted: the schedule's memo and its action's spec.
+	raw, err := srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("hourly")).Describe(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, raw.Memo.GetFields())
+	for k, p := range raw.Memo.GetFields() {
+		require.True(t, codec.IsEncrypted(p), "memo %s is encrypted", k)
+	}
+	rawAction := raw.Schedule.Action.(*client.ScheduleWorkflowAction)
+	require.True(t, codec.IsEncrypted(rawAction.Args[0].(*commonpb.Payload)), "the action's spec is encrypted")
 
 	// The manual-only schedule never fires by itself; its action carries the whole spec.
 	desc, err := srv.Client().ScheduleClient().GetHandle(ctx, schedules.ID("manual")).Describe(ctx)
@@ -190,7 +214,7 @@ func TestOperatorCommands(t *testing.T) {
 		return true
 	}, 20*time.Second, 300*time.Millisecond, "the schedule started a run")
 	var triggeredReport workflows.RunReport
-	require.NoError(t, srv.Client().GetWorkflow(ctx, triggered, "").Get(ctx, &triggeredReport))
+	require.NoError(t, wc.GetWorkflow(ctx, triggered, "").Get(ctx, &triggeredReport))
 	require.Equal(t, workflows.StateCompleted, triggeredReport.State)
 	_, err = cmd("trigger", "nosuch")
 	require.ErrorContains(t, err, "no schedule activation-nosuch")

@@ -41,7 +41,7 @@ func TestManualStartQueuesBehindScheduledRun(t *testing.T) {
 	act := h.spec()
 	act.Sync = spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 2}
 
-	_, err := schedules.Apply(ctx, h.c, []spec.Activation{act}, h.queue, false, false)
+	_, err := schedules.Apply(ctx, h.c, []spec.Activation{act}, schedules.ApplyOptions{TaskQueue: h.queue})
 	require.NoError(t, err)
 	sched := h.c.ScheduleClient().GetHandle(ctx, schedules.ID(act.ID))
 	t.Cleanup(func() { _ = sched.Delete(context.Background()) })

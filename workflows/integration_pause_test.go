@@ -48,7 +48,7 @@ func TestRunPausesOnRejectionsAndResumes(t *testing.T) {
 	act.Thresholds = &spec.Thresholds{MaxRejectedPercent: &maxRejected, MinAttempted: 500}
 
 	// The activation's schedule (manual only: it never fires by itself).
-	_, err := schedules.Apply(ctx, h.c, []spec.Activation{act}, h.queue, false, false)
+	_, err := schedules.Apply(ctx, h.c, []spec.Activation{act}, schedules.ApplyOptions{TaskQueue: h.queue})
 	require.NoError(t, err)
 	sched := h.c.ScheduleClient().GetHandle(ctx, schedules.ID(act.ID))
 	t.Cleanup(func() { _ = sched.Delete(context.Background()) })

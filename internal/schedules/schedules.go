@@ -105,10 +105,27 @@ func Hash(act spec.Activation, taskQueue string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// Apply makes the namespace's schedules match the activations. With dryRun it only reports.
-func Apply(ctx context.Context, c client.Client, acts []spec.Activation, taskQueue string, prune, dryRun bool) ([]Change, error) {
+// ApplyOptions says how Apply works.
+type ApplyOptions struct {
+	TaskQueue string
+	// Prune deletes managed schedules whose activation is not in the list.
+	Prune bool
+	// DryRun only reports what Apply would change.
+	DryRun bool
+	// DataConverter reads the memo and action of existing schedules: the client's converter,
+	// which encrypts them when payload encryption is on (nil: the SDK's default).
+	DataConverter converter.DataConverter
+}
+
+// Apply makes the namespace's schedules match the activations.
+func Apply(ctx context.Context, c client.Client, acts []spec.Activation, o ApplyOptions) ([]Change, error) {
+	taskQueue, prune, dryRun := o.TaskQueue, o.Prune, o.DryRun
+	dc := o.DataConverter
+	if dc == nil {
+		dc = converter.GetDefaultDataConverter()
+	}
 	sc := c.ScheduleClient()
-	existing, err := managed(ctx, sc)
+	existing, err := managed(ctx, sc, dc)
 	if err != nil {
 		return nil, err
 	}
@@ -187,13 +204,12 @@ func update(ctx context.Context, sc client.ScheduleClient, opts client.ScheduleO
 
 // managed lists the schedules this package created (marked in their memo at creation), with
 // the hash of what their action carries now.
-func managed(ctx context.Context, sc client.ScheduleClient) (map[string]string, error) {
+func managed(ctx context.Context, sc client.ScheduleClient, dc converter.DataConverter) (map[string]string, error) {
 	it, err := sc.List(ctx, client.ScheduleListOptions{PageSize: 100})
 	if err != nil {
 		return nil, fmt.Errorf("list schedules: %w", err)
 	}
 	out := map[string]string{}
-	dc := converter.GetDefaultDataConverter()
 	for it.HasNext() {
 		e, err := it.Next()
 		if err != nil {
@@ -206,13 +222,13 @@ func managed(ctx context.Context, sc client.ScheduleClient) (map[string]string, 
 		if p := e.Memo.GetFields()[memoManagedBy]; p == nil || dc.FromPayload(p, &by) != nil || by != managedBy {
 			continue
 		}
-		out[e.ID] = currentHash(ctx, sc, e.ID)
+		out[e.ID] = currentHash(ctx, sc, dc, e.ID)
 	}
 	return out, nil
 }
 
 // currentHash decodes the spec a schedule's action carries; "" (so: update it) when unreadable.
-func currentHash(ctx context.Context, sc client.ScheduleClient, id string) string {
+func currentHash(ctx context.Context, sc client.ScheduleClient, dc converter.DataConverter, id string) string {
 	desc, err := sc.GetHandle(ctx, id).Describe(ctx)
 	if err != nil {
 		return ""
@@ -226,7 +242,7 @@ func currentHash(ctx context.Context, sc client.ScheduleClient, id string) strin
 		return ""
 	}
 	var in workflows.RunInput
-	if err := converter.GetDefaultDataConverter().FromPayload(p, &in); err != nil {
+	if err := dc.FromPayload(p, &in); err != nil {
 		return ""
 	}
 	h, err := Hash(in.Spec, act.TaskQueue)
