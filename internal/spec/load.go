@@ -109,6 +109,14 @@ func specFiles(path string) ([]string, error) {
 		if err != nil {
 			return err
 		}
+		// Hidden entries are skipped: a ConfigMap mounted by Kubernetes holds every file twice,
+		// once through a hidden "..<timestamp>" directory.
+		if p != path && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		if !d.IsDir() && (strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")) {
 			files = append(files, p)
 		}

@@ -162,3 +162,19 @@ func TestBigQuerySpecs(t *testing.T) {
 		})
 	}
 }
+
+// TestFolderMountedConfigMap: a ConfigMap mounted by Kubernetes holds each key as a symlink to
+// a hidden "..<timestamp>" directory (through "..data"); its specs load once, not twice.
+func TestFolderMountedConfigMap(t *testing.T) {
+	dir := t.TempDir()
+	ts := filepath.Join(dir, "..2026_11_28_12_00_00.000000001")
+	require.NoError(t, os.Mkdir(ts, 0o755))
+	write(t, ts, "a.yaml", valid)
+	require.NoError(t, os.Symlink(filepath.Base(ts), filepath.Join(dir, "..data")))
+	require.NoError(t, os.Symlink(filepath.Join("..data", "a.yaml"), filepath.Join(dir, "a.yaml")))
+	write(t, dir, ".hidden.yaml", "not: a spec")
+	acts, err := spec.Load(dir)
+	require.NoError(t, err)
+	require.Len(t, acts, 1)
+	require.Equal(t, "users-to-iterable", acts[0].ID)
+}
