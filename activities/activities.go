@@ -10,6 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -29,6 +33,89 @@ type Activities struct {
 	// Temporal pauses and unpauses the activation's schedule when a run pauses and resumes
 	// (PauseSchedule, UnpauseSchedule). It may be nil where no schedule is involved (unit tests).
 	Temporal client.Client
+	// Tracer starts the spans of Plan, SyncChunk and Commit; nil starts none.
+	Tracer trace.Tracer
+	// Metrics counts rows and times the steps; nil records nothing.
+	Metrics Metrics
+	// IterableObserver is given to every Iterable client (request latency, rate-budget waits);
+	// nil observes nothing.
+	IterableObserver iterable.Observer
+}
+
+// Metrics records what the activities did (telemetry.Metrics implements it). Attribute values
+// are the activation id and fixed words, never row data.
+type Metrics interface {
+	// Records counts n rows by operation (added, changed, removed) and outcome (succeeded,
+	// rejected, skipped), once per answered window.
+	Records(ctx context.Context, activationID, operation, outcome string, n int64)
+	// PlanDone, ChunkDone and CommitDone time one attempt of the step; outcome is one of
+	// OutcomeSucceeded, OutcomeFailed, OutcomeStopped, OutcomeCanceled.
+	PlanDone(ctx context.Context, activationID, outcome string, took time.Duration)
+	ChunkDone(ctx context.Context, activationID, outcome string, took time.Duration)
+	CommitDone(ctx context.Context, activationID, outcome string, took time.Duration)
+}
+
+// Outcomes of a step for Metrics.
+const (
+	OutcomeSucceeded = "succeeded"
+	OutcomeFailed    = "failed"   // Temporal retries it
+	OutcomeStopped   = "stopped"  // a non-retryable error: the run pauses or fails
+	OutcomeCanceled  = "canceled" // the activity's context ended (timeout, worker shutdown)
+)
+
+type noMetrics struct{}
+
+func (noMetrics) Records(context.Context, string, string, string, int64)    {}
+func (noMetrics) PlanDone(context.Context, string, string, time.Duration)   {}
+func (noMetrics) ChunkDone(context.Context, string, string, time.Duration)  {}
+func (noMetrics) CommitDone(context.Context, string, string, time.Duration) {}
+
+func (a *Activities) metrics() Metrics {
+	if a.Metrics == nil {
+		return noMetrics{}
+	}
+	return a.Metrics
+}
+
+// stepOutcome classifies how a step ended, for Metrics.
+func stepOutcome(ctx context.Context, err error) string {
+	var appErr *temporal.ApplicationError
+	switch {
+	case err == nil:
+		return OutcomeSucceeded
+	case ctx.Err() != nil:
+		return OutcomeCanceled
+	case errors.As(err, &appErr) && appErr.NonRetryable():
+		return OutcomeStopped
+	}
+	return OutcomeFailed
+}
+
+// Span attribute keys: ids and counts only, never row data.
+const (
+	attrActivationID = attribute.Key("activation.id")
+	attrRunID        = attribute.Key("activation.run_id")
+	attrChunkIndex   = attribute.Key("activation.chunk.index")
+)
+
+// startSpan starts a span of the activation's run; nil Tracer means a no-op span.
+func (a *Activities) startSpan(ctx context.Context, name string, act spec.Activation, runID string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	t := a.Tracer
+	if t == nil {
+		t = noop.NewTracerProvider().Tracer("")
+	}
+	attrs = append([]attribute.KeyValue{attrActivationID.String(act.ID), attrRunID.String(runID)}, attrs...)
+	return t.Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+// endSpan records err (a message without row data, as everything that reaches Temporal) and
+// ends the span.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 }
 
 // New wires Activities with a planner pool, fresh budgets and a pooled HTTP client.
@@ -45,21 +132,37 @@ func New(logger *slog.Logger) *Activities {
 }
 
 func (a *Activities) logger(act spec.Activation, runID string) *slog.Logger {
-	return a.Logger.With("activation", act.ID, "run", runID)
+	return a.baseLogger().With("activation_id", act.ID, "run_id", runID)
+}
+
+// activityLogger is logger plus the workflow id when ctx is an activity's. Log with its
+// *Context methods so that the records carry the trace and span ids.
+func (a *Activities) activityLogger(ctx context.Context, act spec.Activation, runID string) *slog.Logger {
+	l := a.logger(act, runID)
+	if activity.IsActivity(ctx) {
+		info := activity.GetInfo(ctx)
+		l = l.With("workflow_id", info.WorkflowExecution.ID, "attempt", info.Attempt)
+	}
+	return l
 }
 
 // Plan diffs the model against the activation's state inside the warehouse and returns the plan
 // table with its counts and chunk ranges.
-func (a *Activities) Plan(ctx context.Context, in PlanInput) (warehouse.Plan, error) {
+func (a *Activities) Plan(ctx context.Context, in PlanInput) (plan warehouse.Plan, err error) {
 	act := in.Spec
+	start := time.Now()
+	ctx, span := a.startSpan(ctx, "activation.plan", act, in.RunID, attribute.Bool("activation.full_resync", in.FullResync))
+	defer func() {
+		a.metrics().PlanDone(ctx, act.ID, stepOutcome(ctx, err), time.Since(start))
+		endSpan(span, err)
+	}()
 	planner, err := a.Planners.Planner(ctx, act)
 	if err != nil {
 		return warehouse.Plan{}, err
 	}
 	stop := heartbeatWhile(ctx, 5*time.Second, func() any { return nil })
 	defer stop()
-	start := time.Now()
-	plan, err := planner.Plan(ctx, PlanRequest(act, in.RunID, in.FullResync))
+	plan, err = planner.Plan(ctx, PlanRequest(act, in.RunID, in.FullResync))
 	if err != nil {
 		if errors.Is(err, warehouse.ErrInvalidModel) {
 			return plan, temporal.NewNonRetryableApplicationError(
@@ -68,7 +171,11 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (warehouse.Plan, er
 		return plan, fmt.Errorf("activation %s: plan: %w", act.ID, err)
 	}
 	c := plan.Counts
-	a.logger(act, in.RunID).Info("planned", "table", plan.Table, "model_rows", c.ModelRows, "added", c.Added,
+	span.SetAttributes(attribute.Int64("plan.model_rows", c.ModelRows), attribute.Int64("plan.added", c.Added),
+		attribute.Int64("plan.changed", c.Changed), attribute.Int64("plan.removed", c.Removed),
+		attribute.Int64("plan.unchanged", c.Unchanged), attribute.Int64("plan.null_keys", c.NullKeys),
+		attribute.Int64("plan.duplicate_keys", c.DuplicateKeys), attribute.Int("plan.chunks", len(plan.Chunks)))
+	a.activityLogger(ctx, act, in.RunID).InfoContext(ctx, "planned", "table", plan.Table, "model_rows", c.ModelRows, "added", c.Added,
 		"changed", c.Changed, "removed", c.Removed, "unchanged", c.Unchanged, "null_keys", c.NullKeys,
 		"duplicate_keys", c.DuplicateKeys, "chunks", len(plan.Chunks), "took", time.Since(start).Round(time.Millisecond))
 	return plan, nil
@@ -96,20 +203,36 @@ func PlanRequest(act spec.Activation, runID string, fullResync bool) warehouse.P
 // SyncChunk sends one chunk of the plan to Iterable, records every rejected row in the warehouse
 // and heartbeats a cursor, so that a retried attempt (another worker, after a crash) resumes
 // after the last answered row instead of starting over.
-func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkResult, error) {
+func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkResult, err error) {
 	act := in.Spec
-	log := a.logger(act, in.RunID).With("chunk", in.Chunk.Index)
+	start := time.Now()
+	ctx, span := a.startSpan(ctx, "activation.sync_chunk", act, in.RunID, attrChunkIndex.Int(in.Chunk.Index),
+		attribute.Int64("activation.chunk.first_seq", in.Chunk.FirstSeq), attribute.Int64("activation.chunk.last_seq", in.Chunk.LastSeq),
+		attribute.String("activation.existence", in.Existence))
+	var s *chunkSender
+	defer func() {
+		if s != nil {
+			r := s.progress().(ChunkProgress).Result
+			span.SetAttributes(attribute.Int64("chunk.attempted", r.Attempted.Total()),
+				attribute.Int64("chunk.succeeded", r.Succeeded.Total()), attribute.Int64("chunk.rejected", r.Rejected.Total()),
+				attribute.Int64("chunk.skipped", r.Skipped.Total()), attribute.Int64("chunk.requests", r.Requests),
+				attribute.Int64("chunk.rate_limited", r.RateLimited), attribute.Bool("chunk.resumed", r.Resumed))
+		}
+		a.metrics().ChunkDone(ctx, act.ID, stepOutcome(ctx, err), time.Since(start))
+		endSpan(span, err)
+	}()
+	log := a.activityLogger(ctx, act, in.RunID).With("chunk", in.Chunk.Index)
 	prog := ChunkProgress{AfterSeq: in.Chunk.FirstSeq - 1, Result: ChunkResult{Chunk: in.Chunk.Index}}
 	if activity.HasHeartbeatDetails(ctx) {
 		var p ChunkProgress
 		if err := activity.GetHeartbeatDetails(ctx, &p); err == nil && p.AfterSeq >= prog.AfterSeq {
 			prog = p
 			prog.Result.Resumed = true
-			log.Info("resuming chunk", "after_seq", p.AfterSeq)
+			log.InfoContext(ctx, "resuming chunk", "after_seq", p.AfterSeq)
 		}
 	}
 	// The chunk gives up after thresholds.maxConsecutiveFailedRequests failed requests in a row.
-	client, err := a.iterableClient(act, in.RunID, failureLimit(act, a.HTTPClient))
+	client, err := a.iterableClient(act, in.RunID, failureLimit(act, a.HTTPClient), withLogger(log))
 	if err != nil {
 		return prog.Result, err
 	}
@@ -117,9 +240,9 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 	if err != nil {
 		return prog.Result, err
 	}
-	s := &chunkSender{
+	s = &chunkSender{
 		act: act, runID: in.RunID, chunk: in.Chunk.Index, client: client, planner: planner,
-		window: act.Sync.WithDefaults().UsersPerRequest, prog: prog,
+		window: act.Sync.WithDefaults().UsersPerRequest, prog: prog, metrics: a.metrics(),
 	}
 	stop := heartbeatWhile(ctx, time.Duration(act.Sync.WithDefaults().HeartbeatTimeout)/4, s.progress)
 	defer stop()
@@ -137,7 +260,7 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (ChunkRes
 	if err != nil {
 		return res, iterableError(err, fmt.Sprintf("activation %s run %s chunk %d", act.ID, in.RunID, in.Chunk.Index))
 	}
-	log.Info("chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
+	log.InfoContext(ctx, "chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
 		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
 	return res, nil
 }
@@ -174,7 +297,7 @@ func (a *Activities) iterableClient(act spec.Activation, runID string, options .
 	cfg := iterable.Config{
 		BaseURL: base, APIKey: key, HTTPClient: a.HTTPClient, Budgets: a.Budgets,
 		UsersPerRequest: s.UsersPerRequest, RequestsPerSecond: s.RequestsPerSecond,
-		Logger: a.logger(act, runID),
+		Logger: a.logger(act, runID), Observer: a.IterableObserver,
 	}
 	for _, o := range options {
 		o(&cfg)
@@ -186,19 +309,32 @@ func (a *Activities) iterableClient(act spec.Activation, runID string, options .
 	return c, nil
 }
 
+// withLogger makes the Iterable client log with l (ids of the activation, run and workflow).
+func withLogger(l *slog.Logger) func(*iterable.Config) {
+	return func(cfg *iterable.Config) { cfg.Logger = l }
+}
+
 // Commit moves the finished chunks' accepted rows into the state, in one transaction.
-func (a *Activities) Commit(ctx context.Context, in CommitInput) (warehouse.CommitResult, error) {
+func (a *Activities) Commit(ctx context.Context, in CommitInput) (res warehouse.CommitResult, err error) {
+	start := time.Now()
+	ctx, span := a.startSpan(ctx, "activation.commit", in.Spec, in.RunID, attribute.Int("commit.chunks", len(in.Chunks)))
+	defer func() {
+		a.metrics().CommitDone(ctx, in.Spec.ID, stepOutcome(ctx, err), time.Since(start))
+		endSpan(span, err)
+	}()
 	planner, err := a.Planners.Planner(ctx, in.Spec)
 	if err != nil {
 		return warehouse.CommitResult{}, err
 	}
-	res, err := planner.Commit(ctx, warehouse.CommitRequest{
+	res, err = planner.Commit(ctx, warehouse.CommitRequest{
 		ActivationID: in.Spec.ID, RunID: in.RunID, Table: in.Table, Chunks: in.Chunks,
 	})
 	if err != nil {
 		return res, fmt.Errorf("activation %s run %s: commit: %w", in.Spec.ID, in.RunID, err)
 	}
-	a.logger(in.Spec, in.RunID).Info("committed", "chunks", len(in.Chunks), "upserted", res.Upserted,
+	span.SetAttributes(attribute.Int64("commit.upserted", res.Upserted), attribute.Int64("commit.deleted", res.Deleted),
+		attribute.Int64("commit.held", res.Held))
+	a.activityLogger(ctx, in.Spec, in.RunID).InfoContext(ctx, "committed", "chunks", len(in.Chunks), "upserted", res.Upserted,
 		"deleted", res.Deleted, "held", res.Held)
 	return res, nil
 }

@@ -26,6 +26,8 @@ type chunkSender struct {
 	// existence and conflicts come from the workflow (see SyncChunkInput).
 	existence string
 	conflicts map[string]string
+	// metrics counts the rows of every answered window; nil counts nothing.
+	metrics Metrics
 
 	rows    []warehouse.Row
 	records []iterable.Record
@@ -233,6 +235,7 @@ func (s *chunkSender) flush(ctx context.Context) error {
 			return fmt.Errorf("record %d rejections: %w", len(rejections), err)
 		}
 	}
+	s.recordMetrics(ctx, res)
 	last := s.rows[len(s.rows)-1].Seq
 	s.mu.Lock()
 	s.prog.AfterSeq = last
@@ -244,6 +247,28 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	}
 	s.rows, s.records, s.local, s.noop = s.rows[:0], s.records[:0], s.local[:0], s.noop[:0]
 	return nil
+}
+
+// recordMetrics counts the rows of an answered window by operation and outcome. A window is
+// counted once per attempt that answers it: one resent after a crash counts again, as it was
+// sent again.
+func (s *chunkSender) recordMetrics(ctx context.Context, res ChunkResult) {
+	if s.metrics == nil {
+		return
+	}
+	for _, o := range []struct {
+		outcome string
+		counts  OpCounts
+	}{{"succeeded", res.Succeeded}, {"rejected", res.Rejected}, {"skipped", res.Skipped}} {
+		for _, op := range []struct {
+			name string
+			n    int64
+		}{{"added", o.counts.Added}, {"changed", o.counts.Changed}, {"removed", o.counts.Removed}} {
+			if op.n > 0 {
+				s.metrics.Records(ctx, s.act.ID, op.name, o.outcome, op.n)
+			}
+		}
+	}
 }
 
 // addStats keeps request counts of a failed window so the report shows the traffic it caused.

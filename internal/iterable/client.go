@@ -91,6 +91,43 @@ type Config struct {
 	// RetryMaxInterval caps one backoff delay (default 30s).
 	RetryMaxInterval time.Duration
 	Logger           *slog.Logger
+	// Observer receives the latency of every request and the time spent waiting for the rate
+	// budget (metrics); nil observes nothing.
+	Observer Observer
+}
+
+// Observer is told about every HTTP request and every wait for a rate budget. endpoint is the
+// request's method and route (e.g. "POST /api/users/bulkUpdate", "GET /api/users/byUserId"),
+// never a URL with an identifier in it. status is the HTTP status code, 0 when no complete
+// answer came (timeout, dropped connection, a stream cut midway). It must be safe for
+// concurrent use.
+type Observer interface {
+	IterableRequest(ctx context.Context, endpoint string, status int, took time.Duration)
+	IterableBudgetWait(ctx context.Context, endpoint string, waited time.Duration)
+}
+
+type noObserver struct{}
+
+func (noObserver) IterableRequest(context.Context, string, int, time.Duration) {}
+func (noObserver) IterableBudgetWait(context.Context, string, time.Duration)   {}
+
+// Route is the route of a request path of this client with identifiers replaced by a
+// placeholder ("/api/users/byUserId/{userId}"), for span names and URL attributes. A path this
+// client does not send is returned as "/{other}". The query string is not part of a path.
+func Route(path string) string {
+	prefix, rest := "", path
+	if i := strings.Index(path, "/api/"); i > 0 {
+		// A base URL override may add a prefix (a proxy); it is configuration, not user data.
+		prefix, rest = path[:i], path[i:]
+	}
+	switch {
+	case rest == "/api/users/bulkUpdate", rest == "/api/users/getFields", rest == "/api/users/getByEmail",
+		rest == "/api/export/data.json":
+		return prefix + rest
+	case strings.HasPrefix(rest, "/api/users/byUserId/"):
+		return prefix + "/api/users/byUserId/{userId}"
+	}
+	return prefix + "/{other}"
 }
 
 // Client talks to one Iterable project. It is safe for concurrent use.
@@ -107,6 +144,7 @@ type Client struct {
 	retryInitial    time.Duration
 	retryMax        time.Duration
 	log             *slog.Logger
+	observer        Observer
 
 	bulk, fields, byEmail, byUserID, export *Budget
 }
@@ -138,6 +176,7 @@ func New(cfg Config) (*Client, error) {
 		retryInitial:    cmpDefault(cfg.RetryInitialInterval, 500*time.Millisecond),
 		retryMax:        cmpDefault(cfg.RetryMaxInterval, 30*time.Second),
 		log:             cfg.Logger,
+		observer:        cfg.Observer,
 	}
 	if c.maxBodyBytes < len(bodyPrefix(true))+len(bodySuffix)+2 {
 		return nil, fmt.Errorf("iterable config: MaxBodyBytes %d is too small for any request", c.maxBodyBytes)
@@ -152,6 +191,9 @@ func New(cfg Config) (*Client, error) {
 	c.stream = &stream
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.observer == nil {
+		c.observer = noObserver{}
 	}
 	budgets := cfg.Budgets
 	if budgets == nil {
@@ -250,12 +292,20 @@ func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path 
 		backoff.WithRandomizationFactor(0.5),
 	)
 	for attempt := 1; ; attempt++ {
+		waitStart := time.Now()
 		epoch, err := budget.acquire(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("iterable %s: waiting for the rate budget: %w", op, err)
 		}
+		c.observer.IterableBudgetWait(ctx, op, time.Since(waitStart))
 		st.requests++
+		sent := time.Now()
 		resp, err := c.once(ctx, method, path, body, consume)
+		if resp != nil && err == nil {
+			c.observer.IterableRequest(ctx, op, resp.status, time.Since(sent))
+		} else {
+			c.observer.IterableRequest(ctx, op, 0, time.Since(sent))
+		}
 		var retryAfter time.Duration
 		var ce *consumeError
 		switch {
