@@ -3,7 +3,7 @@
 // per-project API keys, the bulkUpdate body limit and rate limits, email and userId validation,
 // email-based, userID-based and hybrid projects, field-type locking, createNewFields, GDPR-forgotten
 // users, the full failedUpdates answer, lookups and the user export. Faults (latency, 5xx, 429
-// bursts, dropped connections, cut export streams) can be injected to test retries.
+// bursts, dropped connections, cut export streams, outages) can be injected to test retries.
 //
 // Choices where Iterable's documentation is silent (documented here, relied on by tests):
 //   - A body over MaxBodyBytes is answered 400 {"code":"BatchTooLarge"} (not 413).
@@ -74,8 +74,8 @@ type Options struct {
 }
 
 // Faults are injected failures; they apply to bulkUpdate requests that carry a valid key,
-// except Latency, which delays every request, and CutExportAfter and Export429, which apply to
-// exports.
+// except Latency, which delays every request, Outage, which answers every request, and
+// CutExportAfter and Export429, which apply to exports.
 type Faults struct {
 	Latency time.Duration
 	// Error5xxRate answers this fraction (0..1) of bulk requests 500, drawn from a seeded
@@ -96,6 +96,13 @@ type Faults struct {
 	CutExportAfter int
 	// Export429 answers the next N export requests 429 RateLimitExceeded.
 	Export429 int
+	// Burst429Every, Burst429Length and Burst429RetryAfters repeat 429 bursts for the whole
+	// run (see faults.go).
+	Burst429Every       int
+	Burst429Length      int
+	Burst429RetryAfters []time.Duration
+	// Outage makes every endpoint unavailable, whatever the key (see faults.go).
+	Outage Outage
 }
 
 // StoredUser is a user profile as stored by the emulator.
@@ -120,6 +127,8 @@ type Stats struct {
 	LookupRequests     int // getByEmail and byUserId
 	ExportRequests     int // export/data.json, whatever the answer
 	ExportedUsers      int // lines streamed by export/data.json
+	Bursts429          int // bursts started by Faults.Burst429Every
+	Burst429RetryAfter int // 429 answers of those bursts that carried Retry-After
 }
 
 // Server is the emulator. It implements http.Handler.
@@ -134,6 +143,8 @@ type Server struct {
 	faults       Faults
 	rnd          *rand.Rand
 	unauthorized int
+	burst        burstState // Faults.Burst429Every
+	outages      int        // requests answered by Faults.Outage
 }
 
 // NewServer starts an emulator on 127.0.0.1 with a random port.
@@ -212,6 +223,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if s.outage(w, r) {
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -227,6 +241,7 @@ func (s *Server) InjectFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults = f
+	s.burst = burstState{}
 }
 
 // Stats returns the counters of the project of apiKey (zero for an unknown key).
@@ -427,6 +442,9 @@ func (s *Server) bulkUpdate(w http.ResponseWriter, r *http.Request) {
 		f.Burst429--
 		p.stats.RateLimited++
 		s.rateLimited(w)
+		s.mu.Unlock()
+		return
+	case s.scheduledBurst(w, p):
 		s.mu.Unlock()
 		return
 	case f.Error5xxRate > 0 && s.rnd.Float64() < f.Error5xxRate:
