@@ -223,9 +223,14 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	}()
 	log := a.activityLogger(ctx, act, in.RunID).With("chunk", in.Chunk.Index)
 	prog := ChunkProgress{AfterSeq: in.Chunk.FirstSeq - 1, Result: ChunkResult{Chunk: in.Chunk.Index}}
+	if r := in.Resume; r != nil && r.Result.Chunk == in.Chunk.Index && r.AfterSeq >= prog.AfterSeq && r.AfterSeq <= in.Chunk.LastSeq {
+		prog = *r
+		prog.Result.Resumed = true
+		log.InfoContext(ctx, "resuming chunk after an earlier failure", "after_seq", r.AfterSeq)
+	}
 	if activity.HasHeartbeatDetails(ctx) {
 		var p ChunkProgress
-		if err := activity.GetHeartbeatDetails(ctx, &p); err == nil && p.AfterSeq >= prog.AfterSeq {
+		if err := activity.GetHeartbeatDetails(ctx, &p); err == nil && p.AfterSeq >= prog.AfterSeq && p.Result.Chunk == in.Chunk.Index {
 			prog = p
 			prog.Result.Resumed = true
 			log.InfoContext(ctx, "resuming chunk", "after_seq", p.AfterSeq)
@@ -256,13 +261,31 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	if err == nil {
 		err = s.flush(ctx)
 	}
-	res := s.progress().(ChunkProgress).Result
+	cur := s.progress().(ChunkProgress)
+	res := cur.Result
 	if err != nil {
-		return res, iterableError(err, fmt.Sprintf("activation %s run %s chunk %d", act.ID, in.RunID, in.Chunk.Index))
+		return res, withCursor(ctx, iterableError(err, fmt.Sprintf("activation %s run %s chunk %d", act.ID, in.RunID, in.Chunk.Index)), cur)
 	}
 	log.InfoContext(ctx, "chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
 		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
 	return res, nil
+}
+
+// withCursor attaches the chunk's cursor to its error (as the details of an application error
+// of the same type and retryability), so that the workflow can hand it to the chunk's next
+// activity after a pause: rows already answered are not sent again. A cancelled attempt's
+// error is left alone.
+func withCursor(ctx context.Context, err error, cur ChunkProgress) error {
+	if ctx.Err() != nil || cur.Result.Attempted.Total() == 0 && cur.Result.Skipped.Total() == 0 {
+		return err
+	}
+	msg, typ, nonRetryable := err.Error(), "", false
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		msg, typ, nonRetryable = appErr.Message(), appErr.Type(), appErr.NonRetryable()
+	}
+	return temporal.NewApplicationErrorWithOptions(msg, typ, temporal.ApplicationErrorOptions{
+		NonRetryable: nonRetryable, Details: []any{cur}})
 }
 
 // iterableError makes fatal Iterable errors, and a chunk that gave up after too many failed

@@ -61,6 +61,9 @@ type SyncChunkInput struct {
 	// Conflicts maps a field whose Iterable type differs from the model's to the reason; rows
 	// that would send it are rejected with that reason.
 	Conflicts map[string]string `json:"conflicts,omitempty"`
+	// Resume, when set, is the cursor an earlier activity of this chunk reached before it failed
+	// (carried in its error's details): the chunk goes on after it instead of starting over.
+	Resume *ChunkProgress `json:"resume,omitempty"`
 }
 
 // How update mode (never create a profile) is enforced.

@@ -174,6 +174,8 @@ type Continuation struct {
 	SyncActive      time.Duration `json:"syncActive"`
 	TransientSince  time.Time     `json:"transientSince,omitempty"`
 	SchedulePaused  bool          `json:"schedulePaused,omitempty"`
+	// Cursors are how far failed chunks still to send had got (their next activity resumes).
+	Cursors []activities.ChunkProgress `json:"cursors,omitempty"`
 	// Lock is the request that holds the activation's lock (the first execution's): the lock
 	// workflow follows the chain by workflow id, so the lock stays held across executions.
 	Lock activities.LockRequest `json:"lock"`

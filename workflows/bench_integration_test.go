@@ -9,6 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,13 +24,39 @@ import (
 	"github.com/activation-engine/activations/workflows"
 )
 
-// benchRows is the model size of the engine benchmarks (BENCH_ROWS overrides it).
+// benchRows is the model size of BenchmarkSyncAtTheRateLimit (BENCH_ROWS overrides it).
 func benchRows() int {
-	var n int
-	if _, err := fmt.Sscan(os.Getenv("BENCH_ROWS"), &n); err == nil && n > 0 {
-		return n
+	if sizes := benchSizes(nil); len(sizes) > 0 {
+		return sizes[0]
 	}
 	return 1_000_000
+}
+
+// benchSizes are the model sizes of BenchmarkWorkerCPUPerMillion: BENCH_ROWS, a comma-separated
+// list (e.g. "1000000,10000000"), overrides def.
+func benchSizes(def []int) []int {
+	var sizes []int
+	for _, f := range strings.Split(os.Getenv("BENCH_ROWS"), ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err == nil && n > 0 {
+			sizes = append(sizes, n)
+		}
+	}
+	if len(sizes) == 0 {
+		return def
+	}
+	return sizes
+}
+
+// sizeName names a sub-benchmark by its model size: 1M, 10M, 250k.
+func sizeName(rows int) string {
+	if rows%1_000_000 == 0 {
+		return fmt.Sprintf("%dM", rows/1_000_000)
+	}
+	if rows%1000 == 0 {
+		return fmt.Sprintf("%dk", rows/1000)
+	}
+	return strconv.Itoa(rows)
 }
 
 // workerProcess runs the real worker program, so CPU time and peak memory are the worker's own.
@@ -49,13 +78,97 @@ func startWorkerProcess(b *testing.B, queue, keyEnv, key string) *workerProcess 
 	return w
 }
 
-// stop ends the worker and returns its CPU seconds and peak resident memory in MiB.
+// stop ends the worker and returns its CPU seconds and peak resident memory in MiB (the
+// kernel's accounting of the whole process: Go heap, DuckDB, code).
 func (w *workerProcess) stop(b *testing.B) (cpu float64, peakMiB float64) {
 	require.NoError(b, w.cmd.Process.Signal(syscall.SIGTERM))
 	_ = w.cmd.Wait()
 	st := w.cmd.ProcessState
 	ru := st.SysUsage().(*syscall.Rusage)
 	return (st.UserTime() + st.SystemTime()).Seconds(), float64(ru.Maxrss) / 1024
+}
+
+// procSample is the worker's CPU seconds so far and resident memory at one moment.
+type procSample struct {
+	at     time.Time
+	cpu    float64
+	rssMiB float64
+}
+
+// sampleProcess reads /proc/PID/stat and /proc/PID/status every interval until stop is called,
+// so a run's CPU and memory can be split at the end of its plan.
+func sampleProcess(pid int, interval time.Duration) (stop func() []procSample) {
+	var (
+		samples []procSample
+		done    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	read := func() (procSample, bool) {
+		s := procSample{at: time.Now()}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return s, false
+		}
+		// Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			return s, false
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		s.cpu = (ut + st) / 100 // USER_HZ is 100 on Linux
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return s, false
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+				s.rssMiB = kb / 1024
+			}
+		}
+		return s, true
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if s, ok := read(); ok {
+				samples = append(samples, s)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() []procSample {
+		close(done)
+		wg.Wait()
+		return samples
+	}
+}
+
+// splitAt returns the CPU seconds used up to t and after it, and the largest sampled resident
+// memory before and after t.
+func splitAt(samples []procSample, t time.Time) (cpuBefore, cpuAfter, peakBefore, peakAfter float64) {
+	if len(samples) == 0 {
+		return 0, 0, 0, 0
+	}
+	first, last := samples[0], samples[len(samples)-1]
+	cut := first
+	for _, s := range samples {
+		if s.at.After(t) {
+			peakAfter = max(peakAfter, s.rssMiB)
+			continue
+		}
+		cut = s
+		peakBefore = max(peakBefore, s.rssMiB)
+	}
+	return cut.cpu - first.cpu, last.cpu - cut.cpu, peakBefore, peakAfter
 }
 
 func benchSpec(dir, url, keyEnv string, rows int) spec.Activation {
@@ -117,28 +230,48 @@ func BenchmarkSyncAtTheRateLimit(b *testing.B) {
 	}
 }
 
-// BenchmarkWorkerCPUPerMillion sends the same model to an emulator with no rate limit, so the
-// worker is the only bottleneck, and reports the worker process's CPU seconds per 1,000,000
-// records and its peak memory.
+// BenchmarkWorkerCPUPerMillion sends a model of 1,000,000 and of 10,000,000 new users through
+// the whole engine (the real worker program, the dev server, DuckDB) to an emulator with no rate
+// limit, so the worker is the only bottleneck, and reports the worker process's CPU seconds per
+// 1,000,000 records (the whole run, and split at the end of the plan into the planner's share and
+// the send pipeline's: read, convert, pack, send, commit) and its peak resident memory, which
+// should not grow with the model: DuckDB works within its memory limit and the send pipeline holds
+// a few chunks. BENCH_ROWS="250000,1000000" runs other sizes.
 //
-//	go test -tags integration -run '^$' -bench WorkerCPUPerMillion -benchtime 1x -timeout 30m ./workflows/
+//	go test -tags integration -run '^$' -bench WorkerCPUPerMillion -benchtime 1x -timeout 90m ./workflows/
+//	go test -tags integration -run '^$' -bench 'WorkerCPUPerMillion/1M' -benchtime 1x -timeout 30m ./workflows/
 func BenchmarkWorkerCPUPerMillion(b *testing.B) {
+	for _, rows := range benchSizes([]int{1_000_000, 10_000_000}) {
+		b.Run(sizeName(rows), func(b *testing.B) { benchWorkerCPU(b, rows) })
+	}
+}
+
+func benchWorkerCPU(b *testing.B, rows int) {
 	for i := 0; i < b.N; i++ {
-		rows := benchRows()
 		emu := iterabletest.NewServer(iterabletest.Options{Unlimited: true})
 		key, keyEnv := "bench-key", "BENCH_ITERABLE_KEY"
 		emu.AddProject(key, iterabletest.ProjectHybrid)
 		queue := fmt.Sprintf("bench-cpu-%d", time.Now().UnixNano())
 		w := startWorkerProcess(b, queue, keyEnv, key)
+		samples := sampleProcess(w.cmd.Process.Pid, 100*time.Millisecond)
 		act := benchSpec(b.TempDir(), emu.URL(), keyEnv, rows)
 		act.Sync.RequestsPerSecond = 1000
 		rep := runBench(b, act, queue)
+		series := samples()
 		cpu, peak := w.stop(b)
 		emu.Close()
 		require.Equal(b, int64(rows), rep.Succeeded.Added)
-		b.ReportMetric(cpu/float64(rows)*1e6, "worker-cpu-s/1M")
+		planCPU, syncCPU, planPeak, syncPeak := splitAt(series, rep.StartedAt.Add(rep.PlanDuration))
+		perM := 1e6 / float64(rows)
+		b.ReportMetric(cpu*perM, "worker-cpu-s/1M")
+		b.ReportMetric(planCPU*perM, "plan-cpu-s/1M")
+		b.ReportMetric(syncCPU*perM, "send-cpu-s/1M")
 		b.ReportMetric(peak, "worker-peak-MiB")
+		b.ReportMetric(planPeak, "plan-peak-MiB")
+		b.ReportMetric(syncPeak, "send-peak-MiB")
 		b.ReportMetric(float64(rows)/rep.SyncDuration.Seconds(), "users/s")
 		b.ReportMetric(rep.PlanDuration.Seconds(), "plan-s")
+		b.ReportMetric(rep.SyncDuration.Seconds(), "sync-s")
+		b.ReportMetric(rep.Duration.Seconds(), "run-s")
 	}
 }

@@ -2,6 +2,8 @@ package workflows
 
 import (
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/activation-engine/activations/activities"
 )
 
 // A run whose plan has many chunks continues as new before its history grows large: when
@@ -38,6 +40,11 @@ func (r *run) continueAsNew(ctx workflow.Context) *ending {
 		Lock: r.lockReq,
 	}
 	c.Report.Executions = c.Executions
+	for _, ch := range r.pending { // in chunk order: no map iteration in workflow code
+		if cur := r.cursors[ch.Index]; cur != nil {
+			c.Cursors = append(c.Cursors, *cur)
+		}
+	}
 	in := r.in
 	in.Continued = c
 	r.continuing = true
@@ -65,4 +72,10 @@ func (r *run) restore(c *Continuation) {
 	r.schedulePaused = c.SchedulePaused
 	r.lockAsked = c.Lock.WorkflowID != ""
 	r.lockReq = c.Lock
+	for i := range c.Cursors {
+		if r.cursors == nil {
+			r.cursors = map[int]*activities.ChunkProgress{}
+		}
+		r.cursors[c.Cursors[i].Result.Chunk] = &c.Cursors[i]
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
@@ -373,4 +374,43 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestFailedChunkResumesFromItsCursor: a chunk that fails (Iterable unavailable) after part of
+// its rows were answered hands its cursor over in the error's details; after the automatic
+// resume, its next activity starts after that cursor, and the report counts its rows once.
+func TestFailedChunkResumesFromItsCursor(t *testing.T) {
+	var resumed []*activities.ChunkProgress
+	w := newWorld(t, chunks10(3, 1000), func(in activities.SyncChunkInput, call int) (activities.ChunkResult, error) {
+		if in.Chunk.Index != 1 {
+			return rejecting(0)(in, call)
+		}
+		if call == 1 {
+			cur := activities.ChunkProgress{AfterSeq: in.Chunk.FirstSeq + 3, Result: activities.ChunkResult{
+				Chunk: 1, Attempted: activities.OpCounts{Added: 4}, Succeeded: activities.OpCounts{Added: 4}, Requests: 1}}
+			return activities.ChunkResult{}, temporal.NewApplicationErrorWithOptions("chunk 1: Iterable unavailable",
+				activities.ErrTypeIterableUnavailable, temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{cur}})
+		}
+		resumed = append(resumed, in.Resume)
+		if in.Resume == nil {
+			return rejecting(0)(in, call)
+		}
+		// The activity goes on after the cursor: its result includes the rows answered before.
+		res := in.Resume.Result
+		rest := in.Chunk.LastSeq - in.Resume.AfterSeq
+		res.Attempted.Added += rest
+		res.Succeeded.Added += rest
+		res.Requests++
+		return res, nil
+	})
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(&spec.Thresholds{PauseTimeout: spec.Duration(time.Hour)})})
+	rep := w.report()
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	require.Len(t, rep.Pauses, 1)
+	require.Equal(t, workflows.CauseTransient, rep.Pauses[0].Cause)
+	require.Len(t, resumed, 1)
+	require.NotNil(t, resumed[0], "the chunk's next activity got its cursor")
+	require.Equal(t, int64(14), resumed[0].AfterSeq)
+	require.Equal(t, int64(30), rep.Attempted.Total(), "every row counted once")
+	require.Equal(t, int64(30), rep.Succeeded.Total())
 }

@@ -439,9 +439,10 @@ func TestDrillIterableUnreachablePausesAndResumes(t *testing.T) {
 			require.Equal(t, rep.Chunks, rep.ChunksDone)
 			d.requireIterableEqualsModel(us)
 			resent, _ := d.requireEverySentOnce(us)
-			// A chunk that stopped on IterableUnavailable is sent again from its first row after
-			// the resume (its cursor is not carried over), so up to one chunk per chunk in flight.
-			require.LessOrEqual(t, resent, act.Sync.Concurrency*act.Sync.ChunkRows)
+			// A chunk that stopped on IterableUnavailable hands its cursor to its next activity, so
+			// after the resume only requests whose answer was lost can be sent again: at most one
+			// request per chunk in flight (measured: 0), not whole chunks (1,000 before the fix).
+			require.LessOrEqual(t, resent, act.Sync.Concurrency*act.Sync.WithDefaults().UsersPerRequest)
 			t.Logf("outage (%s) after %d users: paused %s after it began, Iterable back %s later, resumed %s after the pause (%s after Iterable was back), "+
 				"completed %s after the resume; %d rows sent twice, %d requests answered by the outage; drill total %s",
 				tt.name, receivedAtOutage, paused.Sub(down).Round(time.Millisecond), up.Sub(paused).Round(time.Millisecond),

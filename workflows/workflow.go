@@ -63,6 +63,8 @@ type run struct {
 	finished  []int
 	committed []int
 	held      int64 // rows this run's commits kept out of the state (rejected or skipped)
+	// cursors holds, by chunk index, how far a failed chunk got (see keepCursor).
+	cursors map[int]*activities.ChunkProgress
 	// window counts the rows attempted and rejected since the run started or last resumed.
 	window struct{ attempted, rejected int64 }
 	// transientSince is when the current series of transient pauses began (reset by progress),
@@ -331,12 +333,14 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 			r.startedHere++
 			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
 				Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunk: ch,
-				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts})
+				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts,
+				Resume: r.cursors[ch.Index]})
 			sel.AddFuture(f, func(f workflow.Future) {
 				inflight--
 				var res activities.ChunkResult
 				if err := f.Get(ctx, &res); err != nil {
 					failed = append(failed, ch)
+					r.keepCursor(ch.Index, err)
 					cerr := &chunkError{index: ch.Index, err: err}
 					if first == nil {
 						first = &stop{cause: pauseCause(err), reason: describe(cerr), err: cerr}
@@ -381,8 +385,26 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 	return nil
 }
 
+// keepCursor keeps the cursor a failed chunk reached (its error's details), for the chunk's
+// next activity: the rows it answered are not sent again.
+func (r *run) keepCursor(index int, err error) {
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.HasDetails() {
+		return
+	}
+	var cur activities.ChunkProgress
+	if appErr.Details(&cur) != nil || cur.Result.Chunk != index {
+		return
+	}
+	if r.cursors == nil {
+		r.cursors = map[int]*activities.ChunkProgress{}
+	}
+	r.cursors[index] = &cur
+}
+
 // record adds a finished chunk's counts to the report and to the threshold window.
 func (r *run) record(ctx workflow.Context, ch warehouse.Chunk, res activities.ChunkResult) {
+	delete(r.cursors, ch.Index)
 	rep := &r.rep
 	r.finished = append(r.finished, ch.Index)
 	rep.ChunksDone++
