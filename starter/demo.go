@@ -2,20 +2,26 @@ package main
 
 import (
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/base64"
 	"encoding/csv"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/worker"
 
 	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/codec"
 	"github.com/activation-engine/activations/internal/devserver"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/internal/schedules"
@@ -39,6 +45,7 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	bin := fs.String("bin", "bin", "folder of the Temporal CLI (built there when missing)")
 	port := fs.Int("port", 7233, "Temporal frontend port")
 	uiPort := fs.Int("ui-port", 8233, "Temporal Web UI port")
+	codecPort := fs.Int("codec-port", 8081, "port of the codec server the Web UI decrypts payloads with (loopback only)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -51,15 +58,33 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	if err != nil {
 		return err
 	}
+	// Payloads are encrypted as in production: with ACTIVATIONS_CODEC_KEYS when set, else a key
+	// made for this demo. The UI decrypts them through a codec server on loopback.
+	cdc, generated, err := demoCodec()
+	if err != nil {
+		return err
+	}
+	codecURL, stopCodec, err := serveDemoCodec(cdc, *codecPort, fmt.Sprintf("http://localhost:%d", *uiPort), logger)
+	if err != nil {
+		return err
+	}
+	defer stopCodec()
+	dc, fc := codec.Converters(cdc)
 	srv, err := devserver.Start(ctx, devserver.Options{
 		CLIPath: cli, HostPort: fmt.Sprintf("127.0.0.1:%d", *port), UIPort: strconv.Itoa(*uiPort),
 		SearchAttributes: workflows.SearchAttributes(), Logger: logger,
+		DataConverter: dc, FailureConverter: fc, UICodecEndpoint: codecURL,
 	})
 	if err != nil {
 		return fmt.Errorf("%w (is another Temporal server using port %d? try --port)", err, *port)
 	}
 	defer func() { _ = srv.Stop() }()
 	fmt.Fprintf(out, "   frontend %s, Web UI %s\n", srv.HostPort, srv.UIURL)
+	keyNote := "key " + cdc.ActiveKeyID() + " from " + codec.EnvKeys
+	if generated {
+		keyNote = "a key generated for this demo"
+	}
+	fmt.Fprintf(out, "   payloads encrypted with AES-256-GCM (%s); the UI decrypts them through the codec server %s\n", keyNote, codecURL)
 
 	fmt.Fprintln(out, "2. Iterable emulator (5 bulkUpdate requests/s, 4 MB bodies, field-type locking)")
 	emu := iterabletest.NewServer(iterabletest.Options{Logger: logger})
@@ -249,4 +274,35 @@ func writeUsers(path string, users []demoUser) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// demoCodec is the payload codec of the demo: the configured keys, or a fresh key.
+func demoCodec() (*codec.Codec, bool, error) {
+	c, err := codec.FromEnv(os.LookupEnv)
+	if err != nil || c != nil {
+		return c, false, err
+	}
+	key := make([]byte, 32)
+	if _, err := cryptorand.Read(key); err != nil {
+		return nil, false, fmt.Errorf("demo key: %w", err)
+	}
+	keys, err := codec.ParseKeys("demo:" + base64.StdEncoding.EncodeToString(key))
+	if err != nil {
+		return nil, false, err
+	}
+	c, err = codec.New(keys)
+	return c, true, err
+}
+
+// serveDemoCodec serves the codec server for the demo's UI on loopback (no token: only this
+// machine's browser reaches it, and the UI cannot send a static token).
+func serveDemoCodec(c *codec.Codec, port int, uiOrigin string, logger *slog.Logger) (string, func(), error) {
+	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return "", nil, fmt.Errorf("codec server: %w (is port %d taken? try --codec-port)", err, port)
+	}
+	srv := &http.Server{Handler: newCodecServerHandler(c, []string{uiOrigin, strings.Replace(uiOrigin, "localhost", "127.0.0.1", 1)}, nil, logger),
+		ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	return "http://" + lis.Addr().String(), func() { _ = srv.Close() }, nil
 }

@@ -265,9 +265,10 @@ func TestDemo(t *testing.T) {
 
 	var out bytes.Buffer
 	err = run(context.Background(), []string{"demo", "--rows", "3000", "--dir", dir,
-		"--port", freePort(t), "--ui-port", freePort(t)}, &out, slog.New(slog.DiscardHandler))
+		"--port", freePort(t), "--ui-port", freePort(t), "--codec-port", freePort(t)}, &out, slog.New(slog.DiscardHandler))
 	require.NoError(t, err, out.String())
 	s := out.String()
+	require.Contains(t, s, "payloads encrypted with AES-256-GCM (a key generated for this demo)")
 	// First run: 3000 users, 3 malformed emails rejected, duplicate and NULL keys never sent.
 	require.Contains(t, s, "model rows         3002   unchanged 0, NULL keys 1, duplicate-key rows 2")
 	require.Contains(t, s, "rejected      3  invalid email in column email: invalid email: it has no @")

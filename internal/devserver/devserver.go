@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
@@ -77,6 +78,11 @@ type Options struct {
 	Logger           *slog.Logger
 	// Output receives the server's own logs; nil discards them.
 	Output io.Writer
+	// DataConverter and FailureConverter, when set, are the client's (payload encryption).
+	DataConverter    converter.DataConverter
+	FailureConverter converter.FailureConverter
+	// UICodecEndpoint, when set, is the codec server the Web UI decodes payloads with.
+	UICodecEndpoint string
 }
 
 // Server is a running dev server.
@@ -114,9 +120,11 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	opts := testsuite.DevServerOptions{
 		ExistingPath: o.CLIPath,
 		ClientOptions: &client.Options{
-			HostPort:  o.HostPort,
-			Namespace: o.Namespace,
-			Logger:    sdklog.NewStructuredLogger(o.Logger),
+			HostPort:         o.HostPort,
+			Namespace:        o.Namespace,
+			Logger:           sdklog.NewStructuredLogger(o.Logger),
+			DataConverter:    o.DataConverter,
+			FailureConverter: o.FailureConverter,
 		},
 		DBFilename:       o.DBFile,
 		EnableUI:         o.UIPort != "",
@@ -125,6 +133,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		SearchAttributes: sa,
 		Stdout:           out,
 		Stderr:           out,
+	}
+	if o.UICodecEndpoint != "" {
+		opts.ExtraArgs = append(opts.ExtraArgs, "--ui-codec-endpoint", o.UICodecEndpoint)
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
