@@ -39,11 +39,7 @@ type drill struct {
 
 func newDrill(t *testing.T, opts iterabletest.Options) *drill {
 	t.Helper()
-	opts.KeepReceived = true
-	h := &harness{t: t, emu: iterabletest.NewServer(opts), key: "key-" + t.Name(), dir: t.TempDir(),
-		queue: fmt.Sprintf("it-%d", queueSeq.Add(1)), c: dev.Client()}
-	t.Cleanup(h.emu.Close)
-	h.emu.AddProject(h.key, iterabletest.ProjectHybrid)
+	h := newProject(t, opts)
 	d := &drill{harness: h, keyFile: filepath.Join(h.dir, "iterable.key")}
 	require.NoError(t, os.WriteFile(d.keyFile, []byte(h.key), 0o600))
 	return d

@@ -69,12 +69,19 @@ type harness struct {
 
 func newHarness(t *testing.T, opts iterabletest.Options) *harness {
 	t.Helper()
+	h := newProject(t, opts)
+	t.Setenv(apiKeyEnv, h.key)
+	return h
+}
+
+// newProject is newHarness without the API key in the environment (parallel tests).
+func newProject(t *testing.T, opts iterabletest.Options) *harness {
+	t.Helper()
 	opts.KeepReceived = true
 	h := &harness{t: t, emu: iterabletest.NewServer(opts), key: "key-" + t.Name(), dir: t.TempDir(),
 		queue: fmt.Sprintf("it-%d", queueSeq.Add(1)), c: dev.Client()}
 	t.Cleanup(h.emu.Close)
 	h.emu.AddProject(h.key, iterabletest.ProjectHybrid)
-	t.Setenv(apiKeyEnv, h.key)
 	return h
 }
 
