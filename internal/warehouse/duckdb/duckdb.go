@@ -33,6 +33,10 @@ type Options struct {
 	SourcePath string
 	// Logger receives debug and info records; nil discards them.
 	Logger *slog.Logger
+	// Resources bounds DuckDB's memory and threads; unset fields come from the environment
+	// (ACTIVATIONS_DUCKDB_MEMORY_LIMIT, ACTIVATIONS_DUCKDB_THREADS, ACTIVATIONS_DUCKDB_TEMP_DIRECTORY)
+	// or the defaults (DefaultMemoryLimit).
+	Resources Resources
 }
 
 // RejectionsTable is the table of the state database that holds every activation's rejections,
@@ -59,6 +63,11 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	res, err := opts.Resources.resolve()
+	if err != nil {
+		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
+	}
+	opts.Resources = res
 	if opts.Path != "" {
 		if err := os.MkdirAll(filepath.Dir(opts.Path), 0o755); err != nil {
 			return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
@@ -74,11 +83,15 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
 	}
-	log.Debug("DuckDB state opened", "path", opts.Path, "source", opts.SourcePath)
+	log.Debug("DuckDB state opened", "path", opts.Path, "source", opts.SourcePath,
+		"memory_limit", res.MemoryLimit, "threads", res.Threads, "temp_directory", res.TempDirectory)
 	return p, nil
 }
 
 func (p *Planner) init(ctx context.Context, opts Options) error {
+	if err := opts.Resources.apply(ctx, p.db); err != nil {
+		return err
+	}
 	// Hashes of TIMESTAMPTZ values are taken from their text form, which follows the time zone:
 	// pin it so a worker on another machine does not see every timestamp as changed.
 	if _, err := p.db.ExecContext(ctx, `SET GLOBAL TimeZone = 'UTC'`); err != nil {

@@ -61,6 +61,9 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: create state table: %w", id, err)
 	}
+	if err := p.dropStateIndex(ctx, conn, id); err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+	}
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_duplicates AS
 		SELECT key, count(*) AS n FROM `+snapshotTable+`
 		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
@@ -121,9 +124,13 @@ func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
 
 func createStateSQL(state string) string {
 	// ident_hash is kept apart from field_hashes so that an identifier change (another profile)
-	// can be told from an ordinary field change without reserving a field name.
+	// can be told from an ordinary field change without reserving a field name. key has no
+	// PRIMARY KEY constraint: DuckDB keeps such an index in memory, growing with the state past
+	// any memory limit. Keys stay unique without it: the plan never holds a key twice
+	// (duplicates are never committed) and Commit deletes a key's old row before inserting its
+	// new one.
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
-		key VARCHAR PRIMARY KEY,
+		key VARCHAR NOT NULL,
 		row_hash VARCHAR NOT NULL,
 		field_hashes VARCHAR NOT NULL,
 		ident_hash VARCHAR,
@@ -131,8 +138,48 @@ func createStateSQL(state string) string {
 	)`
 }
 
+// dropStateIndex rebuilds, once, a state table created with a PRIMARY KEY on key (by earlier
+// versions) without it: DuckDB keeps such an index in memory whatever its memory limit, and
+// Commit's upserts of millions of keys through it ran out of memory.
+func (p *Planner) dropStateIndex(ctx context.Context, conn *sql.Conn, id string) error {
+	name := warehouse.StateTable(id)
+	var n int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM duckdb_constraints()
+		WHERE database_name = ? AND schema_name = 'main' AND table_name = ?
+		AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')`, p.catName, name).Scan(&n); err != nil {
+		return fmt.Errorf("read state table constraints: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	start := time.Now()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("rebuild state table: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	state, rebuilt := p.qualified(name), name+"_rebuilt"
+	for _, stmt := range []string{
+		`DROP TABLE IF EXISTS ` + p.qualified(rebuilt),
+		createStateSQL(p.qualified(rebuilt)),
+		`INSERT INTO ` + p.qualified(rebuilt) + ` SELECT key, row_hash, field_hashes, ident_hash, synced_at FROM ` + state,
+		`DROP TABLE ` + state,
+		`ALTER TABLE ` + p.qualified(rebuilt) + ` RENAME TO ` + quoteIdent(name),
+	} {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("rebuild state table without its key index: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("rebuild state table: %w", err)
+	}
+	p.log.InfoContext(ctx, "state table rebuilt without its key index", "activation", id, "took", time.Since(start))
+	return nil
+}
+
 // snapshot runs the model once into a temp table: key, identifier and its hash, the mapped
-// values in their original types, the field_hashes JSON object and the row hash.
+// values in their original types and the row hash. The per-field hashes are not kept: they are
+// functions of the stored values, and planSQL computes them again for the few rows it plans.
 func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field) error {
 	id := req.ActivationID
 	// SET and USE take no parameters; both are session-scoped, and the connection is discarded.
@@ -160,6 +207,16 @@ func hashExpr(expr string) string {
 	return `coalesce(md5(CAST(to_json(` + expr + `) AS VARCHAR)), '` + nullHash + `')`
 }
 
+// fieldHashes is the field_hashes JSON object of a row: field name → hash of its value, in field
+// order. json_object keeps argument order and escapes names, so the encoding is unambiguous.
+func fieldHashes(fields []warehouse.Field, value func(warehouse.Field) string) string {
+	var obj []string
+	for _, f := range fields {
+		obj = append(obj, quoteLiteral(f.Field), hashExpr(value(f)))
+	}
+	return "CAST(json_object(" + strings.Join(obj, ", ") + ") AS VARCHAR)"
+}
+
 func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 	col := func(c string) string { return "model." + quoteIdent(c) }
 	ident := "NULL"
@@ -171,20 +228,17 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 		ident + " AS ident",
 		hashExpr(ident) + " AS ident_hash",
 	}
-	var obj []string
 	for _, f := range fields {
 		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
-		obj = append(obj, quoteLiteral(f.Field), hashExpr(col(f.Column)))
 	}
-	// The field hashes live only in the JSON object: the few changed rows parse it again rather
-	// than every snapshot row carrying one more column per field.
-	sel = append(sel, "CAST(json_object("+strings.Join(obj, ", ")+") AS VARCHAR) AS field_hashes")
+	// The row hash covers the field names and hashes (the field_hashes object) and the
+	// identifier's hash. The object itself is not stored: at 10,000,000 rows it would be half
+	// of the snapshot, spilled and read back by every step of the plan.
+	sel = append(sel, fieldHashes(fields, func(f warehouse.Field) string { return col(f.Column) })+" AS field_hashes")
 	// A trailing ";" or "-- comment" in the model must not swallow the closing parenthesis.
 	query := strings.TrimRight(strings.TrimSpace(req.Query), "; \t\r\n")
-	// The row hash covers field names and hashes in sorted order (json_object keeps argument
-	// order and escapes names, so the encoding is unambiguous) and the identifier's hash.
 	return `CREATE OR REPLACE TEMP TABLE activation_snapshot AS
-SELECT *, md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
+SELECT * EXCLUDE (field_hashes), md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
   SELECT ` + strings.Join(sel, ",\n    ") + `
   FROM (
 ` + query + `
@@ -225,25 +279,29 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 
 // planSQL joins the snapshot with the state. Keys that are NULL or duplicated in the model take
 // no part: they are never sent, and a duplicated key that was synced before is not removed.
-// Equal row hashes settle most rows at once; only the others parse the old and new
-// field_hashes to list the changed fields. changed_fields is stored for changes only (an add
-// changes every field, a removal none), which keeps the wide sort behind seq light. Rows are
-// written in seq order so that a chunk's seq range reads few row groups.
+// Equal row hashes settle most rows at once; only the others hash their values again, field by
+// field, and compare them with the state's field_hashes to list the changed fields. The new
+// field_hashes object is built for the planned rows only, after the sort that numbers them.
+// changed_fields is stored for changes only (an add changes every field, a removal none), which
+// keeps the sorts behind seq light. Rows are written in seq order so that a chunk's seq range
+// reads few row groups.
 func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chunkRows int) string {
-	var names, paths, values []string
+	var names, paths, values, hashes []string
 	for _, f := range fields {
+		v := quoteIdent(warehouse.ValueColumn(f.Field))
 		names = append(names, quoteLiteral(f.Field))
 		paths = append(paths, quoteLiteral(jsonPointer(f.Field)))
-		values = append(values, quoteIdent(warehouse.ValueColumn(f.Field)))
+		values = append(values, v)
+		hashes = append(hashes, hashExpr(v))
 	}
 	allList := "CAST([" + strings.Join(names, ", ") + "] AS VARCHAR[])"
 	diffList := "CAST([] AS VARCHAR[])"
 	if len(fields) > 0 {
-		// One comprehension, so each JSON object is parsed once per row: field name, new hash,
-		// old hash. A field missing from the old object (newly mapped) counts as changed.
+		// One comprehension, so the old JSON object is parsed once per row: field name, new
+		// hash, old hash. A field missing from the old object (newly mapped) counts as changed.
 		p := "[" + strings.Join(paths, ", ") + "]"
-		diffList = "[f[1] FOR f IN list_zip(" + allList + ", json_extract_string(field_hashes, " + p +
-			"), json_extract_string(old_hashes, " + p + ")) IF f[2] IS DISTINCT FROM f[3]]"
+		diffList = "[f[1] FOR f IN list_zip(" + allList + ", CAST([" + strings.Join(hashes, ", ") +
+			"] AS VARCHAR[]), json_extract_string(old_hashes, " + p + ")) IF f[2] IS DISTINCT FROM f[3]]"
 	}
 	full := "false"
 	if fullResync {
@@ -254,6 +312,7 @@ func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chun
 		valueList = ", " + strings.Join(values, ", ")
 		snapValues = ", snap." + strings.Join(values, ", snap.")
 	}
+	newHashes := fieldHashes(fields, func(f warehouse.Field) string { return quoteIdent(warehouse.ValueColumn(f.Field)) })
 	return `CREATE OR REPLACE TABLE ` + plan + ` AS
 WITH snap AS (
   SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN ` + duplicatesTable + ` AS d ON s.key = d.key
@@ -267,20 +326,22 @@ WITH snap AS (
          WHEN snap.row_hash = st.row_hash THEN 'same'
          WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
-    snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes` + snapValues + `
+    snap.row_hash, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes` + snapValues + `
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
 ), classified AS (
   SELECT key, kind,
     CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
     CASE kind WHEN 'diff' THEN ` + diffList + `
               WHEN 'ident' THEN ` + allList + ` END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident` + valueList + `
+    row_hash, ident_hash, ident` + valueList + `
   FROM joined WHERE kind <> 'same'
 ), planned AS (
   -- a row whose hash moved only because a field left the mapping has nothing to send
   SELECT * EXCLUDE (kind) FROM classified WHERE kind <> 'diff' OR len(changed_fields) > 0
 )
-SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, * EXCLUDE (seq)
+SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, key, op, changed_fields, row_hash,
+  CASE WHEN op <> 'remove' THEN ` + newHashes + ` END AS field_hashes,
+  ident_hash, ident` + valueList + `
 FROM (SELECT row_number() OVER (ORDER BY key) AS seq, * FROM planned)
 ORDER BY seq`
 }

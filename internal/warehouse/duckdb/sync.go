@@ -205,7 +205,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	finished := `SELECT p.*, r.key IS NOT NULL AS held FROM ` + plan + ` AS p
 		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
 		           WHERE activation_id = ? AND run_id = ?) AS r ON p.key = r.key
-		WHERE list_contains(CAST(? AS BIGINT[]), p.chunk)`
+		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`
 	args := []any{id, req.RunID, chunks}
 
 	tx, err := p.db.BeginTx(ctx, nil)
@@ -222,15 +222,18 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	if err != nil {
 		return res, fmt.Errorf("commit %s: count rows of %s: %w", id, req.Table, err)
 	}
+	// Delete, then insert: the state has no index on key (an index of every synced key would
+	// have to stay in memory), so an upsert is the removal of every committed key's old row
+	// followed by the insertion of its new one. An add of a full resync has an old row too.
 	if _, err := tx.ExecContext(ctx, `DELETE FROM `+state+` WHERE key IN (
-		SELECT key FROM (`+finished+`) WHERE NOT held AND op = 'remove')`, args...); err != nil {
-		return res, fmt.Errorf("commit %s: delete removed rows from state: %w", id, err)
+		SELECT key FROM (`+finished+`) WHERE NOT held)`, args...); err != nil {
+		return res, fmt.Errorf("commit %s: delete old rows from state: %w", id, err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+state+`
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+state+`
 		(key, row_hash, field_hashes, ident_hash, synced_at)
 		SELECT key, row_hash, field_hashes, ident_hash, ? FROM (`+finished+`)
 		WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
-		return res, fmt.Errorf("commit %s: upsert rows into state: %w", id, err)
+		return res, fmt.Errorf("commit %s: insert rows into state: %w", id, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)

@@ -1,0 +1,104 @@
+package duckdb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Environment variables that set the resources of every DuckDB database the planner opens, when
+// Options leaves them unset. The worker reads them through Open, so operators tune a deployed
+// worker without code.
+const (
+	// EnvMemoryLimit bounds DuckDB's memory (its buffer pool: tables, hash tables, sorts), per
+	// state database, as DuckDB's memory_limit setting: "512MB", "2GB", "1GiB". Past the limit
+	// DuckDB spills to its temporary directory instead of growing.
+	EnvMemoryLimit = "ACTIVATIONS_DUCKDB_MEMORY_LIMIT"
+	// EnvThreads is the number of DuckDB worker threads per state database (default: one per core).
+	EnvThreads = "ACTIVATIONS_DUCKDB_THREADS"
+	// EnvTempDirectory is where DuckDB spills what does not fit in the memory limit (default: the
+	// state file's path with ".tmp" appended, next to it; for an in-memory state, DuckDB's own
+	// default ".tmp" in the working directory).
+	EnvTempDirectory = "ACTIVATIONS_DUCKDB_TEMP_DIRECTORY"
+)
+
+// DefaultMemoryLimit is the memory limit of a state database when neither Options nor the
+// environment sets one. DuckDB's own default is 80% of the machine's RAM, which a diff of a
+// large model fills (1.5 GB of worker memory at 1,000,000 rows). With 512MB a plan of 10,000,000
+// rows runs as fast as with 1GB (its sorts and joins spill either way) and the whole worker peaks
+// under 1 GB; 256MB still works (docs/benchmarks.md has the measurements).
+const DefaultMemoryLimit = "512MB"
+
+// Resources are the DuckDB settings that bound what the planner takes from the machine.
+type Resources struct {
+	// MemoryLimit is DuckDB's memory_limit ("512MB", "2GB", "1GiB"); "" = $ACTIVATIONS_DUCKDB_MEMORY_LIMIT,
+	// else DefaultMemoryLimit. "default" keeps DuckDB's own default (80% of RAM).
+	MemoryLimit string
+	// Threads is DuckDB's threads; 0 = $ACTIVATIONS_DUCKDB_THREADS, else one per core.
+	Threads int
+	// TempDirectory is DuckDB's temp_directory; "" = $ACTIVATIONS_DUCKDB_TEMP_DIRECTORY, else
+	// DuckDB's default (the state file's path + ".tmp").
+	TempDirectory string
+}
+
+// resolve fills the unset settings from the environment and the defaults.
+func (r Resources) resolve() (Resources, error) {
+	if r.MemoryLimit == "" {
+		r.MemoryLimit = strings.TrimSpace(os.Getenv(EnvMemoryLimit))
+	}
+	if r.MemoryLimit == "" {
+		r.MemoryLimit = DefaultMemoryLimit
+	}
+	if r.Threads == 0 {
+		if s := strings.TrimSpace(os.Getenv(EnvThreads)); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return r, fmt.Errorf("%s=%q: want a positive number of threads", EnvThreads, s)
+			}
+			r.Threads = n
+		}
+	}
+	if r.Threads < 0 {
+		return r, fmt.Errorf("threads %d: want a positive number", r.Threads)
+	}
+	if r.TempDirectory == "" {
+		r.TempDirectory = strings.TrimSpace(os.Getenv(EnvTempDirectory))
+	}
+	return r, nil
+}
+
+// apply sets the resources on the database instance. The settings are global: planners that share
+// a state file share one DuckDB instance, and they all resolve the same settings.
+func (r Resources) apply(ctx context.Context, db *sql.DB) error {
+	set := func(name, value string) error {
+		// SET takes no parameters; the values come from configuration, quoted as literals.
+		if _, err := db.ExecContext(ctx, `SET GLOBAL `+name+` = `+value); err != nil {
+			return fmt.Errorf("set DuckDB %s = %s: %w", name, value, err)
+		}
+		return nil
+	}
+	if !strings.EqualFold(r.MemoryLimit, "default") {
+		if err := set("memory_limit", quoteLiteral(r.MemoryLimit)); err != nil {
+			return err
+		}
+	}
+	if r.Threads > 0 {
+		if err := set("threads", strconv.Itoa(r.Threads)); err != nil {
+			return err
+		}
+	}
+	if r.TempDirectory != "" {
+		if err := os.MkdirAll(r.TempDirectory, 0o755); err != nil {
+			return fmt.Errorf("DuckDB temp directory: %w", err)
+		}
+		if err := set("temp_directory", quoteLiteral(r.TempDirectory)); err != nil {
+			return err
+		}
+	}
+	// The plan's order comes from its seq column (ORDER BY), never from insertion order; without
+	// the guarantee DuckDB's CREATE TABLE AS and inserts need less memory.
+	return set("preserve_insertion_order", "false")
+}
