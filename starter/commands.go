@@ -166,7 +166,8 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 		case <-ctx.Done():
 			return rep, ctx.Err()
 		case <-t.C:
-			v, err := c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
+			// The latest execution: a long run continues as new under the same workflow id.
+			v, err := c.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
 			if err != nil {
 				continue
 			}
