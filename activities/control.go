@@ -44,31 +44,30 @@ type ScheduleResult struct {
 	WasPaused bool `json:"wasPaused"`
 }
 
-func (a *Activities) scheduleHandle(ctx context.Context, in ScheduleInput) (client.ScheduleHandle, error) {
+// schedule finds the activation's schedule and whether it is paused; a nil handle (and Found
+// false) when the activation has none.
+func (a *Activities) schedule(ctx context.Context, in ScheduleInput) (client.ScheduleHandle, ScheduleResult, error) {
 	if a.Temporal == nil {
-		return nil, temporal.NewNonRetryableApplicationError(
+		return nil, ScheduleResult{}, temporal.NewNonRetryableApplicationError(
 			"the worker has no Temporal client (Activities.Temporal) to pause or unpause schedules", ErrTypeNoTemporalClient, nil)
 	}
-	return a.Temporal.ScheduleClient().GetHandle(ctx, in.ScheduleID), nil
+	h := a.Temporal.ScheduleClient().GetHandle(ctx, in.ScheduleID)
+	desc, err := h.Describe(ctx)
+	if isNotFound(err) {
+		return nil, ScheduleResult{}, nil
+	}
+	if err != nil {
+		return nil, ScheduleResult{}, fmt.Errorf("activation %s run %s: describe schedule %s: %w", in.ActivationID, in.RunID, in.ScheduleID, err)
+	}
+	return h, ScheduleResult{Found: true, WasPaused: desc.Schedule.State.Paused}, nil
 }
 
 // PauseSchedule pauses the activation's schedule so that no new run starts while this one is
 // paused. A schedule that is already paused (an operator's pause) keeps its note.
 func (a *Activities) PauseSchedule(ctx context.Context, in ScheduleInput) (ScheduleResult, error) {
-	h, err := a.scheduleHandle(ctx, in)
-	if err != nil {
-		return ScheduleResult{}, err
-	}
-	desc, err := h.Describe(ctx)
-	if isNotFound(err) {
-		return ScheduleResult{}, nil
-	}
-	if err != nil {
-		return ScheduleResult{}, fmt.Errorf("activation %s run %s: describe schedule %s: %w", in.ActivationID, in.RunID, in.ScheduleID, err)
-	}
-	res := ScheduleResult{Found: true, WasPaused: desc.Schedule.State.Paused}
-	if res.WasPaused {
-		return res, nil
+	h, res, err := a.schedule(ctx, in)
+	if err != nil || !res.Found || res.WasPaused {
+		return res, err
 	}
 	if err := h.Pause(ctx, client.SchedulePauseOptions{Note: in.Note}); err != nil {
 		if isNotFound(err) {
@@ -76,26 +75,15 @@ func (a *Activities) PauseSchedule(ctx context.Context, in ScheduleInput) (Sched
 		}
 		return res, fmt.Errorf("activation %s run %s: pause schedule %s: %w", in.ActivationID, in.RunID, in.ScheduleID, err)
 	}
-	a.baseLogger().Info("schedule paused", "activation", in.ActivationID, "run", in.RunID, "schedule", in.ScheduleID)
+	a.baseLogger().Info("schedule paused", "activation_id", in.ActivationID, "run_id", in.RunID, "schedule", in.ScheduleID)
 	return res, nil
 }
 
 // UnpauseSchedule unpauses the activation's schedule (a no-op when it is not paused).
 func (a *Activities) UnpauseSchedule(ctx context.Context, in ScheduleInput) (ScheduleResult, error) {
-	h, err := a.scheduleHandle(ctx, in)
-	if err != nil {
-		return ScheduleResult{}, err
-	}
-	desc, err := h.Describe(ctx)
-	if isNotFound(err) {
-		return ScheduleResult{}, nil
-	}
-	if err != nil {
-		return ScheduleResult{}, fmt.Errorf("activation %s run %s: describe schedule %s: %w", in.ActivationID, in.RunID, in.ScheduleID, err)
-	}
-	res := ScheduleResult{Found: true, WasPaused: desc.Schedule.State.Paused}
-	if !res.WasPaused {
-		return res, nil
+	h, res, err := a.schedule(ctx, in)
+	if err != nil || !res.Found || !res.WasPaused {
+		return res, err
 	}
 	if err := h.Unpause(ctx, client.ScheduleUnpauseOptions{Note: in.Note}); err != nil {
 		if isNotFound(err) {
@@ -103,7 +91,7 @@ func (a *Activities) UnpauseSchedule(ctx context.Context, in ScheduleInput) (Sch
 		}
 		return res, fmt.Errorf("activation %s run %s: unpause schedule %s: %w", in.ActivationID, in.RunID, in.ScheduleID, err)
 	}
-	a.baseLogger().Info("schedule unpaused", "activation", in.ActivationID, "run", in.RunID, "schedule", in.ScheduleID)
+	a.baseLogger().Info("schedule unpaused", "activation_id", in.ActivationID, "run_id", in.RunID, "schedule", in.ScheduleID)
 	return res, nil
 }
 

@@ -165,7 +165,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2,
 			MaximumInterval: 2 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 	})
-	if end := r.untilWarehouse(ctx, "plan", func() error {
+	if end := r.untilDone(ctx, warehouseStep, "plan", func() error {
 		return workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID, FullResync: r.in.FullResync}).Get(ctx, &r.plan)
 	}); end != nil {
 		return end
@@ -189,7 +189,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 
 	// Field types are compared once per run, before anything is sent.
 	if rep.Planned.Total() > 0 {
-		if end := r.untilDone(ctx, "check field types", func() error {
+		if end := r.untilDone(ctx, iterableStep, "check field types", func() error {
 			return workflow.ExecuteActivity(r.shortCtx, a.CheckFields, activities.CheckFieldsInput{Spec: act, RunID: r.runID, Columns: r.plan.Columns}).Get(ctx, &r.fields)
 		}); end != nil {
 			return end
@@ -216,7 +216,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 15 * time.Second, BackoffCoefficient: 2,
 				MaximumInterval: 5 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 		})
-		if end := r.untilDone(ctx, "export the project's identifiers", func() error {
+		if end := r.untilDone(ctx, iterableStep, "export the project's identifiers", func() error {
 			return workflow.ExecuteActivity(exportCtx, a.ExportIdentifiers, activities.ExportIdentifiersInput{Spec: act, RunID: r.runID}).Get(ctx, &r.known)
 		}); end != nil {
 			return end
@@ -236,7 +236,7 @@ func (r *run) sync(ctx workflow.Context) *ending {
 		r.syncActive += workflow.Now(ctx).Sub(start)
 		rep.SyncDuration = r.syncActive
 		// What finished is committed before anything else: before pausing, aborting or failing.
-		if end := r.untilWarehouse(ctx, "commit", func() error { return r.commit(ctx) }); end != nil {
+		if end := r.untilDone(ctx, warehouseStep, "commit", func() error { return r.commit(ctx) }); end != nil {
 			return end
 		}
 		switch {
@@ -259,29 +259,22 @@ func (r *run) sync(ctx workflow.Context) *ending {
 	return &ending{rep: done(ctx, rep)}
 }
 
-// untilWarehouse runs a warehouse step (plan, commit). When its retries run out for a reason
-// other than the spec or the model (the warehouse did not answer, a quota), the run pauses with
-// cause warehouse, probes the warehouse and runs the step again once it answers.
-func (r *run) untilWarehouse(ctx workflow.Context, step string, fn func() error) *ending {
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		if pauseCause(err) == "" || r.in.DryRun {
-			r.finish(ctx)
-			return r.fail(ctx, err)
-		}
-		if end := r.pauseFor(ctx, CauseWarehouse, step+": "+describe(err)); end != nil {
-			return end
-		}
-	}
-}
+// Where a step that untilDone runs does its work: which pause a failure cures.
+type stepKind int
 
-// untilDone runs a step that talks to Iterable; when it fails for a reason a pause can cure
-// (Iterable refused the project or did not answer), the run pauses and the step runs again on
-// resume. Other failures, and any failure of a dry run, fail the run.
-func (r *run) untilDone(ctx workflow.Context, step string, fn func() error) *ending {
+const (
+	// iterableStep talks to Iterable: a failure pauses as fatal (Iterable refused the project)
+	// or transient (it did not answer); the run probes Iterable on transient pauses.
+	iterableStep stepKind = iota
+	// warehouseStep (plan, commit) works in the warehouse: a failure whose retries ran out (the
+	// warehouse did not answer, a quota) pauses with cause warehouse, which probes the warehouse.
+	warehouseStep
+)
+
+// untilDone runs a step; when it fails for a reason a pause can cure, the run pauses (see
+// stepKind) and the step runs again on resume. Other failures (the spec, the model, a
+// cancellation), and any failure of a dry run, fail the run.
+func (r *run) untilDone(ctx workflow.Context, kind stepKind, step string, fn func() error) *ending {
 	for {
 		err := fn()
 		if err == nil {
@@ -291,6 +284,9 @@ func (r *run) untilDone(ctx workflow.Context, step string, fn func() error) *end
 		if cause == "" || r.in.DryRun {
 			r.finish(ctx)
 			return r.fail(ctx, err)
+		}
+		if kind == warehouseStep {
+			cause = CauseWarehouse
 		}
 		if end := r.pauseFor(ctx, cause, step+": "+describe(err)); end != nil {
 			return end
