@@ -46,10 +46,7 @@ func TestContinueAsNewKeepsTheLock(t *testing.T) {
 	}, time.Minute, 50*time.Millisecond, "the first run sends")
 
 	second := h.start(act)
-	require.Eventually(t, func() bool {
-		p, err := progressOf(ctx, h, second)
-		return err == nil && p.State == workflows.StateQueued
-	}, 30*time.Second, 50*time.Millisecond, "the second run waits")
+	waitForState(ctx, h, second, workflows.StateQueued, 30*time.Second, "the second run waits")
 
 	// Wait until the chain has moved to a later execution: the second run must still wait.
 	require.Eventually(t, func() bool {

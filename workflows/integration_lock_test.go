@@ -18,6 +18,18 @@ import (
 	"github.com/activation-engine/activations/workflows"
 )
 
+// waitForState waits until the run's progress query answers the state, and returns that answer.
+func waitForState(ctx context.Context, h *harness, run client.WorkflowRun, state string, within time.Duration, msg string) workflows.Progress {
+	h.t.Helper()
+	var p workflows.Progress
+	require.Eventually(h.t, func() bool {
+		var err error
+		p, err = progressOf(ctx, h, run)
+		return err == nil && p.State == state
+	}, within, 50*time.Millisecond, msg)
+	return p
+}
+
 func progressOf(ctx context.Context, h *harness, run client.WorkflowRun) (workflows.Progress, error) {
 	var p workflows.Progress
 	v, err := h.c.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
@@ -56,21 +68,14 @@ func TestManualStartQueuesBehindScheduledRun(t *testing.T) {
 		scheduled = h.c.GetWorkflow(ctx, ex.WorkflowID, ex.FirstExecutionRunID)
 		return true
 	}, 30*time.Second, 100*time.Millisecond, "the schedule started a run")
-	require.Eventually(t, func() bool {
-		p, err := progressOf(ctx, h, scheduled)
-		return err == nil && p.State == workflows.StateRunning
-	}, time.Minute, 50*time.Millisecond, "the scheduled run sends")
+	waitForState(ctx, h, scheduled, workflows.StateRunning, time.Minute, "the scheduled run sends")
 
 	manual, err := h.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: fmt.Sprintf("%s%s-manual-%s", schedules.Prefix, act.ID, time.Now().UTC().Format("20060102T150405.000")), TaskQueue: h.queue,
 	}, workflows.WorkflowName, workflows.RunInput{Spec: act})
 	require.NoError(t, err)
 	require.NotEqual(t, scheduled.GetID(), manual.GetID())
-	var queued workflows.Progress
-	require.Eventually(t, func() bool {
-		queued, err = progressOf(ctx, h, manual)
-		return err == nil && queued.State == workflows.StateQueued
-	}, 30*time.Second, 50*time.Millisecond, "the manual run waits")
+	queued := waitForState(ctx, h, manual, workflows.StateQueued, 30*time.Second, "the manual run waits")
 	require.Equal(t, scheduled.GetID(), queued.WaitingFor, "it names the run it waits for")
 	p, err := progressOf(ctx, h, scheduled)
 	require.NoError(t, err)
@@ -108,15 +113,9 @@ func TestLockIsFreedWhenTheHolderIsTerminated(t *testing.T) {
 	act.Sync = spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 1}
 
 	first := h.start(act)
-	require.Eventually(t, func() bool {
-		p, err := progressOf(ctx, h, first)
-		return err == nil && p.State == workflows.StateRunning
-	}, time.Minute, 50*time.Millisecond)
+	waitForState(ctx, h, first, workflows.StateRunning, time.Minute, "the first run sends")
 	second := h.start(act)
-	require.Eventually(t, func() bool {
-		p, err := progressOf(ctx, h, second)
-		return err == nil && p.State == workflows.StateQueued
-	}, 30*time.Second, 50*time.Millisecond)
+	waitForState(ctx, h, second, workflows.StateQueued, 30*time.Second, "the second run waits")
 	require.NoError(t, h.c.TerminateWorkflow(ctx, first.GetID(), first.GetRunID(), "test: the holder dies"))
 
 	var rep workflows.RunReport
