@@ -15,10 +15,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.temporal.io/sdk/worker"
 
-	"github.com/activation-engine/activations/activities"
-	"github.com/activation-engine/activations/internal/devserver"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/workflows"
 )
@@ -28,28 +25,16 @@ import (
 // over the queued one) and lists the queued run; `resume` leaves the queued run be; `abort`
 // ends both, the queued one at once.
 func TestOperatorVerbsWithAQueuedRun(t *testing.T) {
-	cli, ok := devserver.FindCLI("../bin")
-	require.True(t, ok, "integration tests need the Temporal CLI: run `make temporal-cli` or set TEMPORAL_CLI")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	srv, err := devserver.Start(ctx, devserver.Options{CLIPath: cli, SearchAttributes: workflows.SearchAttributes()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = srv.Stop() })
-	t.Setenv("TEMPORAL_ADDRESS", srv.HostPort)
-	t.Setenv("TEMPORAL_NAMESPACE", "default")
-	t.Setenv("ACTIVATIONS_TASK_QUEUE", "starter-queue-it")
+	srv := startDevServer(ctx, t, "starter-queue-it")
 	t.Setenv("STARTER_QUEUE_KEY", "slow-key")
 
 	// One bulk request a second, 20 users each: 1,000 users take about 50 s to send.
 	emu := iterabletest.NewServer(iterabletest.Options{BulkUpdateRPS: 1})
 	t.Cleanup(emu.Close)
 	emu.AddProject("slow-key", iterabletest.ProjectHybrid)
-	acts := activities.New(slog.New(slog.DiscardHandler))
-	acts.Temporal = srv.Client()
-	w := worker.New(srv.Client(), "starter-queue-it", worker.Options{})
-	workflows.Register(w, acts)
-	require.NoError(t, w.Start())
-	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
+	startWorker(t, srv.Client(), "starter-queue-it")
 
 	dir := t.TempDir()
 	var csv strings.Builder
@@ -75,7 +60,7 @@ func TestOperatorVerbsWithAQueuedRun(t *testing.T) {
 		return all[0]
 	}
 
-	_, err = cmd("run", "slow", "-f", dir)
+	_, err := cmd("run", "slow", "-f", dir)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return status().Phase == workflows.StateRunning }, time.Minute, 200*time.Millisecond,
 		"the first run sends")

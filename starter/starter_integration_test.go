@@ -50,20 +50,13 @@ destination:
 
 // TestOperatorCommands drives the CLI as an operator would, against a real dev server.
 func TestOperatorCommands(t *testing.T) {
-	cli, ok := devserver.FindCLI("../bin")
-	require.True(t, ok, "integration tests need the Temporal CLI: run `make temporal-cli` or set TEMPORAL_CLI")
 	ctx := context.Background()
-	srv, err := devserver.Start(ctx, devserver.Options{CLIPath: cli, SearchAttributes: workflows.SearchAttributes()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = srv.Stop() })
-	t.Setenv("TEMPORAL_ADDRESS", srv.HostPort)
-	t.Setenv("TEMPORAL_NAMESPACE", "default")
-	t.Setenv("ACTIVATIONS_TASK_QUEUE", "starter-it")
+	srv := startDevServer(ctx, t, "starter-it")
 	t.Setenv("STARTER_IT_KEY", "good-key")
 	// Payload encryption on, for the worker and every command: apply must still recognise its
 	// schedules (encrypted memo and action) and status must read a paused run's (encrypted) memo.
 	key := make([]byte, 32)
-	_, err = rand.Read(key)
+	_, err := rand.Read(key)
 	require.NoError(t, err)
 	t.Setenv("ACTIVATIONS_CODEC_KEYS", "it1:"+base64.StdEncoding.EncodeToString(key))
 
@@ -74,12 +67,7 @@ func TestOperatorCommands(t *testing.T) {
 	wc, _, err := temporalclient.Dial(ctx, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(wc.Close)
-	acts := activities.New(slog.New(slog.DiscardHandler))
-	acts.Temporal = wc
-	w := worker.New(wc, "starter-it", worker.Options{})
-	workflows.Register(w, acts)
-	require.NoError(t, w.Start())
-	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
+	startWorker(t, wc, "starter-it")
 
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "users.csv"),
@@ -250,6 +238,31 @@ func TestOperatorCommands(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "broken.yaml:1: id:")
 	require.Contains(t, err.Error(), "broken.yaml:2: source.type")
+}
+
+// startDevServer starts a dev server for the test and points the commands at it (and at queue).
+func startDevServer(ctx context.Context, t *testing.T, queue string) *devserver.Server {
+	t.Helper()
+	cli, ok := devserver.FindCLI("../bin")
+	require.True(t, ok, "integration tests need the Temporal CLI: run `make temporal-cli` or set TEMPORAL_CLI")
+	srv, err := devserver.Start(ctx, devserver.Options{CLIPath: cli, SearchAttributes: workflows.SearchAttributes()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	t.Setenv("TEMPORAL_ADDRESS", srv.HostPort)
+	t.Setenv("TEMPORAL_NAMESPACE", "default")
+	t.Setenv("ACTIVATIONS_TASK_QUEUE", queue)
+	return srv
+}
+
+// startWorker runs an in-process worker on queue until the test ends.
+func startWorker(t *testing.T, c client.Client, queue string) {
+	t.Helper()
+	acts := activities.New(slog.New(slog.DiscardHandler))
+	acts.Temporal = c
+	w := worker.New(c, queue, worker.Options{})
+	workflows.Register(w, acts)
+	require.NoError(t, w.Start())
+	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
 }
 
 // TestDemo runs the demo end to end on a small model, in a copy of examples/.
