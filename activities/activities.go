@@ -162,7 +162,9 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (plan warehouse.Pla
 	}
 	stop := heartbeatWhile(ctx, 5*time.Second, func() any { return nil })
 	defer stop()
-	plan, err = planner.Plan(ctx, PlanRequest(act, in.RunID, in.FullResync))
+	req := PlanRequest(act, in.RunID, in.FullResync)
+	req.RetryRejected = in.RetryRejected
+	plan, err = planner.Plan(ctx, req)
 	if err != nil {
 		if errors.Is(err, warehouse.ErrInvalidModel) {
 			return plan, temporal.NewNonRetryableApplicationError(
@@ -188,15 +190,17 @@ func PlanRequest(act spec.Activation, runID string, fullResync bool) warehouse.P
 		fields[i] = warehouse.Field{Column: f.Column, Field: f.Field}
 	}
 	return warehouse.PlanRequest{
-		ActivationID: act.ID,
-		RunID:        runID,
-		Query:        act.Source.Query,
-		BaseDir:      act.BaseDir,
-		PrimaryKey:   act.Source.PrimaryKey,
-		Identifier:   act.Destination.Identifier.Column,
-		Fields:       fields,
-		FullResync:   fullResync,
-		ChunkRows:    act.Sync.WithDefaults().ChunkRows,
+		ActivationID:        act.ID,
+		RunID:               runID,
+		Query:               act.Source.Query,
+		BaseDir:             act.BaseDir,
+		PrimaryKey:          act.Source.PrimaryKey,
+		Identifier:          act.Destination.Identifier.Column,
+		IdentifierLowerCase: act.Destination.Identifier.Field == "email",
+		Fields:              fields,
+		FullResync:          fullResync,
+		ChunkRows:           act.Sync.WithDefaults().ChunkRows,
+		RejectionsRetention: time.Duration(act.State.RejectionsRetention),
 	}
 }
 
@@ -252,7 +256,7 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	stop := heartbeatWhile(ctx, time.Duration(act.Sync.WithDefaults().HeartbeatTimeout)/4, s.progress)
 	defer stop()
 
-	s.existence, s.conflicts = in.Existence, in.Conflicts
+	s.existence, s.conflicts, s.removalExistence = in.Existence, in.Conflicts, in.RemovalExistence
 	err = planner.ReadChunk(ctx, warehouse.ChunkRequest{
 		ActivationID: act.ID, Table: in.Table, Fields: PlanRequest(act, in.RunID, false).Fields,
 		Chunk: in.Chunk, AfterSeq: prog.AfterSeq,
@@ -350,7 +354,7 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (res warehouse.
 		return warehouse.CommitResult{}, err
 	}
 	res, err = planner.Commit(ctx, warehouse.CommitRequest{
-		ActivationID: in.Spec.ID, RunID: in.RunID, Table: in.Table, Chunks: in.Chunks,
+		ActivationID: in.Spec.ID, RunID: in.RunID, Table: in.Table, Chunks: in.Chunks, Conflicts: in.Conflicts,
 	})
 	if err != nil {
 		return res, fmt.Errorf("activation %s run %s: commit: %w", in.Spec.ID, in.RunID, err)

@@ -46,6 +46,8 @@ type PlanInput struct {
 	Spec       spec.Activation `json:"spec"`
 	RunID      string          `json:"runId"`
 	FullResync bool            `json:"fullResync,omitempty"`
+	// RetryRejected sends again the rows known rejections would hold back.
+	RetryRejected bool `json:"retryRejected,omitempty"`
 }
 
 // SyncChunkInput asks to send one chunk of a plan.
@@ -58,6 +60,9 @@ type SyncChunkInput struct {
 	// holds the exported identifiers for ExistenceExport.
 	Existence  string `json:"existence,omitempty"`
 	KnownTable string `json:"knownTable,omitempty"`
+	// RemovalExistence is how removals (onRemoved clear or delete) avoid creating profiles,
+	// in any mode: RemovalExistenceStrategy.
+	RemovalExistence string `json:"removalExistence,omitempty"`
 	// Conflicts maps a field whose Iterable type differs from the model's to the reason; rows
 	// that would send it are rejected with that reason.
 	Conflicts map[string]string `json:"conflicts,omitempty"`
@@ -98,6 +103,21 @@ func ExistenceStrategy(act spec.Activation, rowsToSend int64) string {
 	}
 }
 
+// RemovalExistenceStrategy picks how removals that clear fields avoid creating a profile for a
+// user Iterable no longer has: the run's own strategy in update mode; otherwise as update mode
+// would for the removals alone. Removals that are kept or deleted need none.
+func RemovalExistenceStrategy(act spec.Activation, existence string, removals int64) string {
+	switch {
+	case act.Destination.OnRemoved != "clear" || removals == 0:
+		return ExistenceNone
+	case act.Destination.Mode == spec.ModeUpdate:
+		return existence
+	}
+	update := act
+	update.Destination.Mode = spec.ModeUpdate
+	return ExistenceStrategy(update, removals)
+}
+
 // CheckFieldsInput compares the model's column types with the project's fields.
 type CheckFieldsInput struct {
 	Spec    spec.Activation        `json:"spec"`
@@ -136,8 +156,17 @@ type ChunkResult struct {
 	Attempted OpCounts `json:"attempted"` // sent to Iterable (or applied without a request)
 	Succeeded OpCounts `json:"succeeded"`
 	Rejected  OpCounts `json:"rejected"` // by Iterable or by local checks, each recorded with its reason
-	Skipped   OpCounts `json:"skipped"`
-	Requests  int64    `json:"requests"`
+	// Known are the rejected rows whose rejection equals their prior one (same row, same
+	// reason): reported, not counted by the rejection threshold.
+	Known   OpCounts `json:"known,omitempty"`
+	Skipped OpCounts `json:"skipped"`
+	// StillRejected are rows a known rejection held back (warehouse.HeldByPrior): neither
+	// attempted nor committed.
+	StillRejected OpCounts `json:"stillRejected,omitempty"`
+	// Unconfirmed were sent, but Iterable's answer did not account for them: attempted, not
+	// committed, sent again next run.
+	Unconfirmed OpCounts `json:"unconfirmed,omitempty"`
+	Requests    int64    `json:"requests"`
 	// RateLimited counts 429 answers; Resumed tells that an earlier attempt had sent part of the chunk.
 	RateLimited       int64    `json:"rateLimited"`
 	Resumed           bool     `json:"resumed,omitempty"`
@@ -150,7 +179,10 @@ func (r *ChunkResult) Merge(o ChunkResult) {
 	r.Attempted = r.Attempted.Add(o.Attempted)
 	r.Succeeded = r.Succeeded.Add(o.Succeeded)
 	r.Rejected = r.Rejected.Add(o.Rejected)
+	r.Known = r.Known.Add(o.Known)
 	r.Skipped = r.Skipped.Add(o.Skipped)
+	r.StillRejected = r.StillRejected.Add(o.StillRejected)
+	r.Unconfirmed = r.Unconfirmed.Add(o.Unconfirmed)
 	r.Requests += o.Requests
 	r.RateLimited += o.RateLimited
 	r.CreatedFields = mergeNames(r.CreatedFields, o.CreatedFields)
@@ -163,6 +195,9 @@ type CommitInput struct {
 	RunID  string          `json:"runId"`
 	Table  string          `json:"table"`
 	Chunks []int           `json:"chunks"`
+	// Conflicts are the run's type conflicts (CheckFieldsResult.Conflicts): rows a known type
+	// conflict holds back stay out of the state while it lasts.
+	Conflicts map[string]string `json:"conflicts,omitempty"`
 }
 
 // FinishInput closes a run: it reads the top rejection reasons and drops the run's tables.

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -29,10 +30,15 @@ type chunkSender struct {
 	// metrics counts the rows of every answered window; nil counts nothing.
 	metrics Metrics
 
+	// removalExistence is how removals avoid creating profiles (see SyncChunkInput).
+	removalExistence string
+
 	rows    []warehouse.Row
 	records []iterable.Record
 	local   []warehouse.Rejection // refused or skipped before sending
 	noop    []int                 // rows that need no request (removals kept in Iterable)
+	held    []int                 // rows a known rejection holds back: neither sent nor recorded
+	deletes []int                 // removals to delete (onRemoved: delete)
 
 	mu   sync.Mutex
 	prog ChunkProgress
@@ -51,53 +57,80 @@ func (s *chunkSender) progress() any {
 func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
 	idx := len(s.rows)
 	s.rows = append(s.rows, r)
+	if warehouse.HeldByPrior(r.Prior, s.conflicts) {
+		// Rejected before sending, for a reason that still holds, and unchanged since: known.
+		s.held = append(s.held, idx)
+		return s.flushIfFull(ctx)
+	}
 	user, rej := s.user(r)
-	if rej == nil && user != nil && s.existence == ExistenceExport && !r.Known {
+	if rej == nil && user != nil && s.existenceOf(r) == ExistenceExport && !r.Known {
 		rej = s.notInIterable(r, "not in the project's exported identifiers")
 	}
 	switch {
 	case rej != nil:
 		s.local = append(s.local, *rej)
+	case r.Op == warehouse.OpRemove && user != nil && s.act.Destination.OnRemoved == "delete":
+		s.deletes = append(s.deletes, idx)
 	case user == nil:
 		s.noop = append(s.noop, idx)
 	default:
 		s.records = append(s.records, iterable.Record{Index: idx, User: *user})
 	}
+	return s.flushIfFull(ctx)
+}
+
+func (s *chunkSender) flushIfFull(ctx context.Context) error {
 	if len(s.rows) >= s.window {
 		return s.flush(ctx)
 	}
 	return nil
 }
 
+// existenceOf is how the row avoids creating a profile: the run's strategy in update mode, and
+// for removals (which must never create one) the removals' strategy.
+func (s *chunkSender) existenceOf(r warehouse.Row) string {
+	if r.Op == warehouse.OpRemove {
+		return s.removalExistence
+	}
+	return s.existence
+}
+
 // user builds what Iterable receives for a row: every mapped field for an add, the changed
-// fields for a change, nulls (or nothing) for a removal.
+// fields for a change, nulls (or nothing) for a removal. A removal names the profile it was
+// last synced with; one whose profile another key now carries needs nothing.
 func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejection) {
 	d := s.act.Destination
-	reject := func(field, reason string) *warehouse.Rejection {
-		return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected, Field: field, Reason: reason}
+	reject := func(class warehouse.Class, field, reason string) *warehouse.Rejection {
+		return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected, Class: class,
+			Field: field, Reason: reason, RowHash: r.RowHash}
 	}
-	if r.Op == warehouse.OpRemove && d.OnRemoved != "clear" {
+	if r.Op == warehouse.OpRemove && (d.OnRemoved != "clear" && d.OnRemoved != "delete" || r.KeepProfile) {
 		return nil, nil
 	}
 	id, ok := identifierString(r.Identifier)
+	if !ok && r.Op == warehouse.OpRemove {
+		// The state was written before it kept identifiers: there is no profile to name.
+		return nil, &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeSkipped, Class: warehouse.ClassNoIdentifier,
+			Reason: "skipped: the state holds no identifier for this removed key (it was synced before identifiers were kept); its profile was left as it is"}
+	}
 	if !ok {
-		return nil, reject(d.Identifier.Column, fmt.Sprintf("identifier column %s is NULL or empty", d.Identifier.Column))
+		return nil, reject(warehouse.ClassIdentifier, d.Identifier.Column, fmt.Sprintf("identifier column %s is NULL or empty", d.Identifier.Column))
 	}
 	u := &iterable.User{DataFields: map[string]any{}}
 	if d.Identifier.Field == "userId" {
 		if err := iterable.CheckUserID(id); err != nil {
-			return nil, reject(d.Identifier.Column, fmt.Sprintf("invalid userId in column %s: %v", d.Identifier.Column, err))
+			return nil, reject(warehouse.ClassIdentifier, d.Identifier.Column, fmt.Sprintf("invalid userId in column %s: %v", d.Identifier.Column, err))
 		}
 		u.UserID = id
-		if d.Mode != spec.ModeUpdate {
+		if d.Mode != spec.ModeUpdate && r.Op != warehouse.OpRemove {
 			// In email-based projects Iterable creates a profile for an unknown userId only
-			// when asked; in update mode it must not (ExistenceNative relies on it).
+			// when asked; in update mode, and for removals, it must not (ExistenceNative).
 			yes := true
 			u.PreferUserID = &yes
 		}
 	} else {
 		if err := iterable.CheckEmail(id); err != nil {
-			return nil, reject(d.Identifier.Column, fmt.Sprintf("invalid email in column %s: %v", d.Identifier.Column, err))
+			return nil, reject(warehouse.ClassIdentifier, d.Identifier.Column, fmt.Sprintf("invalid email in column %s: %v", d.Identifier.Column, err))
 		}
 		u.Email = id
 	}
@@ -106,6 +139,9 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 		for _, f := range d.Fields {
 			u.DataFields[f.Field] = nil
 		}
+		if d.OnRemoved == "delete" {
+			return u, nil // deleted, not updated: it carries no fields
+		}
 	default:
 		for _, name := range r.Changed {
 			raw := r.Values[name]
@@ -113,11 +149,11 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 				continue
 			}
 			if reason, conflict := s.conflicts[name]; conflict {
-				return nil, reject(name, reason)
+				return nil, reject(warehouse.ClassType, name, reason)
 			}
 			v, err := iterable.Value(raw)
 			if err != nil {
-				return nil, reject(name, fmt.Sprintf("field %s: %v", name, err))
+				return nil, reject(warehouse.ClassValue, name, fmt.Sprintf("field %s: %v", name, err))
 			}
 			u.DataFields[name] = v
 		}
@@ -130,28 +166,39 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 
 // notInIterable skips a row in update mode: it is not committed and is looked at again next run.
 func (s *chunkSender) notInIterable(r warehouse.Row, why string) *warehouse.Rejection {
-	return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeSkipped,
-		Reason: "skipped: not in Iterable (" + why + "); update mode never creates profiles"}
+	never := "update mode never creates profiles"
+	if r.Op == warehouse.OpRemove {
+		never = "nothing to clear or delete; a removal never creates a profile"
+	}
+	return &warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeSkipped, Class: warehouse.ClassNotInIterable,
+		Reason: "skipped: not in Iterable (" + why + "); " + never, RowHash: r.RowHash}
 }
 
 // dropUnknown removes, in lookup mode, the records whose user Iterable does not have.
 func (s *chunkSender) dropUnknown(ctx context.Context) ([]warehouse.Rejection, error) {
 	field := s.act.Destination.Identifier.Field
 	ids := make([]string, len(s.records))
+	var ask []string
 	for i, rec := range s.records {
 		ids[i] = rec.User.Email
 		if field == "userId" {
 			ids[i] = rec.User.UserID
 		}
+		if s.existenceOf(s.rows[rec.Index]) == ExistenceLookup {
+			ask = append(ask, ids[i])
+		}
 	}
-	found, err := s.client.Exists(ctx, field, ids)
+	if len(ask) == 0 {
+		return nil, nil
+	}
+	found, err := s.client.Exists(ctx, field, ask)
 	if err != nil {
-		return nil, fmt.Errorf("look up %d users: %w", len(ids), err)
+		return nil, fmt.Errorf("look up %d users: %w", len(ask), err)
 	}
 	var skipped []warehouse.Rejection
 	kept := s.records[:0]
 	for i, rec := range s.records {
-		if found[ids[i]] {
+		if s.existenceOf(s.rows[rec.Index]) != ExistenceLookup || found[ids[i]] {
 			kept = append(kept, rec)
 			continue
 		}
@@ -168,24 +215,22 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	}
 	var res ChunkResult
 	rejections := append([]warehouse.Rejection(nil), s.local...)
-	if s.existence == ExistenceLookup && len(s.records) > 0 {
+	if len(s.records) > 0 && (s.existence == ExistenceLookup || s.removalExistence == ExistenceLookup) {
 		skipped, err := s.dropUnknown(ctx)
 		if err != nil {
 			return err
 		}
 		rejections = append(rejections, skipped...)
 	}
-	for _, rj := range rejections {
-		if rj.Outcome == warehouse.OutcomeSkipped {
-			res.Skipped.inc(rj.Op, 1)
-			continue
-		}
-		res.Rejected.inc(rj.Op, 1)
-		res.Attempted.inc(rj.Op, 1)
+	for _, i := range s.held {
+		res.StillRejected.inc(s.rows[i].Op, 1)
 	}
 	for _, i := range s.noop {
 		res.Attempted.inc(s.rows[i].Op, 1)
 		res.Succeeded.inc(s.rows[i].Op, 1)
+	}
+	if err := s.sendDeletes(ctx, &res, &rejections); err != nil {
+		return err
 	}
 	if len(s.records) > 0 {
 		batches, oversize, err := s.client.Pack(s.records, s.act.Destination.CreatesNewFields())
@@ -194,10 +239,8 @@ func (s *chunkSender) flush(ctx context.Context) error {
 		}
 		for _, i := range oversize {
 			r := s.rows[i]
-			res.Attempted.inc(r.Op, 1)
-			res.Rejected.inc(r.Op, 1)
 			rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected,
-				Reason: "user is larger than Iterable's 4 MB request limit on its own"})
+				Class: warehouse.ClassOversize, Reason: "user is larger than Iterable's 4 MB request limit on its own", RowHash: r.RowHash})
 		}
 		for bi, b := range batches {
 			br, err := s.client.SendBatch(ctx, b)
@@ -215,21 +258,24 @@ func (s *chunkSender) flush(ctx context.Context) error {
 			}
 			for _, rj := range br.Rejected {
 				r := s.rows[rj.Index]
-				res.Attempted.inc(r.Op, 1)
-				if s.act.Destination.Mode == spec.ModeUpdate && strings.HasPrefix(rj.Category, "notFound") {
-					// Iterable refused to create the profile, as update mode asked.
-					res.Skipped.inc(r.Op, 1)
+				if (s.act.Destination.Mode == spec.ModeUpdate || r.Op == warehouse.OpRemove) && strings.HasPrefix(rj.Category, "notFound") {
+					// Iterable refused to create the profile, as update mode (or a removal) asked.
 					rejections = append(rejections, *s.notInIterable(r, "failedUpdates."+rj.Category))
 					continue
 				}
-				res.Rejected.inc(r.Op, 1)
 				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
-					Outcome: warehouse.OutcomeRejected, Reason: rj.Reason})
+					Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable, Reason: rj.Reason, RowHash: r.RowHash})
+			}
+			for _, u := range br.Unconfirmed {
+				r := s.rows[u.Index]
+				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
+					Outcome: warehouse.OutcomeUnconfirmed, Class: warehouse.ClassUnconfirmed, Reason: u.Reason, RowHash: r.RowHash})
 			}
 			res.CreatedFields = mergeNames(res.CreatedFields, br.CreatedFields)
 			res.FilteredOutFields = mergeNames(res.FilteredOutFields, br.FilteredOutFields)
 		}
 	}
+	s.count(&res, rejections)
 	if len(rejections) > 0 {
 		if err := s.planner.RecordRejections(ctx, s.act.ID, s.runID, rejections); err != nil {
 			return fmt.Errorf("record %d rejections: %w", len(rejections), err)
@@ -245,7 +291,94 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	if activity.IsActivity(ctx) {
 		activity.RecordHeartbeat(ctx, p)
 	}
-	s.rows, s.records, s.local, s.noop = s.rows[:0], s.records[:0], s.local[:0], s.noop[:0]
+	s.rows, s.records, s.local, s.noop, s.held, s.deletes = s.rows[:0], s.records[:0], s.local[:0], s.noop[:0], s.held[:0], s.deletes[:0]
+	return nil
+}
+
+// count adds the window's rejections to res. A skipped row was not attempted. A rejection equal
+// to the row's prior one (same row, same class, field and reason) is known: it is reported, but
+// the rejection threshold counts new breakage only.
+func (s *chunkSender) count(res *ChunkResult, rejections []warehouse.Rejection) {
+	prior := map[string]*warehouse.Prior{}
+	for _, r := range s.rows {
+		if r.Prior != nil {
+			prior[r.Key] = r.Prior
+		}
+	}
+	for _, rj := range rejections {
+		switch rj.Outcome {
+		case warehouse.OutcomeSkipped:
+			res.Skipped.inc(rj.Op, 1)
+			continue
+		case warehouse.OutcomeUnconfirmed:
+			res.Unconfirmed.inc(rj.Op, 1)
+		default:
+			res.Rejected.inc(rj.Op, 1)
+			if p := prior[rj.Key]; p != nil && p.Outcome == rj.Outcome && p.Class == rj.Class && p.Field == rj.Field && p.Reason == rj.Reason {
+				res.Known.inc(rj.Op, 1)
+			}
+		}
+		res.Attempted.inc(rj.Op, 1)
+	}
+}
+
+// deleteWorkers bounds the DELETE requests of a window in flight at once: the project's budget
+// (100 requests/s) paces them, the workers only hide each request's latency.
+const deleteWorkers = 8
+
+// sendDeletes deletes the window's removed profiles (onRemoved: delete), at most deleteWorkers
+// at a time. A profile Iterable does not have is skipped (and committed: nothing to delete).
+func (s *chunkSender) sendDeletes(ctx context.Context, res *ChunkResult, rejections *[]warehouse.Rejection) error {
+	if len(s.deletes) == 0 {
+		return nil
+	}
+	field := s.act.Destination.Identifier.Field
+	type answer struct {
+		dr  iterable.DeleteResult
+		err error
+	}
+	answers := make([]answer, len(s.deletes))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(deleteWorkers, len(s.deletes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				id, _ := identifierString(s.rows[s.deletes[j]].Identifier)
+				answers[j].dr, answers[j].err = s.client.DeleteUser(ctx, field, id)
+			}
+		}()
+	}
+	for j := range s.deletes {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+	var firstErr error
+	for j, a := range answers {
+		r := s.rows[s.deletes[j]]
+		res.Requests += int64(a.dr.Requests)
+		res.RateLimited += int64(a.dr.RateLimited)
+		var apiErr *iterable.APIError
+		switch {
+		case a.err == nil && a.dr.NotFound:
+			*rejections = append(*rejections, *s.notInIterable(r, "DELETE found no such user"))
+		case a.err == nil:
+			res.Attempted.inc(r.Op, 1)
+			res.Succeeded.inc(r.Op, 1)
+		case errors.As(a.err, &apiErr) && !apiErr.Fatal() && apiErr.Status >= 400 && apiErr.Status < 500 && apiErr.Status != 429:
+			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected,
+				Class: warehouse.ClassIterable, Reason: "Iterable refused to delete the user: " + apiErr.Code})
+		case firstErr == nil:
+			firstErr = a.err
+		}
+	}
+	if firstErr != nil {
+		// The window is answered again by the retry; Iterable treats a repeated delete alike.
+		s.addStats(res.Requests, res.RateLimited)
+		return fmt.Errorf("delete users of window after seq %d: %w", s.prog.AfterSeq, firstErr)
+	}
 	return nil
 }
 

@@ -26,6 +26,11 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 		wantEmail  string
 		wantUserID string
 		wantFields map[string]any
+		// wantOutcome and wantClass default to rejected and ClassIdentifier / ClassValue.
+		wantOutcome  warehouse.Outcome
+		wantClass    warehouse.Class
+		wantNoPrefer bool
+		conflicts    map[string]string
 	}{
 		{name: "add sends every field",
 			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values, Changed: []string{"alpha", "beta", "when"}},
@@ -49,6 +54,25 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 			edit:      func(d *spec.Destination) { d.OnRemoved = "clear" },
 			row:       warehouse.Row{Op: warehouse.OpRemove, Identifier: "a@example.com"},
 			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": nil, "beta": nil, "when": nil}},
+		{name: "removal whose profile another key now carries needs no request",
+			edit:     func(d *spec.Destination) { d.OnRemoved = "clear" },
+			row:      warehouse.Row{Op: warehouse.OpRemove, Identifier: "a@example.com", KeepProfile: true},
+			wantNoop: true},
+		{name: "removal without an identifier on record is skipped",
+			edit:       func(d *spec.Destination) { d.OnRemoved = "clear" },
+			row:        warehouse.Row{Op: warehouse.OpRemove},
+			wantReject: "holds no identifier", wantOutcome: warehouse.OutcomeSkipped, wantClass: warehouse.ClassNoIdentifier},
+		{name: "removal by userId never asks Iterable to create",
+			edit: func(d *spec.Destination) {
+				d.OnRemoved = "clear"
+				d.Identifier = spec.Identifier{Column: "id", Field: "userId"}
+			},
+			row:        warehouse.Row{Op: warehouse.OpRemove, Identifier: "42"},
+			wantUserID: "42", wantFields: map[string]any{"alpha": nil, "beta": nil, "when": nil}, wantNoPrefer: true},
+		{name: "a type conflict is rejected with its class and field",
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values, Changed: []string{"beta"}, RowHash: "h"},
+			conflicts:  map[string]string{"beta": "type conflict: beta"},
+			wantReject: "type conflict: beta", wantClass: warehouse.ClassType},
 		{name: "userId identifier asks email-based projects to create",
 			edit:       func(d *spec.Destination) { d.Identifier = spec.Identifier{Column: "id", Field: "userId"} },
 			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: int64(42), Values: values, Changed: []string{"beta"}},
@@ -60,14 +84,22 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(&d)
 			}
-			s := &chunkSender{act: spec.Activation{ID: "x", Destination: d}}
+			s := &chunkSender{act: spec.Activation{ID: "x", Destination: d}, conflicts: tc.conflicts}
 			u, rej := s.user(tc.row)
 			switch {
 			case tc.wantReject != "":
 				require.Nil(t, u)
 				require.NotNil(t, rej)
 				require.Contains(t, rej.Reason, tc.wantReject)
-				require.Equal(t, warehouse.OutcomeRejected, rej.Outcome)
+				outcome := tc.wantOutcome
+				if outcome == "" {
+					outcome = warehouse.OutcomeRejected
+				}
+				require.Equal(t, outcome, rej.Outcome)
+				if tc.wantClass != "" {
+					require.Equal(t, tc.wantClass, rej.Class)
+				}
+				require.Equal(t, tc.row.RowHash, rej.RowHash)
 			case tc.wantNoop:
 				require.Nil(t, u)
 				require.Nil(t, rej)
@@ -77,9 +109,12 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 				require.Equal(t, tc.wantEmail, u.Email)
 				require.Equal(t, tc.wantUserID, u.UserID)
 				require.Equal(t, tc.wantFields, u.DataFields)
-				if tc.wantUserID != "" {
+				if tc.wantUserID != "" && !tc.wantNoPrefer {
 					require.NotNil(t, u.PreferUserID)
 					require.True(t, *u.PreferUserID)
+				}
+				if tc.wantNoPrefer {
+					require.Nil(t, u.PreferUserID)
 				}
 			}
 		})

@@ -90,12 +90,13 @@ func cmdRun(ctx context.Context, args []string, out io.Writer, logger *slog.Logg
 	full := fs.Bool("full-resync", false, "send every row again, ignoring the last synced state")
 	dry := fs.Bool("dry-run", false, "plan only: count what would be sent, send nothing")
 	wait := fs.Bool("wait", false, "wait for the run, showing its progress")
+	retry := fs.Bool("retry-rejected", false, "send again the rows that known rejections hold back (rejected before sending, unchanged since)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return errors.New("usage: starter run ID -f PATH [--full-resync] [--dry-run] [--wait]")
+		return errors.New("usage: starter run ID -f PATH [--full-resync] [--retry-rejected] [--dry-run] [--wait]")
 	}
 	if err := requireFile(*file); err != nil {
 		return err
@@ -109,7 +110,7 @@ func cmdRun(ctx context.Context, args []string, out io.Writer, logger *slog.Logg
 		return err
 	}
 	defer c.Close()
-	_, err = startAndWatch(ctx, c, out, workflows.RunInput{Spec: act, FullResync: *full, DryRun: *dry}, *wait)
+	_, err = startAndWatch(ctx, c, out, workflows.RunInput{Spec: act, FullResync: *full, DryRun: *dry, RetryRejected: *retry}, *wait)
 	return err
 }
 
@@ -201,8 +202,9 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 // pausedReport is what is known of a run that is paused and still open.
 func pausedReport(p workflows.Progress) workflows.RunReport {
 	r := workflows.RunReport{ActivationID: p.ActivationID, RunID: p.RunID, State: p.State, Chunks: p.Chunks,
-		ChunksDone: p.ChunksDone, Planned: p.Planned, Attempted: p.Attempted, Succeeded: p.Succeeded,
-		Rejected: p.Rejected, Skipped: p.Skipped, Committed: p.Committed, Requests: p.Requests}
+		ChunksDone: p.ChunksDone, PlanCounts: p.Plan, Planned: p.Planned, Attempted: p.Attempted, Succeeded: p.Succeeded,
+		Rejected: p.Rejected, KnownRejected: p.KnownRejected, Skipped: p.Skipped, StillRejected: p.StillRejected,
+		Unconfirmed: p.Unconfirmed, Committed: p.Committed, Requests: p.Requests}
 	if p.Pause != nil {
 		r.Pauses = []workflows.PauseInfo{*p.Pause}
 		r.TopRejections = p.Pause.TopRejections
@@ -216,7 +218,8 @@ func printReport(out io.Writer, r workflows.RunReport) {
 	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "\nrun report: %s  run %s  state %s  took %s\n", r.ActivationID, r.RunID, r.State, r.Duration.Round(time.Millisecond))
-	fmt.Fprintf(w, "  model rows\t%d\tunchanged %d, NULL keys %d, duplicate-key rows %d (never sent)\n", r.ModelRows, r.Unchanged, r.NullKeys, r.DuplicateKeys)
+	fmt.Fprintf(w, "  model rows\t%d\tunchanged %d, NULL keys %d, duplicate-key rows %d, rows sharing an identifier %d (never sent)\n",
+		r.ModelRows, r.Unchanged, r.NullKeys, r.DuplicateKeys, r.DuplicateIdentifiers)
 	fmt.Fprintf(w, "  \tadded\tchanged\tremoved\n")
 	for _, row := range []struct {
 		name string
@@ -227,7 +230,10 @@ func printReport(out io.Writer, r workflows.RunReport) {
 		{"attempted", r.Attempted, [3]int64{r.Attempted.Added, r.Attempted.Changed, r.Attempted.Removed}},
 		{"succeeded", r.Succeeded, [3]int64{r.Succeeded.Added, r.Succeeded.Changed, r.Succeeded.Removed}},
 		{"rejected", r.Rejected, [3]int64{r.Rejected.Added, r.Rejected.Changed, r.Rejected.Removed}},
+		{"  of which known", r.KnownRejected, [3]int64{r.KnownRejected.Added, r.KnownRejected.Changed, r.KnownRejected.Removed}},
+		{"unconfirmed", r.Unconfirmed, [3]int64{r.Unconfirmed.Added, r.Unconfirmed.Changed, r.Unconfirmed.Removed}},
 		{"skipped", r.Skipped, [3]int64{r.Skipped.Added, r.Skipped.Changed, r.Skipped.Removed}},
+		{"still rejected", r.StillRejected, [3]int64{r.StillRejected.Added, r.StillRejected.Changed, r.StillRejected.Removed}},
 	} {
 		fmt.Fprintf(w, "  %s\t%d\t%d\t%d\n", row.name, row.a[0], row.a[1], row.a[2])
 	}
@@ -236,6 +242,15 @@ func printReport(out io.Writer, r workflows.RunReport) {
 	w.Flush()
 	for _, tr := range r.TopRejections {
 		fmt.Fprintf(out, "  %-8s %6d  %s\n", tr.Outcome, tr.Count, tr.Reason)
+	}
+	if n := r.StillRejected.Total(); n > 0 {
+		fmt.Fprintf(out, "  %d rows still rejected: refused before sending by an earlier run and unchanged since; not sent again until they change (or run --retry-rejected):\n", n)
+		for _, tr := range r.KnownReasons {
+			fmt.Fprintf(out, "  %-8s %6d  %s\n", "known", tr.Count, tr.Reason)
+		}
+	}
+	if r.Refreshed > 0 {
+		fmt.Fprintf(out, "  %d state rows refreshed after a field left the mapping (nothing sent)\n", r.Refreshed)
 	}
 	for _, wmsg := range r.Warnings {
 		fmt.Fprintf(out, "  warning: %s\n", wmsg)
@@ -354,8 +369,9 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer, logger *slog.L
 			fmt.Fprintf(out, "  %s  %-10s %s\n", r.Start.Local().Format(time.RFC3339), status, r.WorkflowID)
 		}
 		if r := st.LastReport; r != nil {
-			fmt.Fprintf(out, "  last report: planned %d, succeeded %d, rejected %d, requests %d\n",
-				r.Planned.Total(), r.Succeeded.Total(), r.Rejected.Total(), r.Requests)
+			fmt.Fprintf(out, "  last report: planned %d, succeeded %d, rejected %d (%d known), still rejected %d, unconfirmed %d, duplicate keys %d, shared identifiers %d, requests %d\n",
+				r.Planned.Total(), r.Succeeded.Total(), r.Rejected.Total(), r.KnownRejected.Total(), r.StillRejected.Total(),
+				r.Unconfirmed.Total(), r.DuplicateKeys, r.DuplicateIdentifiers, r.Requests)
 		}
 	}
 	return nil

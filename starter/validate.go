@@ -9,43 +9,102 @@ import (
 
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse/bigquery"
+	"github.com/activation-engine/activations/internal/warehouse/duckdb"
 )
 
-// dryRunModels dry-runs every BigQuery model (free): it prints the bytes a run will scan and the
-// schema, and reports mapped columns that are missing or whose type cannot be sent.
+// dryRunModels checks every model against its warehouse without running it: a BigQuery dry run
+// (free) or a DuckDB DESCRIBE. It prints each model's columns and reports mapped columns that are
+// missing or whose type cannot be sent.
 func dryRunModels(ctx context.Context, acts []spec.Activation, out io.Writer) error {
 	var errs []error
 	for _, a := range acts {
-		if a.Source.Type != "bigquery" {
-			continue
+		switch a.Source.Type {
+		case "bigquery":
+			errs = append(errs, dryRunBigQuery(ctx, a, out))
+		case "duckdb":
+			errs = append(errs, describeDuckDB(ctx, a, out))
 		}
-		st := a.State.BigQuery
-		res, err := bigquery.DryRunModel(ctx, bigquery.Options{Project: st.Project, Dataset: st.Dataset,
-			Location: st.Location, MaximumBytesBilled: st.MaximumBytesBilled}, a.Source.Query)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: activation %s: BigQuery dry run: %w", a.File, a.ID, err))
-			continue
-		}
-		if err := checkModelColumns(a, res); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		cols := make([]string, len(res.Schema))
-		for i, c := range res.Schema {
-			cols[i] = c.Name + " " + c.Type
-		}
-		fmt.Fprintf(out, "    %s: the model scans %s per run (plus the state); columns: %s\n",
-			a.ID, humanBytes(res.BytesProcessed), strings.Join(cols, ", "))
 	}
 	return errors.Join(errs...)
 }
 
-// checkModelColumns names every mapped column the model lacks or that cannot be sent.
-func checkModelColumns(a spec.Activation, res bigquery.DryRunResult) error {
-	types := map[string]string{}
-	for _, c := range res.Schema {
-		types[c.Name] = c.Type
+func dryRunBigQuery(ctx context.Context, a spec.Activation, out io.Writer) error {
+	st := a.State.BigQuery
+	res, err := bigquery.DryRunModel(ctx, bigquery.Options{Project: st.Project, Dataset: st.Dataset,
+		Location: st.Location, MaximumBytesBilled: st.MaximumBytesBilled}, a.Source.Query)
+	if err != nil {
+		return fmt.Errorf("%s: activation %s: BigQuery dry run: %w", a.File, a.ID, err)
 	}
+	if err := checkModelColumns(a, res); err != nil {
+		return err
+	}
+	cols := make([]string, len(res.Schema))
+	for i, c := range res.Schema {
+		cols[i] = c.Name + " " + c.Type
+	}
+	fmt.Fprintf(out, "    %s: the model scans %s per run (plus the state); columns: %s\n",
+		a.ID, humanBytes(res.BytesProcessed), strings.Join(cols, ", "))
+	return nil
+}
+
+// describeDuckDB binds the model as a run would (its folder for relative paths, its source
+// database read-only) in a throwaway database: the state file, which a worker may hold, is
+// not opened.
+func describeDuckDB(ctx context.Context, a spec.Activation, out io.Writer) error {
+	cols, err := duckdb.DescribeModel(ctx, duckdb.Options{SourcePath: a.SourcePath()}, a.BaseDir, a.Source.Query)
+	if err != nil {
+		return fmt.Errorf("%s: activation %s: DuckDB DESCRIBE: %w", a.File, a.ID, err)
+	}
+	if err := checkDuckDBColumns(a, cols); err != nil {
+		return err
+	}
+	desc := make([]string, len(cols))
+	for i, c := range cols {
+		desc[i] = c.Name + " " + c.Type
+	}
+	fmt.Fprintf(out, "    %s: columns: %s\n", a.ID, strings.Join(desc, ", "))
+	return nil
+}
+
+// checkModelColumns names every mapped column the BigQuery model lacks or that cannot be sent.
+func checkModelColumns(a spec.Activation, res bigquery.DryRunResult) error {
+	names := map[string]bool{}
+	for _, c := range res.Schema {
+		names[c.Name] = true
+	}
+	// BigQuery names a nested part as "column a.b: …".
+	return checkMapped(a, names, func(column string) []string {
+		var out []string
+		for _, u := range res.Unsupported {
+			if strings.HasPrefix(u, "column "+column+":") || strings.HasPrefix(u, "column "+column+".") {
+				out = append(out, u)
+			}
+		}
+		return out
+	})
+}
+
+// checkDuckDBColumns names every mapped column the DuckDB model lacks or that cannot be sent.
+func checkDuckDBColumns(a spec.Activation, cols []duckdb.ModelColumn) error {
+	names := map[string]bool{}
+	why := map[string]string{}
+	for _, c := range cols {
+		names[c.Name] = true
+		if c.Unsupported != "" {
+			why[c.Name] = fmt.Sprintf("column %s: %s cannot be sent: %s", c.Name, c.Type, c.Unsupported)
+		}
+	}
+	return checkMapped(a, names, func(column string) []string {
+		if w, ok := why[column]; ok {
+			return []string{w}
+		}
+		return nil
+	})
+}
+
+// checkMapped reports, for one activation, the columns its spec needs that the model lacks and
+// the mapped fields' columns whose values cannot be sent.
+func checkMapped(a spec.Activation, names map[string]bool, unsupported func(column string) []string) error {
 	var problems []string
 	need := []struct{ path, column string }{
 		{"source.primaryKey", a.Source.PrimaryKey},
@@ -55,15 +114,13 @@ func checkModelColumns(a spec.Activation, res bigquery.DryRunResult) error {
 		need = append(need, struct{ path, column string }{fmt.Sprintf("destination.fields[%d].column", i), f.Column})
 	}
 	for _, n := range need {
-		if _, ok := types[n.column]; !ok {
+		if !names[n.column] {
 			problems = append(problems, fmt.Sprintf("%s: column %q is not in the model", n.path, n.column))
 		}
 	}
-	for _, u := range res.Unsupported {
-		for _, f := range a.Destination.Fields {
-			if strings.HasPrefix(u, "column "+f.Column+":") || strings.HasPrefix(u, "column "+f.Column+".") {
-				problems = append(problems, u)
-			}
+	for i, f := range a.Destination.Fields {
+		for _, u := range unsupported(f.Column) {
+			problems = append(problems, fmt.Sprintf("destination.fields[%d].column: %s", i, u))
 		}
 	}
 	if len(problems) == 0 {

@@ -1,15 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse/bigquery"
+	"github.com/activation-engine/activations/internal/warehouse/duckdb"
 )
 
-func TestCheckModelColumns(t *testing.T) {
+func TestValidateBigQueryColumns(t *testing.T) {
 	act := spec.Activation{ID: "bq", File: "bq.yaml",
 		Source: spec.Source{PrimaryKey: "id"},
 		Destination: spec.Destination{Identifier: spec.Identifier{Column: "email"},
@@ -24,7 +31,7 @@ func TestCheckModelColumns(t *testing.T) {
 			[]string{`destination.identifier.column: column "email" is not in the model`, `destination.fields[0].column: column "plan" is not in the model`}},
 		{"unsupported mapped type", bigquery.DryRunResult{Schema: []bigquery.Column{{Name: "id"}, {Name: "email"}, {Name: "plan"}, {Name: "vec"}},
 			Unsupported: []string{"column vec: VECTOR cannot be sent", "column other: X cannot be sent"}},
-			[]string{"column vec: VECTOR cannot be sent"}},
+			[]string{"destination.fields[1].column: column vec: VECTOR cannot be sent"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,4 +49,96 @@ func TestCheckModelColumns(t *testing.T) {
 		})
 	}
 	require.Equal(t, "4.0 GiB", humanBytes(4<<30))
+}
+
+func TestValidateDuckDBColumns(t *testing.T) {
+	act := spec.Activation{ID: "dk", File: "dk.yaml",
+		Source: spec.Source{PrimaryKey: "id"},
+		Destination: spec.Destination{Identifier: spec.Identifier{Column: "email"},
+			Fields: []spec.Field{{Column: "plan", Field: "plan"}, {Column: "geo", Field: "geo"}}}}
+	geo := duckdb.ModelColumn{Name: "geo", Type: "GEOMETRY", Unsupported: "GEOMETRY values arrive as WKB bytes"}
+	tests := []struct {
+		name string
+		cols []duckdb.ModelColumn
+		want []string
+	}{
+		{"all there", []duckdb.ModelColumn{{Name: "id"}, {Name: "email"}, {Name: "plan"}, {Name: "geo", Type: "VARCHAR"}}, nil},
+		{"missing columns", []duckdb.ModelColumn{{Name: "id"}, {Name: "geo"}},
+			[]string{`destination.identifier.column: column "email" is not in the model`, `destination.fields[0].column: column "plan" is not in the model`}},
+		{"unsupported mapped type", []duckdb.ModelColumn{{Name: "id"}, {Name: "email"}, {Name: "plan"}, geo,
+			{Name: "other", Type: "VARIANT", Unsupported: "cannot read VARIANT"}},
+			[]string{"destination.fields[1].column: column geo: GEOMETRY cannot be sent: GEOMETRY values arrive as WKB bytes"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkDuckDBColumns(act, tc.cols)
+			if tc.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "dk.yaml: activation dk")
+			for _, w := range tc.want {
+				require.Contains(t, err.Error(), w)
+			}
+			require.NotContains(t, err.Error(), "column other", "an unmapped column is not a problem")
+		})
+	}
+}
+
+const duckSpec = `id: %s
+source:
+  type: duckdb
+  query: |
+    SELECT *, CAST('POINT(1 2)' AS GEOMETRY) AS geo, MAP {CAST(id AS VARCHAR): CAST(1 AS VARIANT)} AS attrs
+    FROM read_csv('data/users.csv', header = true)
+  primaryKey: id
+state:
+  duckdb: {path: .state/state.duckdb}
+destination:
+  type: iterable
+  iterable: {region: us, apiKey: {env: ITERABLE_API_KEY}, projectType: hybrid}
+  mode: upsert
+  identifier: {column: email, field: email}
+  fields:
+%s`
+
+// TestValidateDuckDBModels runs validate's DESCRIBE of DuckDB models from spec files: relative
+// paths resolve against the spec's folder, and mapped columns that cannot be sent are named.
+func TestValidateDuckDBModels(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "data"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "data", "users.csv"), []byte("id,email,name\n1,a@example.com,Ann\n"), 0o600))
+	write := func(id, fields string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, id+".yaml"), []byte(fmt.Sprintf(duckSpec, id, fields)), 0o600))
+	}
+	write("good", "    - {column: name, field: firstName}\n")
+	write("bad", "    - {column: name, field: firstName}\n    - {column: geo, field: location}\n"+
+		"    - {column: attrs, field: attrs}\n    - {column: missing, field: missing}\n")
+	acts, err := spec.Load(dir)
+	require.NoError(t, err)
+	require.Len(t, acts, 2)
+
+	var out bytes.Buffer
+	err = dryRunModels(context.Background(), acts, &out)
+	require.Error(t, err)
+	msg := err.Error()
+	for _, w := range []string{
+		filepath.Join(dir, "bad.yaml") + ": activation bad: ",
+		"destination.fields[1].column: column geo: GEOMETRY cannot be sent: GEOMETRY values arrive as WKB bytes",
+		"destination.fields[2].column: column attrs: MAP(VARCHAR, VARIANT) cannot be sent: it holds VARIANT: DuckDB's Go driver cannot read VARIANT values",
+		`destination.fields[3].column: column "missing" is not in the model`,
+	} {
+		require.Contains(t, msg, w)
+	}
+	require.NotContains(t, msg, "activation good")
+	require.Equal(t, "    good: columns: id BIGINT, email VARCHAR, name VARCHAR, geo GEOMETRY, attrs MAP(VARCHAR, VARIANT)\n", out.String())
+	_, err = os.Stat(filepath.Join(dir, ".state"))
+	require.True(t, os.IsNotExist(err), "validate creates no state file")
+
+	// A model that does not bind is reported with its activation.
+	acts[0].Source.Query = "SELECT * FROM read_csv('data/nope.csv')"
+	err = dryRunModels(context.Background(), acts[:1], &out)
+	require.Error(t, err)
+	require.True(t, strings.Contains(err.Error(), "activation "+acts[0].ID+": DuckDB DESCRIBE: describe model: invalid model:"), err.Error())
 }

@@ -142,6 +142,9 @@ type RunInput struct {
 	Spec       spec.Activation `json:"spec"`
 	FullResync bool            `json:"fullResync,omitempty"`
 	DryRun     bool            `json:"dryRun,omitempty"`
+	// RetryRejected sends again the rows that known rejections hold back (rejected before
+	// sending for a reason that has not changed): `starter run ID --retry-rejected`.
+	RetryRejected bool `json:"retryRejected,omitempty"`
 	// ChunksPerExecution, when above 0, continues the run as new after that many chunks in one
 	// execution. By default a run continues as new only when Temporal suggests it (about 4,096
 	// history events, some 1,000 chunks), which keeps any plan far below history limits.
@@ -188,20 +191,30 @@ type RunReport struct {
 	State        string `json:"state"`
 	DryRun       bool   `json:"dryRun,omitempty"`
 	FullResync   bool   `json:"fullResync,omitempty"`
+	// RetryRejected: known rejections did not hold rows back in this run.
+	RetryRejected bool `json:"retryRejected,omitempty"`
 
-	ModelRows     int64               `json:"modelRows"`
-	Unchanged     int64               `json:"unchanged"`
-	NullKeys      int64               `json:"nullKeys"`
-	DuplicateKeys int64               `json:"duplicateKeys"`
-	Planned       activities.OpCounts `json:"planned"`
-	Attempted     activities.OpCounts `json:"attempted"`
-	Succeeded     activities.OpCounts `json:"succeeded"`
-	Rejected      activities.OpCounts `json:"rejected"`
+	PlanCounts
+	Planned   activities.OpCounts `json:"planned"`
+	Attempted activities.OpCounts `json:"attempted"`
+	Succeeded activities.OpCounts `json:"succeeded"`
+	Rejected  activities.OpCounts `json:"rejected"`
+	// KnownRejected are the rejected rows whose key the previous run rejected with the same row
+	// and reason: reported, not counted by thresholds.maxRejectedPercent nor minAttempted.
+	KnownRejected activities.OpCounts `json:"knownRejected"`
 	Skipped       activities.OpCounts `json:"skipped"`
-	Committed     int64               `json:"committed"`
+	// StillRejected are rows held back by a known rejection (rejected before sending, unchanged
+	// since): neither attempted nor committed; KnownReasons says why.
+	StillRejected activities.OpCounts `json:"stillRejected"`
+	// Unconfirmed were sent but Iterable's answer did not account for them: not committed, sent
+	// again next run.
+	Unconfirmed activities.OpCounts `json:"unconfirmed"`
+	Committed   int64               `json:"committed"`
 
 	// Existence is how update mode kept from creating profiles (native, lookup, export; "" in upsert).
 	Existence string `json:"existence,omitempty"`
+	// RemovalExistence is how removals that clear fields kept from creating profiles.
+	RemovalExistence string `json:"removalExistence,omitempty"`
 
 	Requests    int64 `json:"requests"`
 	RateLimited int64 `json:"rateLimited"`
@@ -218,8 +231,10 @@ type RunReport struct {
 	SyncDuration time.Duration `json:"syncDuration"`
 
 	TopRejections []warehouse.ReasonCount `json:"topRejections,omitempty"`
-	Warnings      []string                `json:"warnings,omitempty"`
-	Error         string                  `json:"error,omitempty"`
+	// KnownReasons are the reasons of the rows known rejections held back (the plan's count).
+	KnownReasons []warehouse.ReasonCount `json:"knownReasons,omitempty"`
+	Warnings     []string                `json:"warnings,omitempty"`
+	Error        string                  `json:"error,omitempty"`
 
 	// Executions is the number of Temporal executions the run took (it continues as new when
 	// Temporal suggests it; all of them share RunID, the first execution's id).
@@ -231,6 +246,20 @@ type RunReport struct {
 	SkippedByOperator int64 `json:"skippedByOperator,omitempty"`
 	// AbortReason is the operator's reason when State is Aborted.
 	AbortReason string `json:"abortReason,omitempty"`
+}
+
+// PlanCounts are what the plan found in the model, before anything was sent.
+type PlanCounts struct {
+	ModelRows     int64 `json:"modelRows"`
+	Unchanged     int64 `json:"unchanged"`
+	NullKeys      int64 `json:"nullKeys"`
+	DuplicateKeys int64 `json:"duplicateKeys"`
+	// DuplicateIdentifiers are rows whose identifier other primary keys carry too: never sent.
+	DuplicateIdentifiers int64 `json:"duplicateIdentifiers"`
+	// Retried are planned adds that an earlier run held back.
+	Retried int64 `json:"retried"`
+	// Refreshed are state rows refreshed because a field left the mapping (nothing sent).
+	Refreshed int64 `json:"refreshed,omitempty"`
 }
 
 // MaxPausesReported bounds RunReport.Pauses.
@@ -250,6 +279,12 @@ type Progress struct {
 	Skipped      activities.OpCounts `json:"skipped"`
 	Committed    int64               `json:"committed"`
 	Requests     int64               `json:"requests"`
+	// Plan, KnownRejected, StillRejected and Unconfirmed are as in RunReport, so that a paused
+	// run shows what its plan found.
+	Plan          PlanCounts          `json:"plan"`
+	KnownRejected activities.OpCounts `json:"knownRejected"`
+	StillRejected activities.OpCounts `json:"stillRejected"`
+	Unconfirmed   activities.OpCounts `json:"unconfirmed"`
 	// Pause is set while the run is paused.
 	Pause *PauseInfo `json:"pause,omitempty"`
 	// WaitingFor is, while the run is Queued, the workflow id of the run of the same activation

@@ -438,6 +438,7 @@ func (r *run) progress() Progress {
 	p := Progress{ActivationID: rep.ActivationID, RunID: rep.RunID, State: rep.State, Chunks: rep.Chunks,
 		ChunksDone: rep.ChunksDone, Planned: rep.Planned, Attempted: rep.Attempted, Succeeded: rep.Succeeded,
 		Rejected: rep.Rejected, Skipped: rep.Skipped, Committed: rep.Committed, Requests: rep.Requests,
+		Plan: rep.PlanCounts, KnownRejected: rep.KnownRejected, StillRejected: rep.StillRejected, Unconfirmed: rep.Unconfirmed,
 		Ignored: append([]string(nil), r.ignored...), WaitingFor: r.waitingFor}
 	if r.paused != nil {
 		pi := *r.paused

@@ -698,3 +698,92 @@ func TestFatalErrorInCheckFieldsPausesAndRetriesTheStep(t *testing.T) {
 	require.Equal(t, 2, calls)
 	require.Equal(t, workflows.StateCompleted, w.report().State)
 }
+
+// Known rejections (the same rows refused for the same reasons by the previous run) are
+// reported but do not count towards maxRejectedPercent or minAttempted; new ones do. Rows held
+// back by a known rejection are reported apart.
+func TestKnownRejectionsDoNotPause(t *testing.T) {
+	thresholds := &spec.Thresholds{MaxRejectedPercent: pct(10), MinAttempted: 30}
+	knownOnly := func(in activities.SyncChunkInput, call int) (activities.ChunkResult, error) {
+		res, err := rejecting(3)(in, call)
+		res.Known = activities.OpCounts{Added: 3}
+		res.StillRejected = activities.OpCounts{Added: 2}
+		return res, err
+	}
+	w := newWorld(t, chunks10(6, 1000), knownOnly)
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(thresholds)})
+	rep := w.report()
+	require.Equal(t, workflows.StateCompleted, rep.State, "30 percent rejected, all of it known")
+	require.Equal(t, int64(18), rep.Rejected.Total())
+	require.Equal(t, int64(18), rep.KnownRejected.Total())
+	require.Equal(t, int64(12), rep.StillRejected.Total())
+	require.Empty(t, w.paused)
+
+	// One new rejection per chunk on top of the known ones: 1 of 7 new attempts, 14%.
+	mixed := func(in activities.SyncChunkInput, call int) (activities.ChunkResult, error) {
+		res, err := rejecting(4)(in, call)
+		res.Known = activities.OpCounts{Added: 3}
+		return res, err
+	}
+	w = newWorld(t, chunks10(6, 1000), mixed)
+	w.e.RegisterDelayedCallback(func() {
+		p := w.progress()
+		require.Equal(t, workflows.StatePaused, p.State)
+		require.Contains(t, p.Pause.Reason, "5 of 35 rows attempted")
+		w.e.CancelWorkflow()
+	}, time.Minute)
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(thresholds)})
+	require.NotEmpty(t, w.paused)
+}
+
+// Unconfirmed answers count as rejections for the threshold: a run whose answers Iterable does
+// not account for pauses.
+func TestUnconfirmedCountsAsRejected(t *testing.T) {
+	unconfirmed := func(in activities.SyncChunkInput, call int) (activities.ChunkResult, error) {
+		n := in.Chunk.Rows()
+		return activities.ChunkResult{Chunk: in.Chunk.Index, Attempted: activities.OpCounts{Added: n},
+			Succeeded: activities.OpCounts{Added: n - 5}, Unconfirmed: activities.OpCounts{Added: 5}, Requests: 1}, nil
+	}
+	w := newWorld(t, chunks10(6, 1000), unconfirmed)
+	w.e.RegisterDelayedCallback(func() {
+		p := w.progress()
+		require.Equal(t, workflows.StatePaused, p.State)
+		require.Equal(t, int64(15), p.Unconfirmed.Total())
+		w.e.CancelWorkflow()
+	}, time.Minute)
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(&spec.Thresholds{MinAttempted: 30})})
+	require.NotEmpty(t, w.paused)
+}
+
+// A paused run shows what its plan found (model rows, unchanged, duplicates), and Commit gets
+// the run's type conflicts so that it holds the rows a known conflict holds back.
+func TestPausedProgressShowsThePlan(t *testing.T) {
+	p := chunks10(3, 0)
+	p.Counts = warehouse.Counts{ModelRows: 100, Unchanged: 40, Added: 60, DuplicateKeys: 2, DuplicateIdentifiers: 4}
+	w := newWorld(t, p, rejecting(0))
+	w.e.RegisterDelayedCallback(func() {
+		pr := w.progress()
+		require.Equal(t, workflows.StatePaused, pr.State)
+		require.Equal(t, workflows.PlanCounts{ModelRows: 100, Unchanged: 40, DuplicateKeys: 2, DuplicateIdentifiers: 4}, pr.Plan)
+		w.e.CancelWorkflow()
+	}, time.Minute)
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(nil)})
+	require.NotEmpty(t, w.paused)
+
+	conflicts := map[string]string{"age": "type conflict: age"}
+	w = newWorld(t, chunks10(2, 0), rejecting(0))
+	w.checkFields = func(context.Context, activities.CheckFieldsInput) (activities.CheckFieldsResult, error) {
+		return activities.CheckFieldsResult{Conflicts: conflicts}, nil
+	}
+	var got []map[string]string
+	w.commitFn = func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
+		got = append(got, in.Conflicts)
+		return warehouse.CommitResult{}, nil
+	}
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(nil)})
+	require.Equal(t, workflows.StateCompleted, w.report().State)
+	require.NotEmpty(t, got)
+	for _, c := range got {
+		require.Equal(t, conflicts, c)
+	}
+}

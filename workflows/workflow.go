@@ -113,7 +113,7 @@ func newRun(ctx workflow.Context, in RunInput) *run {
 		logger: workflow.GetLogger(ctx),
 	}
 	r.rep = RunReport{ActivationID: r.act.ID, RunID: r.runID, State: StatePlanning, DryRun: in.DryRun,
-		FullResync: in.FullResync, StartedAt: workflow.Now(ctx), Executions: 1}
+		FullResync: in.FullResync, RetryRejected: in.RetryRejected, StartedAt: workflow.Now(ctx), Executions: 1}
 	r.executions = 1
 	if c := in.Continued; c != nil {
 		r.restore(c)
@@ -166,14 +166,17 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 			MaximumInterval: 2 * time.Minute, MaximumAttempts: 5, NonRetryableErrorTypes: nonRetryable},
 	})
 	if end := r.untilDone(ctx, warehouseStep, "plan", func() error {
-		return workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID, FullResync: r.in.FullResync}).Get(ctx, &r.plan)
+		return workflow.ExecuteActivity(planCtx, a.Plan, activities.PlanInput{Spec: act, RunID: r.runID,
+			FullResync: r.in.FullResync, RetryRejected: r.in.RetryRejected}).Get(ctx, &r.plan)
 	}); end != nil {
 		return end
 	}
 	rep := &r.rep
 	rep.PlanDuration = workflow.Now(ctx).Sub(rep.StartedAt)
 	c := r.plan.Counts
-	rep.ModelRows, rep.Unchanged, rep.NullKeys, rep.DuplicateKeys = c.ModelRows, c.Unchanged, c.NullKeys, c.DuplicateKeys
+	rep.PlanCounts = PlanCounts{ModelRows: c.ModelRows, Unchanged: c.Unchanged, NullKeys: c.NullKeys,
+		DuplicateKeys: c.DuplicateKeys, DuplicateIdentifiers: c.DuplicateIdentifiers, Retried: c.Retried, Refreshed: c.Refreshed}
+	rep.KnownReasons = r.plan.KnownReasons
 	rep.Planned = activities.OpCounts{Added: c.Added, Changed: c.Changed, Removed: c.Removed}
 	rep.Chunks = len(r.plan.Chunks)
 	r.pending = append([]warehouse.Chunk(nil), r.plan.Chunks...)
@@ -197,6 +200,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 		rep.Warnings = append(rep.Warnings, r.fields.Warnings...)
 	}
 	rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Total())
+	rep.RemovalExistence = activities.RemovalExistenceStrategy(act, rep.Existence, rep.Planned.Removed)
 
 	if r.in.DryRun {
 		if guard != "" {
@@ -209,7 +213,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 	}
 
 	r.setState(ctx, StateRunning)
-	if rep.Existence == activities.ExistenceExport {
+	if rep.Existence == activities.ExistenceExport || rep.RemovalExistence == activities.ExistenceExport {
 		exportCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 2 * time.Hour,
 			HeartbeatTimeout:    time.Minute,
@@ -330,7 +334,7 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
 				Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunk: ch,
 				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts,
-				Resume: r.cursors[ch.Index]})
+				RemovalExistence: r.rep.RemovalExistence, Resume: r.cursors[ch.Index]})
 			sel.AddFuture(f, func(f workflow.Future) {
 				inflight--
 				var res activities.ChunkResult
@@ -410,11 +414,17 @@ func (r *run) record(ctx workflow.Context, ch warehouse.Chunk, res activities.Ch
 	rep.Attempted = rep.Attempted.Add(res.Attempted)
 	rep.Succeeded = rep.Succeeded.Add(res.Succeeded)
 	rep.Rejected = rep.Rejected.Add(res.Rejected)
+	rep.KnownRejected = rep.KnownRejected.Add(res.Known)
 	rep.Skipped = rep.Skipped.Add(res.Skipped)
+	rep.StillRejected = rep.StillRejected.Add(res.StillRejected)
+	rep.Unconfirmed = rep.Unconfirmed.Add(res.Unconfirmed)
 	rep.Requests += res.Requests
 	rep.RateLimited += res.RateLimited
-	r.window.attempted += res.Attempted.Total()
-	r.window.rejected += res.Rejected.Total()
+	// The threshold is about new breakage: a known rejection (the same row refused for the
+	// same reason by the previous run) counts neither as attempted nor as rejected. An answer
+	// that Iterable did not account for counts as a rejection.
+	r.window.attempted += res.Attempted.Total() - res.Known.Total()
+	r.window.rejected += res.Rejected.Total() - res.Known.Total() + res.Unconfirmed.Total()
 	// A chunk got through: a later transient pause starts a new pauseTimeout.
 	r.transientSince = time.Time{}
 	r.autoResumes = 0
@@ -434,7 +444,7 @@ func (r *run) commit(ctx workflow.Context) error {
 	}
 	var cr warehouse.CommitResult
 	if err := workflow.ExecuteActivity(r.shortCtx, a.Commit, activities.CommitInput{
-		Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunks: r.finished}).Get(ctx, &cr); err != nil {
+		Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunks: r.finished, Conflicts: r.fields.Conflicts}).Get(ctx, &cr); err != nil {
 		return err
 	}
 	r.rep.Committed += cr.Upserted + cr.Deleted

@@ -12,15 +12,20 @@ import (
 
 // Endpoint names of the budgets a Client uses. Iterable limits each endpoint per project.
 const (
-	EndpointBulkUpdate   = "bulkUpdate"
-	EndpointGetFields    = "getFields"
-	EndpointGetByEmail   = "getByEmail"
-	EndpointGetByUserID  = "byUserId"
-	EndpointExport       = "exportData"
-	lookupRPS            = 100 // getByEmail and byUserId, per project
-	getFieldsRPS         = 3
-	defaultBulkUpdateRPS = 5
-	exportPerMinute      = 4 // GET /api/export/data.json, per project
+	EndpointBulkUpdate  = "bulkUpdate"
+	EndpointGetFields   = "getFields"
+	EndpointGetByEmail  = "getByEmail"
+	EndpointGetByUserID = "byUserId"
+	EndpointExport      = "exportData"
+	// EndpointDeleteByEmail and EndpointDeleteByUserID are DELETE /api/users/{email} and
+	// DELETE /api/users/byUserId/{userId}: 100 requests/s each, per project.
+	EndpointDeleteByEmail  = "deleteByEmail"
+	EndpointDeleteByUserID = "deleteByUserId"
+	lookupRPS              = 100 // getByEmail and byUserId, per project
+	deleteRPS              = 100 // each delete endpoint, per project
+	getFieldsRPS           = 3
+	defaultBulkUpdateRPS   = 5
+	exportPerMinute        = 4 // GET /api/export/data.json, per project
 )
 
 // Budgets holds one token bucket per Iterable project and endpoint. A project is known by the

@@ -142,6 +142,17 @@ func TestSanitizeMsg(t *testing.T) {
 		{name: "quoted value", msg: `Field "age" got value "forty"`, fields: map[string]any{"age": 1}, want: `Field "age" got value "<value>"`},
 		{name: "identifier anywhere", msg: "user USER-42 failed", values: []string{"user-42"}, want: "user <redacted> failed"},
 		{name: "long", msg: strings.Repeat("ab ", 150), want: strings.Repeat("ab ", 100) + "…"},
+		{name: "number", msg: "value 12345 for field age", fields: map[string]any{"age": 1}, want: "value <number> for field age"},
+		{name: "decimal and grouped numbers", msg: "amount 1,234.50 is over 99.9.", want: "amount <number> is over <number>."},
+		{name: "negative number", msg: "score -3 out of range", want: "score -<number> out of range"},
+		{name: "digits inside an unknown word", msg: "user abc123 failed", want: "user abc<number> failed"},
+		{name: "digits of a known field name", msg: "field address2 expects long, got 98", fields: map[string]any{"address2": 1},
+			want: "field address2 expects long, got <number>"},
+		{name: "quoted field name with digits", msg: `Field 'age2' got value 7`, fields: map[string]any{"age2": 1}, want: `Field 'age2' got value <number>`},
+		{name: "field name followed by punctuation", msg: "bad value for line1: 42", fields: map[string]any{"line1": 1}, want: "bad value for line1: <number>"},
+		{name: "sub-field of a known field", msg: "address.zip4 expects long", fields: map[string]any{"address": 1}, want: "address.zip4 expects long"},
+		{name: "number in an email", msg: "Invalid email user42@example.com", want: "Invalid email <email>"},
+		{name: "date", msg: "date 2023-02-05 is invalid", want: "date <number>-<number>-<number> is invalid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package iterable is the client of Iterable's user API used by the activation engine: it packs
 // users into bulkUpdate bodies within Iterable's limits, sends them inside a per-project rate
 // budget with retries, splits rejected batches down to the guilty records, and maps every
-// failedUpdates category back to the caller's records.
+// failedUpdates category back to the caller's records, trusting only answers that account for
+// every record. It also looks users up, exports their identifiers and deletes them.
 //
 // Nothing in this package puts user data (emails, userIds, field values) or the API key in an
 // error or a log line: errors end up in Temporal history, which is stored in plaintext.
@@ -70,12 +71,15 @@ type Config struct {
 	// MaxBodyBytes caps the bytes of one bulkUpdate body (default 4 MiB, Iterable's limit).
 	MaxBodyBytes int
 	// RequestsPerSecond is the bulkUpdate budget per project (default 5). Negative = no
-	// client-side limit on any endpoint (emulator benchmarks) unless LookupRPS or
+	// client-side limit on any endpoint (emulator benchmarks) unless LookupRPS, DeleteRPS or
 	// ExportPerMinute say otherwise; 429s are still retried.
 	RequestsPerSecond float64
 	// LookupRPS is the budget of getByEmail and of byUserId, each, per project (default 100,
 	// Iterable's limit). Negative = no client-side limit.
 	LookupRPS float64
+	// DeleteRPS is the budget of each user deletion endpoint (by email, by userId), per project
+	// (default 100, Iterable's limit). Negative = no client-side limit.
+	DeleteRPS float64
 	// LookupConcurrency is how many lookups Exists has in flight at once (default 16).
 	LookupConcurrency int
 	// ExportPerMinute is the budget of GET /api/export/data.json per project (default 4,
@@ -113,7 +117,9 @@ func (noObserver) IterableBudgetWait(context.Context, string, time.Duration)   {
 
 // Route is the route of a request path of this client with identifiers replaced by a
 // placeholder ("/api/users/byUserId/{userId}"), for span names and URL attributes. A path this
-// client does not send is returned as "/{other}". The query string is not part of a path.
+// client does not send is returned as "/{other}", and so is DELETE /api/users/{email} (its path
+// tells it from no other route but by shape; redacting it whole is safe). The query string is
+// not part of a path.
 func Route(path string) string {
 	prefix, rest := "", path
 	if i := strings.Index(path, "/api/"); i > 0 {
@@ -147,6 +153,7 @@ type Client struct {
 	observer        Observer
 
 	bulk, fields, byEmail, byUserID, export *Budget
+	deleteByEmail, deleteByUserID           *Budget
 }
 
 // New checks cfg and builds a Client.
@@ -206,12 +213,16 @@ func New(cfg Config) (*Client, error) {
 	lookups := float64(lookupRPS)
 	getFields := float64(getFieldsRPS)
 	exports := float64(exportPerMinute)
+	deletes := float64(deleteRPS)
 	if rps < 0 {
 		// Rate limiting disabled: disable it for every endpoint of this client.
-		lookups, getFields, exports = -1, -1, -1
+		lookups, getFields, exports, deletes = -1, -1, -1, -1
 	}
 	if cfg.LookupRPS != 0 {
 		lookups = cfg.LookupRPS
+	}
+	if cfg.DeleteRPS != 0 {
+		deletes = cfg.DeleteRPS
 	}
 	if cfg.ExportPerMinute != 0 {
 		exports = cfg.ExportPerMinute
@@ -221,6 +232,8 @@ func New(cfg Config) (*Client, error) {
 	c.byEmail = budgets.Budget(cfg.APIKey, EndpointGetByEmail, lookups)
 	c.byUserID = budgets.Budget(cfg.APIKey, EndpointGetByUserID, lookups)
 	c.export = budgets.Budget(cfg.APIKey, EndpointExport, exports/60)
+	c.deleteByEmail = budgets.Budget(cfg.APIKey, EndpointDeleteByEmail, deletes)
+	c.deleteByUserID = budgets.Budget(cfg.APIKey, EndpointDeleteByUserID, deletes)
 	return c, nil
 }
 

@@ -122,7 +122,9 @@ func retryableTransport(err error) bool {
 }
 
 // sanitizeMsg removes what might be user data from an Iterable msg: the given identifiers and
-// values, anything that looks like an email, and quoted strings other than known field names.
+// values, anything that looks like an email, quoted strings other than known field names, and
+// numbers (a value such as an age or an amount is data too) other than digits inside a known
+// field name or an Iterable error code.
 func sanitizeMsg(msg string, fieldNames map[string]any, secrets ...string) string {
 	for _, s := range secrets {
 		if len(s) < 2 {
@@ -148,6 +150,16 @@ func sanitizeMsg(msg string, fieldNames map[string]any, secrets ...string) strin
 				continue
 			}
 		}
+		if c >= '0' && c <= '9' {
+			j := numberEnd(msg, i)
+			if keepWord(wordAround(msg, i), fieldNames) {
+				b.WriteString(msg[i:j])
+			} else {
+				b.WriteString("<number>")
+			}
+			i = j
+			continue
+		}
 		b.WriteByte(c)
 		i++
 	}
@@ -167,6 +179,61 @@ func sanitizeMsg(msg string, fieldNames map[string]any, secrets ...string) strin
 		out = out[:cut] + "…"
 	}
 	return out
+}
+
+// numberEnd is the end of the number starting at msg[i]: digits, with "." or "," between digits
+// ("1,234.5" is one number).
+func numberEnd(msg string, i int) int {
+	digit := func(k int) bool { return k >= 0 && k < len(msg) && msg[k] >= '0' && msg[k] <= '9' }
+	for ; i < len(msg); i++ {
+		if !digit(i) && !((msg[i] == '.' || msg[i] == ',') && digit(i-1) && digit(i+1)) {
+			return i
+		}
+	}
+	return i
+}
+
+// wordAround is the word of msg holding msg[i], without surrounding punctuation.
+func wordAround(msg string, i int) string {
+	sep := func(c byte) bool {
+		return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '"' || c == '\'' || c == '`'
+	}
+	l, r := i, i
+	for l > 0 && !sep(msg[l-1]) {
+		l--
+	}
+	for r < len(msg) && !sep(msg[r]) {
+		r++
+	}
+	return strings.Trim(msg[l:r], ".,;:!?()[]{}")
+}
+
+// keepWord reports a word whose digits are not data: a field name of the record (or a path
+// into one, "address.zip2"), or one of Iterable's error codes.
+func keepWord(w string, fieldNames map[string]any) bool {
+	if _, ok := fieldNames[w]; ok {
+		return true
+	}
+	if head, _, ok := strings.Cut(w, "."); ok {
+		if _, ok := fieldNames[head]; ok {
+			return true
+		}
+	}
+	return iterableCode(w)
+}
+
+// iterableCode lists the error codes of Iterable's API spec (IterableApiResponse.code).
+func iterableCode(s string) bool {
+	switch s {
+	case "Success", "BadApiKey", "BadAuthorizationHeader", "BadJsonBody", "BadParams", "BatchTooLarge",
+		"DatabaseError", "EmailAlreadyExists", "ExternalKeyConflict", "Forbidden", "ForbiddenParamsError",
+		"ForgottenUserError", "GenericError", "InvalidEmailAddressError", "InvalidJwtPayload",
+		"InvalidUserIdError", "JwtUserIdentifiersMismatched", "NotFound", "QueueEmailError",
+		"RateLimitExceeded", "RequestFieldsTypesMismatched", "Unauthorized", "UniqueFieldsLimitExceeded",
+		"UnknownEmailError", "UnknownUserIdError", "UserIdAlreadyExists":
+		return true
+	}
+	return false
 }
 
 // replaceFold replaces every case-insensitive occurrence of old in s (ASCII case folding is enough

@@ -11,7 +11,8 @@ import (
 // GetFields calls GET /api/users/getFields (its own budget of 3 req/s per project) and returns
 // field name → Iterable type. The type names are those of the Type constants: "string", "long",
 // "double", "boolean", "date", "object", "array" (the emulator reports exactly these, plus
-// "string" for email and userId); the real API may name others. Compare a value's type with
+// "string" for email and userId); the real API may name others. Sub-fields of object fields come
+// under their dotted path ("address.zip"), next to the object itself. Compare a value's type with
 // IterableTypeOf and FieldTypeAccepts to predict a conflict before sending.
 func (c *Client) GetFields(ctx context.Context) (map[string]string, error) {
 	const op = "GET /api/users/getFields"

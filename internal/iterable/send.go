@@ -11,19 +11,25 @@ import (
 	"strings"
 )
 
-// BatchResult is what happened to the records of one batch.
+// BatchResult is what happened to the records of one batch. Unless SendBatch returns an error,
+// every record of the batch is in exactly one of Accepted, Rejected and Unconfirmed.
 type BatchResult struct {
-	Accepted          []int // record indices Iterable accepted
-	Rejected          []RecordRejection
+	Accepted []int // record indices Iterable's answer confirmed as updated
+	Rejected []RecordRejection
+	// Unconfirmed holds the records that Iterable's answer did not account for even when the
+	// record was sent alone (Category CategoryUnconfirmed): Iterable may or may not have applied
+	// them. They must not be committed as synced; send them again on the next run.
+	Unconfirmed       []RecordRejection
 	Requests          int // HTTP requests made (including retries and splits)
 	RateLimited       int // 429 answers received
 	CreatedFields     []string
 	FilteredOutFields []string
 }
 
-// RecordRejection says why Iterable refused one record. Category is the failedUpdates list that
-// named the record (e.g. "invalidEmails") or Iterable's error code when a request holding only
-// this record was refused; Reason is a sentence without user data.
+// RecordRejection says why Iterable refused one record, or why its fate is unknown. Category is the
+// failedUpdates list that named the record (e.g. "invalidEmails"), Iterable's error code when a
+// request holding only this record was refused, or one of the Category constants; Reason is a
+// sentence without user data.
 type RecordRejection struct {
 	Index    int
 	Category string
@@ -33,6 +39,9 @@ type RecordRejection struct {
 // Categories of RecordRejection besides failedUpdates lists and Iterable error codes.
 const (
 	CategoryTooLarge = "BodyTooLarge" // a single user exceeds MaxBodyBytes; never sent
+	// CategoryUnconfirmed is the Category of BatchResult.Unconfirmed: Iterable's answer to a
+	// request holding only this record did not account for it.
+	CategoryUnconfirmed = "unconfirmed"
 )
 
 // TooLargeReason is the Reason of records that Pack returned as oversize.
@@ -42,8 +51,13 @@ const opBulkUpdate = "POST /api/users/bulkUpdate"
 
 // SendBatch sends one packed batch with POST /api/users/bulkUpdate. It waits on the project's
 // budget, retries transient failures, and on a 400 that is not fatal splits the batch in halves,
-// recursively, until every record is accepted or rejected on its own. Every record ends in
-// exactly one of Accepted or Rejected unless an error is returned.
+// recursively, until every record is accepted or rejected on its own. An answer that does not
+// account for every record of its request (an entry in a failedUpdates category this package
+// does not know, an entry naming no record of the request, or successCount / failCount that
+// disagree with the lists) is split the same way: only an answer that accounts for each record
+// is trusted, and a record that is still not accounted for when sent alone ends in Unconfirmed.
+// Every record ends in exactly one of Accepted, Rejected or Unconfirmed unless an error is
+// returned.
 //
 // A fatal answer (bad key, project-level refusal) is returned as an error wrapping *APIError
 // with Fatal() true, without retrying; use errors.As. On any error the result holds the counts
@@ -83,7 +97,8 @@ func sortedKeys(m map[string]struct{}) []string {
 	return out
 }
 
-// send sends b, splitting it on a non-fatal 4xx. depth is the split level, for logs.
+// send sends b, splitting it on a non-fatal 4xx or an answer that does not account for every
+// record. depth is the split level, for logs.
 func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult, created, filtered map[string]struct{}) error {
 	switch {
 	case len(b.Body) > c.maxBodyBytes && len(b.Records) == 1:
@@ -97,7 +112,23 @@ func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult,
 		res.Requests += st.requests
 		res.RateLimited += st.rateLimited
 		if err == nil {
-			return c.mapResponse(ctx, b, resp.body, res, created, filtered)
+			gap, err := c.mapResponse(b, resp.body, res, created, filtered)
+			if err != nil || gap == nil {
+				return err
+			}
+			if len(b.Records) == 1 {
+				res.Unconfirmed = append(res.Unconfirmed, RecordRejection{Index: b.Records[0].Index,
+					Category: CategoryUnconfirmed, Reason: gap.reason()})
+				return nil
+			}
+			// Re-sending is safe (bulkUpdate sets fields, it does not add to them), and smaller
+			// requests narrow down which records the answer failed to account for.
+			c.log.LogAttrs(ctx, slog.LevelWarn, "iterable's bulkUpdate answer does not account for every user; splitting it in halves",
+				slog.Int("successCount", gap.successCount), slog.Int("failCount", gap.failCount),
+				slog.Int("accepted", gap.accepted), slog.Int("rejected", gap.rejected), slog.Int("unknownEntries", gap.unknownEntries()),
+				slog.String("unknownCategories", strings.Join(gap.unknownNames(), ",")),
+				slog.Int("unmatchedEntries", gap.unmatched), slog.Int("users", len(b.Records)), slog.Int("depth", depth))
+			break
 		}
 		var apiErr *APIError
 		if !errors.As(err, &apiErr) || !apiErr.splittable() {
@@ -157,11 +188,94 @@ type bulkResponse struct {
 	InvalidUserIds []string `json:"invalidUserIds"`
 }
 
-// mapResponse assigns every record of b to Accepted or to the failedUpdates list naming it.
-func (c *Client) mapResponse(ctx context.Context, b Batch, body []byte, res *BatchResult, created, filtered map[string]struct{}) error {
+// knownCategory reports the failedUpdates lists of Iterable's bulkUpdate answer.
+func knownCategory(cat string) bool {
+	switch cat {
+	case "invalidEmails", "invalidUserIds", "conflictEmails", "conflictUserIds", "forgottenEmails",
+		"forgottenUserIds", "invalidDataEmails", "invalidDataUserIds", "notFoundEmails", "notFoundUserIds":
+		return true
+	}
+	return false
+}
+
+// answerGap describes, without values, how a bulkUpdate answer failed to account for the records
+// of its request.
+type answerGap struct {
+	successCount, failCount int
+	accepted, rejected      int            // records the lists leave accepted / name
+	unknown                 []categorySize // non-empty unknown categories, sorted by name
+	unmatched               int            // entries of known categories that name no record
+	named                   string         // the known category naming a lone record, if any
+}
+
+type categorySize struct {
+	name    string
+	entries int
+}
+
+func (g *answerGap) unknownEntries() int {
+	n := 0
+	for _, u := range g.unknown {
+		n += u.entries
+	}
+	return n
+}
+
+func (g *answerGap) unknownNames() []string {
+	out := make([]string, len(g.unknown))
+	for i, u := range g.unknown {
+		out[i] = categoryName(u.name)
+	}
+	return out
+}
+
+// reason is the Reason of a record left unconfirmed by this answer.
+func (g *answerGap) reason() string {
+	parts := []string{fmt.Sprintf("successCount %d, failCount %d", g.successCount, g.failCount)}
+	for _, u := range g.unknown {
+		parts = append(parts, fmt.Sprintf("%d %s in unknown failedUpdates category %s",
+			u.entries, plural(u.entries, "entry", "entries"), categoryName(u.name)))
+	}
+	if g.unmatched > 0 {
+		parts = append(parts, fmt.Sprintf("%d failedUpdates %s naming no user of the request",
+			g.unmatched, plural(g.unmatched, "entry", "entries")))
+	}
+	if g.named != "" {
+		parts = append(parts, "the user is named in failedUpdates."+g.named)
+	}
+	return "Iterable's answer did not account for this user (" + strings.Join(parts, "; ") +
+		"); not committed, sent again next run"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// categoryName shows a category name Iterable sent only when it looks like one: a JSON key of an
+// unknown answer is not trusted to hold no data.
+func categoryName(s string) string {
+	if s == "" || len(s) > 64 {
+		return "<unnamed>"
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return "<unnamed>"
+		}
+	}
+	return s
+}
+
+// mapResponse assigns every record of b to Accepted or to the failedUpdates list naming it, when
+// the answer accounts for every record; otherwise it changes nothing but the field lists and
+// returns how the answer falls short.
+func (c *Client) mapResponse(b Batch, body []byte, res *BatchResult, created, filtered map[string]struct{}) (*answerGap, error) {
 	var r bulkResponse
 	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("bulkUpdate: decoding the response: %w", jsonErr(err))
+		return nil, fmt.Errorf("bulkUpdate: decoding the response: %w", jsonErr(err))
 	}
 	for _, f := range r.CreatedFields {
 		created[f] = struct{}{}
@@ -172,6 +286,7 @@ func (c *Client) mapResponse(ctx context.Context, b Batch, body []byte, res *Bat
 	if r.FailedUpdates == nil && (len(r.InvalidEmails) > 0 || len(r.InvalidUserIds) > 0) {
 		r.FailedUpdates = map[string][]string{"invalidEmails": r.InvalidEmails, "invalidUserIds": r.InvalidUserIds}
 	}
+	gap := &answerGap{successCount: r.SuccessCount, failCount: r.FailCount}
 
 	// Fast path: nothing failed.
 	failed := 0
@@ -179,11 +294,29 @@ func (c *Client) mapResponse(ctx context.Context, b Batch, body []byte, res *Bat
 		failed += len(l)
 	}
 	if failed == 0 {
+		if r.SuccessCount != len(b.Records) || r.FailCount != 0 {
+			gap.accepted = len(b.Records)
+			return gap, nil
+		}
 		for _, rec := range b.Records {
 			res.Accepted = append(res.Accepted, rec.Index)
 		}
-		c.checkCounts(ctx, r, len(b.Records), 0)
-		return nil
+		return nil, nil
+	}
+
+	// The identifiers of the records, as the lists name them: an entry matching none of them
+	// means the answer speaks of something this request did not send (or in a form we cannot
+	// map), so none of its lists can be trusted to be complete.
+	emails := make(map[string]struct{}, len(b.Records))
+	userIDs := make(map[string]struct{}, len(b.Records))
+	for _, rec := range b.Records {
+		u := rec.User
+		if u.Email != "" || u.UserID == "" {
+			emails[strings.ToLower(u.Email)] = struct{}{}
+		}
+		if u.UserID != "" {
+			userIDs[u.UserID] = struct{}{}
+		}
 	}
 
 	// Email lists match case-insensitively, userId lists exactly. Categories are visited in a
@@ -196,26 +329,36 @@ func (c *Client) mapResponse(ctx context.Context, b Batch, body []byte, res *Bat
 	}
 	slices.Sort(cats)
 	for _, cat := range cats {
+		list := r.FailedUpdates[cat]
 		switch {
+		case len(list) == 0:
+		case !knownCategory(cat):
+			gap.unknown = append(gap.unknown, categorySize{name: cat, entries: len(list)})
 		case strings.HasSuffix(cat, "Emails"):
-			for _, e := range r.FailedUpdates[cat] {
+			for _, e := range list {
 				k := strings.ToLower(e)
+				if _, ok := emails[k]; !ok {
+					gap.unmatched++
+					continue
+				}
 				if _, ok := byEmail[k]; !ok {
 					byEmail[k] = cat
 				}
 			}
-		case strings.HasSuffix(cat, "UserIds"):
-			for _, id := range r.FailedUpdates[cat] {
+		default:
+			for _, id := range list {
+				if _, ok := userIDs[id]; !ok {
+					gap.unmatched++
+					continue
+				}
 				if _, ok := byUserID[id]; !ok {
 					byUserID[id] = cat
 				}
 			}
-		default:
-			c.log.LogAttrs(ctx, slog.LevelWarn, "iterable answered an unknown failedUpdates category; ignored",
-				slog.String("category", cat), slog.Int("entries", len(r.FailedUpdates[cat])))
 		}
 	}
-	rejected := 0
+	accepted := make([]int, 0, len(b.Records))
+	var rejected []RecordRejection
 	for _, rec := range b.Records {
 		cat, ok := "", false
 		u := rec.User
@@ -226,24 +369,21 @@ func (c *Client) mapResponse(ctx context.Context, b Batch, body []byte, res *Bat
 			cat, ok = byUserID[u.UserID]
 		}
 		if !ok {
-			res.Accepted = append(res.Accepted, rec.Index)
+			accepted = append(accepted, rec.Index)
 			continue
 		}
-		rejected++
-		res.Rejected = append(res.Rejected, RecordRejection{Index: rec.Index, Category: cat, Reason: CategoryReason(cat)})
+		rejected = append(rejected, RecordRejection{Index: rec.Index, Category: cat, Reason: CategoryReason(cat)})
 	}
-	c.checkCounts(ctx, r, len(b.Records)-rejected, rejected)
-	return nil
-}
-
-// checkCounts logs when Iterable's counts disagree with the lists; the lists are the truth, since
-// only they say which record failed.
-func (c *Client) checkCounts(ctx context.Context, r bulkResponse, accepted, rejected int) {
-	if r.SuccessCount != accepted || r.FailCount != rejected {
-		c.log.LogAttrs(ctx, slog.LevelWarn, "iterable bulkUpdate counts disagree with failedUpdates; trusting the lists",
-			slog.Int("successCount", r.SuccessCount), slog.Int("failCount", r.FailCount),
-			slog.Int("accepted", accepted), slog.Int("rejected", rejected))
+	gap.accepted, gap.rejected = len(accepted), len(rejected)
+	if len(gap.unknown) > 0 || gap.unmatched > 0 || r.SuccessCount != len(accepted) || r.FailCount != len(rejected) {
+		if len(b.Records) == 1 && len(rejected) == 1 {
+			gap.named = rejected[0].Category
+		}
+		return gap, nil
 	}
+	res.Accepted = append(res.Accepted, accepted...)
+	res.Rejected = append(res.Rejected, rejected...)
+	return nil, nil
 }
 
 // CategoryReason describes a failedUpdates category without naming the value.

@@ -103,6 +103,7 @@ func (e *env) send(t *testing.T, createNew bool, users ...iterable.User) (iterab
 		res, err := e.client.SendBatch(context.Background(), b)
 		total.Accepted = append(total.Accepted, res.Accepted...)
 		total.Rejected = append(total.Rejected, res.Rejected...)
+		total.Unconfirmed = append(total.Unconfirmed, res.Unconfirmed...)
 		total.Requests += res.Requests
 		total.RateLimited += res.RateLimited
 		total.CreatedFields = append(total.CreatedFields, res.CreatedFields...)
@@ -266,25 +267,30 @@ func TestSendBatchFailedUpdatesCategories(t *testing.T) {
 }
 
 // TestSendBatchMapsCannedResponse checks the mapping against an answer naming all ten categories,
-// with emails in another case, duplicates and identifiers the batch does not hold.
+// with emails echoed in another case (Iterable matches and may echo emails lower-cased): the
+// answer accounts for every record, so one request settles the batch.
 func TestSendBatchMapsCannedResponse(t *testing.T) {
 	cats := []string{"invalidEmails", "invalidUserIds", "conflictEmails", "conflictUserIds", "forgottenEmails",
 		"forgottenUserIds", "invalidDataEmails", "invalidDataUserIds", "notFoundEmails", "notFoundUserIds"}
 	var users []iterable.User
 	failed := map[string][]string{}
+	for _, cat := range cats {
+		failed[cat] = []string{}
+	}
 	for i, cat := range cats {
 		if strings.HasSuffix(cat, "Emails") {
 			e := fmt.Sprintf("Cat%d@Example.com", i)
-			users = append(users, iterable.User{Email: strings.ToLower(e)})
-			failed[cat] = []string{e, "stranger@example.com"}
+			users = append(users, iterable.User{Email: e})
+			failed[cat] = []string{strings.ToLower(e)}
 		} else {
 			id := fmt.Sprintf("Id-%d", i)
 			users = append(users, iterable.User{UserID: id})
-			failed[cat] = []string{id, strings.ToUpper(id)} // userIds match exactly: the upper-cased one names nobody
+			failed[cat] = []string{id}
 		}
 	}
-	users = append(users, iterable.User{Email: "ok@example.com"}, iterable.User{UserID: "id-1"})
-	body, err := json.Marshal(map[string]any{"successCount": 2, "failCount": 10, "failedUpdates": failed, "createdFields": []string{}})
+	users = append(users, iterable.User{Email: "ok@example.com"}, iterable.User{UserID: "id-1"}) // userIds match exactly
+	body, err := json.Marshal(map[string]any{"successCount": 2, "failCount": 10, "failedUpdates": failed,
+		"createdFields": []string{}, "filteredOutFields": []string{}})
 	require.NoError(t, err)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		require.Equal(t, "canned-key", r.Header.Get("Api-Key"))
@@ -301,7 +307,9 @@ func TestSendBatchMapsCannedResponse(t *testing.T) {
 	require.NoError(t, err)
 	res, err := c.SendBatch(context.Background(), batches[0])
 	require.NoError(t, err)
+	require.Equal(t, 1, res.Requests)
 	require.Equal(t, []int{110, 111}, res.Accepted)
+	require.Empty(t, res.Unconfirmed)
 	require.Len(t, res.Rejected, 10)
 	for i, r := range res.Rejected {
 		require.Equal(t, 100+i, r.Index)

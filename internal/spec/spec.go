@@ -46,6 +46,10 @@ type DuckDBSource struct {
 type State struct {
 	DuckDB   *DuckDBState   `yaml:"duckdb,omitempty" json:"duckdb,omitempty"`
 	BigQuery *BigQueryState `yaml:"bigquery,omitempty" json:"bigquery,omitempty"`
+	// RejectionsRetention keeps the rejections of runs younger than this (default 720h, 30
+	// days); each key's latest rejection is kept whatever its age, since it tells later runs
+	// that the row is known to be refused.
+	RejectionsRetention Duration `yaml:"rejectionsRetention,omitempty" json:"rejectionsRetention,omitempty"`
 }
 
 // BigQueryState is the dataset that holds state, plan and rejections tables; its project runs
@@ -73,7 +77,10 @@ type Destination struct {
 	Fields          []Field    `yaml:"fields" json:"fields"`
 	CreateNewFields *bool      `yaml:"createNewFields,omitempty" json:"createNewFields,omitempty"`
 	// OnRemoved says what a row that left the model does in Iterable: "keep" (default: the profile
-	// keeps its values, the row leaves the state) or "clear" (its mapped fields are set to null).
+	// keeps its values, the row leaves the state), "clear" (its mapped fields are set to null; a
+	// profile is never created for it) or "delete" (the profile is deleted: DELETE
+	// /api/users/{email} or /api/users/byUserId/{userId}). Both act on the identifier the row was
+	// last synced with, so only profiles this activation synced; maxRemovedPercent guards them.
 	OnRemoved string `yaml:"onRemoved,omitempty" json:"onRemoved,omitempty"`
 	// Nulls says what a NULL model value does: "clear" (default: the Iterable field is set to
 	// null) or "ignore" (the field is left out, Iterable keeps its value).

@@ -20,7 +20,7 @@ var (
 	modes        = []string{ModeUpsert, ModeUpdate}
 	nulls        = []string{"clear", "ignore"}
 	idFields     = []string{"email", "userId"}
-	onRemoved    = []string{"keep", "clear"}
+	onRemoved    = []string{"keep", "clear", "delete"}
 )
 
 // Iterable refuses field names it reserves for identity at the top level of a profile.
@@ -92,6 +92,9 @@ func (a Activation) validate() Problems {
 		if a.Source.DuckDB != nil {
 			add("source.duckdb", "is only for source.type duckdb")
 		}
+	}
+	if d := time.Duration(a.State.RejectionsRetention); d < 0 || (d > 0 && d < time.Hour) {
+		add("state.rejectionsRetention", "%s is too short (at least 1h, e.g. 720h for 30 days)", d)
 	}
 	if strings.TrimSpace(a.Source.Query) == "" {
 		add("source.query", "is required: the SQL query of the model")

@@ -10,6 +10,7 @@ package warehouse
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -44,14 +45,26 @@ type PlanRequest struct {
 	// Fields are the mapped columns, in spec order. The planner sorts them by Field name for hashing.
 	// A Field name mapped twice is an ErrInvalidModel.
 	Fields []Field
+	// IdentifierLowerCase compares identifiers case-insensitively (emails, as Iterable does)
+	// when the plan looks for identifiers shared by several keys or reused by a removal.
+	IdentifierLowerCase bool
 	// FullResync ignores the state for classification: every model row is planned as an add.
+	// It also sends again the rows held back by known rejections.
 	FullResync bool
+	// RetryRejected sends again the rows whose known rejection would hold them back.
+	RetryRejected bool
+	// RejectionsRetention keeps the rejections of runs younger than this (the latest
+	// rejection of every key is kept whatever its age); 0 means DefaultRejectionsRetention.
+	RejectionsRetention time.Duration
 	// ChunkRows is the number of plan rows per chunk (default DefaultChunkRows).
 	ChunkRows int
 }
 
 // DefaultChunkRows is the plan rows per chunk when a request leaves it unset.
 const DefaultChunkRows = 10000
+
+// DefaultRejectionsRetention is how long the rejections of a run are kept by default.
+const DefaultRejectionsRetention = 30 * 24 * time.Hour
 
 // Counts are plan-level statistics; none of them carries a key or a value.
 type Counts struct {
@@ -62,9 +75,19 @@ type Counts struct {
 	Unchanged     int64 `json:"unchanged"`
 	NullKeys      int64 `json:"nullKeys"`      // model rows whose primary key is NULL: never sent
 	DuplicateKeys int64 `json:"duplicateKeys"` // model rows whose key appears more than once: never sent
+	// DuplicateIdentifiers are model rows whose identifier (compared as Iterable compares it)
+	// is carried by more than one primary key: never sent, skipped with a reason.
+	DuplicateIdentifiers int64 `json:"duplicateIdentifiers"`
 	// Retried are the adds whose key an earlier run of the activation held back (rejected or
 	// skipped): they are planned again, but they are not new to the model.
 	Retried int64 `json:"retried"`
+	// Known are the planned rows that a known rejection holds back (Row.Prior.Hold): the same
+	// row was rejected before sending, for a reason that has not changed. They are in the plan
+	// (so a type conflict that Iterable no longer has can release them) but are not sent.
+	Known int64 `json:"known"`
+	// Refreshed are state rows whose hash moved only because a field left the mapping: the
+	// plan refreshed them in the state (nothing to send) so they take the fast path again.
+	Refreshed int64 `json:"refreshed"`
 }
 
 // Planned is the number of rows the plan will send.
@@ -91,7 +114,12 @@ type Plan struct {
 	Chunks []Chunk `json:"chunks"`
 	// Columns are the warehouse types of the mapped fields, to compare with the destination's.
 	Columns []ColumnType `json:"columns,omitempty"`
+	// KnownReasons are the most frequent reasons of the rows known rejections hold back.
+	KnownReasons []ReasonCount `json:"knownReasons,omitempty"`
 }
+
+// MaxKnownReasons bounds Plan.KnownReasons.
+const MaxKnownReasons = 10
 
 // ColumnType is the warehouse type of one mapped field's column.
 type ColumnType struct {
@@ -121,8 +149,17 @@ type Row struct {
 	Seq int64
 	Key string
 	Op  Op
-	// Identifier is the identifier column's value (nil when NULL).
+	// Identifier is the identifier column's value (nil when NULL). For OpRemove it is the
+	// identifier the key was last synced with, as a string (nil when the state has none).
 	Identifier any
+	// RowHash is the plan's hash of the row (recorded with its rejections); "" for OpRemove.
+	RowHash string
+	// KeepProfile is set on an OpRemove whose identifier a current model row carries (the
+	// primary key changed, the person did not): the profile must be neither cleared nor deleted.
+	KeepProfile bool
+	// Prior is the key's latest rejection by an earlier run, when it was made with the same
+	// row hash (nil otherwise).
+	Prior *Prior
 	// Values holds the value of every mapped field by destination field name, as the warehouse
 	// driver returns it (int64, float64, bool, string, time.Time, []any, map[string]any, ...).
 	// For OpRemove it is empty.
@@ -131,6 +168,43 @@ type Row struct {
 	Changed []string
 	// Known tells whether the identifier is in ChunkRequest.KnownTable (false when none was given).
 	Known bool
+}
+
+// Prior is an earlier run's rejection of the same row (same key, same row hash).
+type Prior struct {
+	Outcome Outcome `json:"outcome"`
+	Class   Class   `json:"class"`
+	Field   string  `json:"field,omitempty"`
+	Reason  string  `json:"reason"`
+	// Hold: the rejection was made before sending for a reason that cannot change while the
+	// row does not (HoldClasses), and the plan is neither a full resync nor a retry of
+	// rejections: the row is not sent again. A ClassType hold lasts only while the field's
+	// type conflict is still the same (see HeldByPrior).
+	Hold bool `json:"hold"`
+}
+
+// HeldByPrior says whether a row with this prior rejection is held back (not sent, not
+// committed), given this run's type conflicts (field → reason). The sender and Commit apply
+// this same rule.
+func HeldByPrior(p *Prior, conflicts map[string]string) bool {
+	if p == nil || !p.Hold {
+		return false
+	}
+	if p.Class != ClassType {
+		return true
+	}
+	reason, ok := conflicts[p.Field]
+	return ok && reason == p.Reason
+}
+
+// ConflictPairs encodes type conflicts for Commit's SQL: field, a NUL, reason.
+func ConflictPairs(conflicts map[string]string) []string {
+	out := make([]string, 0, len(conflicts))
+	for f, r := range conflicts {
+		out = append(out, f+"\x00"+r)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ChunkRequest selects the rows of one chunk after a cursor.
@@ -153,15 +227,42 @@ type Outcome string
 const (
 	OutcomeRejected Outcome = "rejected" // the destination (or our local checks) refused it
 	OutcomeSkipped  Outcome = "skipped"  // deliberately not sent (e.g. duplicate key, not in Iterable)
+	// OutcomeUnconfirmed: sent, but the destination's answer did not account for it; not
+	// committed, sent again next run.
+	OutcomeUnconfirmed Outcome = "unconfirmed"
 )
 
-// Rejection is one row that must not be committed. Reason must not contain the row's values.
+// Class is a rejection's reason class: what kind of cause, without values.
+type Class string
+
+// Classes of rejections.
+const (
+	ClassIdentifier       Class = "identifier"        // invalid, NULL or empty identifier (before sending)
+	ClassValue            Class = "value"             // a value that cannot be sent (NaN, unsupported type)
+	ClassOversize         Class = "oversize"          // the user alone exceeds the request body limit
+	ClassType             Class = "type"              // the field's type in Iterable conflicts with the column's
+	ClassIterable         Class = "iterable"          // refused by Iterable in its answer
+	ClassUnconfirmed      Class = "unconfirmed"       // Iterable's answer did not account for it
+	ClassDuplicateKey     Class = "duplicate-key"     // the model returns the key more than once
+	ClassSharedIdentifier Class = "shared-identifier" // the identifier is carried by several keys
+	ClassNotInIterable    Class = "not-in-iterable"   // update mode, or a removal: no such profile
+	ClassNoIdentifier     Class = "no-identifier"     // a removal whose identifier the state lacks
+)
+
+// HoldClasses are the classes of rejections made before sending that hold a row back until it
+// changes: checking the same row again gives the same verdict.
+var HoldClasses = []Class{ClassIdentifier, ClassValue, ClassOversize, ClassType}
+
+// Rejection is one row that must not be committed (except skipped removals, which are: a
+// profile that is not there needs no clearing). Reason must not contain the row's values.
 type Rejection struct {
 	Key     string
 	Op      Op
 	Outcome Outcome
+	Class   Class
 	Field   string // the field at fault, when known
 	Reason  string
+	RowHash string // the row's plan hash ("" for removals and rows not in a plan)
 }
 
 // ReasonCount is one line of the run report's top reasons.
@@ -171,12 +272,15 @@ type ReasonCount struct {
 	Count   int64   `json:"count"`
 }
 
-// CommitRequest commits the rows of finished chunks minus the run's rejections.
+// CommitRequest commits the rows of finished chunks minus the run's rejections and the rows
+// known rejections held back.
 type CommitRequest struct {
 	ActivationID string
 	RunID        string
 	Table        string
 	Chunks       []int // indices of chunks whose every row was sent and answered
+	// Conflicts are the run's type conflicts (field → reason), for HeldByPrior.
+	Conflicts map[string]string
 }
 
 // CommitResult counts what entered (or left) the state.
@@ -230,3 +334,7 @@ var ErrInvalidModel = errors.New("invalid model")
 // model returns more than once, with the number of rows that share it. It is a printf format
 // that Go, DuckDB's printf and BigQuery's FORMAT all read alike.
 const DuplicateKeyReasonFormat = "duplicate primary key: %d rows share this key"
+
+// SharedIdentifierReasonFormat is the reason Plan records (outcome skipped) for every key whose
+// identifier other keys carry too, with the number of keys that share it.
+const SharedIdentifierReasonFormat = "shared identifier: %d primary keys carry this identifier; none of them is sent until only one does"

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"time"
 )
 
@@ -23,6 +24,16 @@ import (
 // anything else (after Latency): OutageServiceUnavailable with 503 {"code":"ServiceUnavailable"},
 // OutageDropConnections by closing the connection without an answer. OutageAnswers counts them.
 // For an Iterable that cannot be reached at all (connections refused), see GoOffline.
+//
+// Answers that do not account for every user, for the client's check that nothing unconfirmed
+// is taken as accepted: Faults.MiscountUser and Faults.UnknownCategoryUser pick a user by email
+// (case-insensitive) or userId. Every bulkUpdate request holding that user is applied exactly
+// as without the fault (the user is updated, or lands in its usual failedUpdates list), then
+// its 200 answer is altered: MiscountUser raises successCount by one (MiscountedAnswers counts
+// them); UnknownCategoryUser adds the list failedUpdates.<UnknownCategory> naming that user as
+// sent, its email or else its userId (UnknownCategoryAnswers counts them). Stats.UsersUpdated
+// and UsersFailed count what was applied, not the altered counts. Requests without the user
+// are answered truthfully, so a client that splits the request finds the user.
 
 // Outage is a way for the whole API to be unavailable.
 type Outage int
@@ -139,5 +150,46 @@ func (s *Server) GoOnline() error {
 	ts.Listener = l
 	ts.Start()
 	s.ts = ts
+	return nil
+}
+
+// answerFaults alters a bulkUpdate answer as Faults.MiscountUser and Faults.UnknownCategoryUser
+// say. Call with s.mu held.
+func answerFaults(f Faults, p *project, users []inUser, resp *bulkResponse) {
+	if f.MiscountUser != "" && holds(users, f.MiscountUser) != nil {
+		resp.SuccessCount++
+		p.stats.MiscountedAnswers++
+	}
+	if f.UnknownCategoryUser == "" {
+		return
+	}
+	u := holds(users, f.UnknownCategoryUser)
+	if u == nil {
+		return
+	}
+	cat, id := f.UnknownCategory, u.Email
+	if id == "" {
+		id = u.UserID
+	}
+	if cat == "" {
+		cat = "undocumentedEmails"
+		if u.Email == "" {
+			cat = "undocumentedUserIds"
+		}
+	}
+	if resp.FailedUpdates.extra == nil {
+		resp.FailedUpdates.extra = map[string][]string{}
+	}
+	resp.FailedUpdates.extra[cat] = append(resp.FailedUpdates.extra[cat], id)
+	p.stats.UnknownCategoryAnswers++
+}
+
+// holds returns the first user of users whose email (case-insensitive) or userId is id.
+func holds(users []inUser, id string) *inUser {
+	for i := range users {
+		if (users[i].Email != "" && strings.EqualFold(users[i].Email, id)) || (users[i].UserID != "" && users[i].UserID == id) {
+			return &users[i]
+		}
+	}
 	return nil
 }

@@ -19,6 +19,7 @@ type project struct {
 	forgottenUserIDs map[string]bool
 
 	bulkRL, getFieldsRL, byEmailRL, byUserIDRL, exportRL *limiter
+	deleteByEmailRL, deleteByUserIDRL                    *limiter
 	stats                                                Stats
 	received                                             []StoredUser // with Options.KeepReceived
 }
@@ -43,6 +44,8 @@ func newProject(t ProjectType, o Options) *project {
 		byEmailRL:        newLimiter(o.LookupRPS, o.Unlimited),
 		byUserIDRL:       newLimiter(o.LookupRPS, o.Unlimited),
 		exportRL:         newBurstLimiter(o.ExportPerMinute/60, exportBurst, o.Unlimited),
+		deleteByEmailRL:  newLimiter(o.DeleteRPS, o.Unlimited),
+		deleteByUserIDRL: newLimiter(o.DeleteRPS, o.Unlimited),
 	}
 }
 
@@ -173,22 +176,69 @@ type failedUpdates struct {
 	InvalidUserIds     []string `json:"invalidUserIds"`
 	NotFoundEmails     []string `json:"notFoundEmails"`
 	NotFoundUserIds    []string `json:"notFoundUserIds"`
+
+	extra map[string][]string // lists Iterable does not document (Faults.UnknownCategoryUser)
 }
 
-// newFieldCount is the number of distinct fields the request would create.
+// MarshalJSON adds the extra lists to the documented ones.
+func (f failedUpdates) MarshalJSON() ([]byte, error) {
+	type documented failedUpdates // without this method
+	b, err := json.Marshal(documented(f))
+	if err != nil || len(f.extra) == 0 {
+		return b, err
+	}
+	all := map[string]any{}
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, err
+	}
+	for k, v := range f.extra {
+		all[k] = v
+	}
+	return json.Marshal(all)
+}
+
+// newFieldCount is the number of distinct fields the request would create, sub-fields of objects
+// included (Iterable: "a field's uniqueness determined by its name and position").
 func (p *project) newFieldCount(users []inUser) int {
 	seen := map[string]struct{}{}
+	add := func(name, _ string) bool {
+		if _, ok := p.fields[name]; !ok {
+			seen[name] = struct{}{}
+		}
+		return true
+	}
 	for _, u := range users {
 		for k, v := range u.DataFields {
 			if v == nil {
 				continue
 			}
-			if _, ok := p.fields[k]; !ok {
-				seen[k] = struct{}{}
+			add(k, "")
+			if m, ok := v.(map[string]any); ok {
+				subFields(k, m, add)
 			}
 		}
 	}
 	return len(seen)
+}
+
+// subFields calls fn with the dotted name ("address.zip") and type of every non-null sub-field
+// of the object field name, depth first, until fn returns false; it returns false then. Arrays
+// are not descended: their elements have no name of their own.
+func subFields(name string, obj map[string]any, fn func(name, typ string) bool) bool {
+	for k, e := range obj {
+		_, typ := normalize(e)
+		if typ == "" {
+			continue
+		}
+		sub := name + "." + k
+		if !fn(sub, typ) {
+			return false
+		}
+		if m, ok := e.(map[string]any); ok && !subFields(sub, m, fn) {
+			return false
+		}
+	}
+	return true
 }
 
 // applyBulk applies the users in order, as Iterable processes a bulk request user by user.
@@ -299,17 +349,23 @@ func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created,
 	type change struct {
 		typ string
 		val any
+		obj map[string]any // the value as sent, when an object: its sub-fields are locked too
+	}
+	fits := func(name, typ string) bool {
+		locked, ok := p.fields[name]
+		return !ok || compatible(locked, typ)
 	}
 	changes := make(map[string]change, len(in.DataFields))
 	for k, v := range in.DataFields {
 		val, typ := normalize(v)
-		if locked, ok := p.fields[k]; ok && typ != "" && !compatible(locked, typ) {
+		obj, _ := v.(map[string]any)
+		if (typ != "" && !fits(k, typ)) || (obj != nil && !subFields(k, obj, fits)) {
 			if email != "" {
 				return fail(&f.InvalidDataEmails, email)
 			}
 			return fail(&f.InvalidDataUserIds, uid)
 		}
-		changes[k] = change{typ, val}
+		changes[k] = change{typ, val, obj}
 	}
 
 	if create {
@@ -340,6 +396,15 @@ func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created,
 					resp.CreatedFields = append(resp.CreatedFields, k)
 				}
 			}
+		}
+		if c.obj != nil {
+			// The first non-null value of a sub-field fixes its type, as at the top level.
+			subFields(k, c.obj, func(name, typ string) bool {
+				if _, ok := p.fields[name]; !ok {
+					p.fields[name] = typ
+				}
+				return true
+			})
 		}
 		if in.MergeNestedObjects {
 			if old, ok := target.data[k].(map[string]any); ok {

@@ -1,12 +1,16 @@
 // Package iterabletest is an in-memory Iterable for tests and demos, used like net/http/httptest.
 // It enforces the documented behaviour of the user endpoints the activation engine uses:
 // per-project API keys, the bulkUpdate body limit and rate limits, email and userId validation,
-// email-based, userID-based and hybrid projects, field-type locking, createNewFields, GDPR-forgotten
-// users, the full failedUpdates answer, lookups and the user export. Faults (latency, 5xx, 429
-// bursts, dropped connections, cut export streams, outages) can be injected to test retries.
+// email-based, userID-based and hybrid projects, field-type locking (sub-fields of objects
+// included), createNewFields, GDPR-forgotten users, the full failedUpdates answer, lookups, user
+// deletion and the user export. Emails are matched case-insensitively everywhere (updates,
+// lookups, notFound and conflict checks, forgotten users, deletes). Faults (latency, 5xx, 429
+// bursts, dropped connections, cut export streams, outages, answers that do not account for
+// every user) can be injected to test retries and the client's checks.
 //
 // Choices where Iterable's documentation is silent (documented here, relied on by tests):
-//   - A body over MaxBodyBytes is answered 400 {"code":"BatchTooLarge"} (not 413).
+//   - A body over MaxBodyBytes is answered 400 {"code":"BatchTooLarge"} (not 413), and so is a
+//     bulkUpdate of more than MaxBulkUsers (default 1,000) users, before anything is applied.
 //   - Unlimited disables every rate limit of the emulator, not only bulkUpdate's.
 //   - In a userID-based project a user without userId updates the one user that has the email
 //     (a userID-based project cannot create a user without userId): an email naming no user is
@@ -19,7 +23,19 @@
 //     client's split-in-halves; Faults.RejectField does the same with RequestFieldsTypesMismatched.
 //   - Creating fields past MaxFields (default 1000) answers the whole request 400
 //     UniqueFieldsLimitExceeded and applies nothing.
-//   - Field types are locked at the top level only; nested objects are stored as they come.
+//   - Sub-fields of object fields are type-locked like top-level fields, by their dotted path
+//     ("address.zip" of {"address":{"zip":1}}): a value of another type makes the user
+//     invalidData. getFields reports them under that path with the object itself as "object",
+//     and they count toward MaxFields. createdFields and filteredOutFields name top-level fields
+//     only, and createNewFields=false filters top-level fields only (a new sub-field of a known
+//     object is stored and locked). Array elements are not descended.
+//   - An email-based project keeps the case an email was created with; hybrid and userID-based
+//     projects take the case of the latest update naming it.
+//   - DELETE /api/users/{email} and /api/users/byUserId/{userId} (DeleteRPS, default 100/s each)
+//     remove the user at once, where Iterable deletes asynchronously. The spec documents only
+//     200, 400 and 401: an absent user is answered 400 {"code":"BadParams","msg":"User does not
+//     exist. Email: … UserId: …"} as Iterable does, and a deletion by email in a userID-based
+//     project (which Iterable does not support) 400 BadParams. Field types stay locked.
 //   - GET /api/export/data.json exports users only (dataTypeName=user; any other type is a 400).
 //     A user's line is {"email","userId","profileUpdatedAt",<dataFields>...}, limited to
 //     onlyFields when given; range and startDateTime/endDateTime select on profileUpdatedAt (the
@@ -68,6 +84,12 @@ type Options struct {
 	MaxBodyBytes int
 	// MaxFields is the project's limit of distinct user fields (default 1000).
 	MaxFields int
+	// MaxBulkUsers is the most users one bulkUpdate may hold (default 1000); more is answered
+	// 400 BatchTooLarge.
+	MaxBulkUsers int
+	// DeleteRPS is the rate limit of DELETE /api/users/{email} and of
+	// DELETE /api/users/byUserId/{userId}, each, per project (default 100).
+	DeleteRPS float64
 	// KeepReceived records every user object received, for Received (tests; costs memory).
 	KeepReceived bool
 	Logger       *slog.Logger
@@ -103,6 +125,18 @@ type Faults struct {
 	Burst429RetryAfters []time.Duration
 	// Outage makes every endpoint unavailable, whatever the key (see faults.go).
 	Outage Outage
+	// MiscountUser: every bulkUpdate request holding a user whose email (case-insensitive) or
+	// userId is this value is applied normally, but its answer reports successCount one higher
+	// than the users it updated, so the counts disagree with failedUpdates (see faults.go).
+	MiscountUser string
+	// UnknownCategoryUser: every bulkUpdate request holding a user whose email (case-insensitive)
+	// or userId is this value is applied normally (that user is updated and counted in
+	// successCount), and its answer also names that user, as sent, in
+	// failedUpdates.<UnknownCategory>, a list Iterable does not document (see faults.go).
+	UnknownCategoryUser string
+	// UnknownCategory names that list (default "undocumentedEmails", or "undocumentedUserIds"
+	// when the user was sent without email).
+	UnknownCategory string
 }
 
 // StoredUser is a user profile as stored by the emulator.
@@ -122,13 +156,20 @@ type Stats struct {
 	UsersFailed        int // sum of failCount
 	Errors5xx          int
 	DroppedConnections int
-	BadRequests        int // 400 answers
+	BadRequests        int // 400 answers of any endpoint
 	GetFieldsRequests  int
 	LookupRequests     int // getByEmail and byUserId
 	ExportRequests     int // export/data.json, whatever the answer
 	ExportedUsers      int // lines streamed by export/data.json
 	Bursts429          int // bursts started by Faults.Burst429Every
 	Burst429RetryAfter int // 429 answers of those bursts that carried Retry-After
+	// MiscountedAnswers counts bulkUpdate answers whose successCount Faults.MiscountUser raised.
+	MiscountedAnswers int
+	// UnknownCategoryAnswers counts bulkUpdate answers to which Faults.UnknownCategoryUser added
+	// an undocumented failedUpdates list.
+	UnknownCategoryAnswers int
+	DeleteRequests         int // DELETE /api/users/{email} and /byUserId/{userId}, whatever the answer
+	UsersDeleted           int // users those requests removed
 }
 
 // Server is the emulator. It implements http.Handler.
@@ -174,6 +215,12 @@ func NewHandler(opts Options) *Server {
 	if opts.MaxFields <= 0 {
 		opts.MaxFields = 1000
 	}
+	if opts.MaxBulkUsers <= 0 {
+		opts.MaxBulkUsers = 1000
+	}
+	if opts.DeleteRPS <= 0 {
+		opts.DeleteRPS = 100
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -190,6 +237,8 @@ func NewHandler(opts Options) *Server {
 	s.mux.HandleFunc("GET /api/users/getByEmail", s.getByEmail)
 	s.mux.HandleFunc("GET /api/users/byUserId/{userId...}", s.getByUserID)
 	s.mux.HandleFunc("GET /api/export/data.json", s.exportData)
+	s.mux.HandleFunc("DELETE /api/users/{email}", s.deleteByEmail)
+	s.mux.HandleFunc("DELETE /api/users/byUserId/{userId...}", s.deleteByUserID)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", "Endpoint not emulated")
 	})
@@ -261,7 +310,8 @@ func (s *Server) Unauthorized() int {
 	return s.unauthorized
 }
 
-// Users returns deep copies of the project's users sorted by email, then userId.
+// Users returns deep copies of the project's users sorted by email (case-insensitively), then
+// userId.
 func (s *Server) Users(apiKey string) []StoredUser {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -274,8 +324,8 @@ func (s *Server) Users(apiKey string) []StoredUser {
 		out = append(out, u.stored())
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Email != out[j].Email {
-			return out[i].Email < out[j].Email
+		if a, b := strings.ToLower(out[i].Email), strings.ToLower(out[j].Email); a != b {
+			return a < b
 		}
 		return out[i].UserID < out[j].UserID
 	})
@@ -296,6 +346,13 @@ func (s *Server) User(apiKey, email, userID string) (StoredUser, bool) {
 		return StoredUser{}, false
 	}
 	return u.stored(), true
+}
+
+// HasUser reports whether the project holds a user with that email (case-insensitive) or, when
+// email is empty, with that userId.
+func (s *Server) HasUser(apiKey, email, userID string) bool {
+	_, ok := s.User(apiKey, email, userID)
+	return ok
 }
 
 // Forget GDPR-forgets a user: the profile is deleted and later updates naming its email or
@@ -458,10 +515,11 @@ func (s *Server) bulkUpdate(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		return
 	}
-	rejectField := f.RejectField
+	faults := *f
 	s.mu.Unlock()
 
-	status, code, msg, resp, received := s.readAndApply(r, p, rejectField)
+	status, code, msg, resp, users := s.readAndApply(r, p, faults.RejectField)
+	received := len(users)
 	s.mu.Lock()
 	p.stats.UsersReceived += received
 	if status != http.StatusOK {
@@ -469,6 +527,7 @@ func (s *Server) bulkUpdate(w http.ResponseWriter, r *http.Request) {
 	} else {
 		p.stats.UsersUpdated += resp.SuccessCount
 		p.stats.UsersFailed += resp.FailCount
+		answerFaults(faults, p, users, resp)
 	}
 	s.mu.Unlock()
 	s.log.Debug("iterabletest bulkUpdate", slog.Int("status", status), slog.String("code", code),
@@ -480,42 +539,47 @@ func (s *Server) bulkUpdate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// readAndApply reads, checks and applies a bulk body. Decoding runs without the lock; applying
-// holds it, so each request is applied atomically with respect to others.
-func (s *Server) readAndApply(r *http.Request, p *project, rejectField string) (status int, code, msg string, resp *bulkResponse, received int) {
+// readAndApply reads, checks and applies a bulk body, and returns the users it decoded. Decoding
+// runs without the lock; applying holds it, so each request is applied atomically with respect
+// to others.
+func (s *Server) readAndApply(r *http.Request, p *project, rejectField string) (status int, code, msg string, resp *bulkResponse, users []inUser) {
 	limit := s.opts.MaxBodyBytes
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	if err != nil {
-		return http.StatusBadRequest, "BadJsonBody", "Could not read the request body", nil, 0
+		return http.StatusBadRequest, "BadJsonBody", "Could not read the request body", nil, nil
 	}
 	if len(body) > limit {
 		// Drain what is left (bounded) so the client reads our answer instead of a reset.
 		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
-		return http.StatusBadRequest, "BatchTooLarge", "Request body exceeds " + itoa(limit) + " bytes", nil, 0
+		return http.StatusBadRequest, "BatchTooLarge", "Request body exceeds " + itoa(limit) + " bytes", nil, nil
 	}
 	var req bulkRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(&req); err != nil {
 		if _, ok := err.(*json.UnmarshalTypeError); ok {
-			return http.StatusBadRequest, "BadParams", "Invalid request: " + err.Error(), nil, 0
+			return http.StatusBadRequest, "BadParams", "Invalid request: " + err.Error(), nil, nil
 		}
-		return http.StatusBadRequest, "BadJsonBody", "Could not parse the JSON body", nil, 0
+		return http.StatusBadRequest, "BadJsonBody", "Could not parse the JSON body", nil, nil
 	}
 	if dec.More() {
-		return http.StatusBadRequest, "BadJsonBody", "Trailing data after the JSON body", nil, 0
+		return http.StatusBadRequest, "BadJsonBody", "Trailing data after the JSON body", nil, nil
 	}
 	if req.Users == nil {
-		return http.StatusBadRequest, "BadParams", "users is required", nil, 0
+		return http.StatusBadRequest, "BadParams", "users is required", nil, nil
+	}
+	if len(req.Users) > s.opts.MaxBulkUsers {
+		return http.StatusBadRequest, "BatchTooLarge",
+			"A bulk update may hold at most " + itoa(s.opts.MaxBulkUsers) + " users", nil, req.Users
 	}
 	for _, u := range req.Users {
 		for k := range u.DataFields {
 			if k == "" {
-				return http.StatusBadRequest, "BadParams", "Field names must not be empty", nil, len(req.Users)
+				return http.StatusBadRequest, "BadParams", "Field names must not be empty", nil, req.Users
 			}
 			if rejectField != "" && k == rejectField {
 				return http.StatusBadRequest, "RequestFieldsTypesMismatched",
-					"Field types mismatched for field '" + k + "'", nil, len(req.Users)
+					"Field types mismatched for field '" + k + "'", nil, req.Users
 			}
 		}
 	}
@@ -526,7 +590,7 @@ func (s *Server) readAndApply(r *http.Request, p *project, rejectField string) (
 	if createNew {
 		if n := p.newFieldCount(req.Users); len(p.fields)+n > s.opts.MaxFields {
 			return http.StatusBadRequest, "UniqueFieldsLimitExceeded",
-				"Project would exceed its limit of " + itoa(s.opts.MaxFields) + " unique fields", nil, len(req.Users)
+				"Project would exceed its limit of " + itoa(s.opts.MaxFields) + " unique fields", nil, req.Users
 		}
 	}
 	for _, u := range req.Users {
@@ -535,7 +599,7 @@ func (s *Server) readAndApply(r *http.Request, p *project, rejectField string) (
 			p.received = append(p.received, StoredUser{Email: u.Email, UserID: u.UserID, DataFields: copyFields(u.DataFields)})
 		}
 	}
-	return http.StatusOK, "", "", p.applyBulk(req.Users, createNew), len(req.Users)
+	return http.StatusOK, "", "", p.applyBulk(req.Users, createNew), req.Users
 }
 
 // Received returns every user object the project accepted for processing in bulkUpdate bodies,

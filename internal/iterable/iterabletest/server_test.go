@@ -215,7 +215,7 @@ func TestProfilesAndCopies(t *testing.T) {
 	status, out = call(t, s, "GET", "/api/users/getFields", key, "")
 	require.Equal(t, 200, status)
 	require.Equal(t, map[string]any{"email": "string", "userId": "string", "list": "array", "n": "double", "obj": "object",
-		"ok": "boolean", "when": "date"}, out["fields"])
+		"obj.a": "long", "obj.b": "long", "obj.c": "long", "ok": "boolean", "when": "date"}, out["fields"])
 
 	status, out = call(t, s, "GET", "/api/users/byUserId/u-a", key, "")
 	require.Equal(t, 200, status)

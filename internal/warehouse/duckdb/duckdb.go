@@ -126,10 +126,20 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 		outcome VARCHAR NOT NULL,
 		field VARCHAR,
 		reason VARCHAR,
-		"at" TIMESTAMP NOT NULL
+		"at" TIMESTAMP NOT NULL,
+		class VARCHAR,
+		row_hash VARCHAR
 	)`)
 	if err != nil {
 		return fmt.Errorf("create %s table: %w", RejectionsTable, err)
+	}
+	// Tables written by earlier versions lack the columns that make a rejection known (its
+	// class and the row hash it was made with); ADD COLUMN appends them, as CREATE has them.
+	for _, col := range []string{"class", "row_hash"} {
+		if _, err := p.db.ExecContext(ctx, `ALTER TABLE `+p.qualified(RejectionsTable)+
+			` ADD COLUMN IF NOT EXISTS `+col+` VARCHAR`); err != nil {
+			return fmt.Errorf("add column %s to %s: %w", col, RejectionsTable, err)
+		}
 	}
 	return nil
 }

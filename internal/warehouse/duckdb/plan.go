@@ -16,14 +16,13 @@ import (
 const (
 	snapshotTable   = "temp.main.activation_snapshot"
 	duplicatesTable = "temp.main.activation_duplicates"
+	sharedTable     = "temp.main.activation_shared"
+	priorTable      = "temp.main.activation_prior"
 )
 
 // nullHash stands for a NULL value: md5 never produces it, so NULL differs from every value,
 // including the string 'null'.
 const nullHash = "∅"
-
-// duplicateReasonPrefix finds the duplicate-key rejections of a run that a retried Plan replaces.
-var duplicateReasonPrefix, _, _ = strings.Cut(warehouse.DuplicateKeyReasonFormat, "%d")
 
 // Plan snapshots the model, diffs it against the state and writes the plan table. Everything
 // runs inside DuckDB; only counts come back.
@@ -58,37 +57,40 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	}
 
 	state := p.qualified(warehouse.StateTable(id))
-	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
-		return warehouse.Plan{}, fmt.Errorf("plan %s: create state table: %w", id, err)
-	}
-	if err := p.dropStateIndex(ctx, conn, id); err != nil {
+	if err := p.prepareState(ctx, conn, id, state); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
-	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_duplicates AS
-		SELECT key, count(*) AS n FROM `+snapshotTable+`
-		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
-		return warehouse.Plan{}, fmt.Errorf("plan %s: find duplicate keys: %w", id, err)
+	if err := p.findHeldBack(ctx, conn, req, state); err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
 
 	table := warehouse.PlanTable(id, req.RunID)
-	if err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows); err != nil {
+	refreshed, err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows)
+	if err != nil {
 		return warehouse.Plan{}, err
 	}
 
 	plan := warehouse.Plan{Table: table, Columns: columns}
+	plan.Counts.Refreshed = refreshed
 	err = conn.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE key IS NULL),
-		(SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM `+duplicatesTable+`) FROM `+snapshotTable).
-		Scan(&plan.Counts.ModelRows, &plan.Counts.NullKeys, &plan.Counts.DuplicateKeys)
+		(SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM `+duplicatesTable+`),
+		(SELECT count(*) FROM `+sharedTable+`) FROM `+snapshotTable).
+		Scan(&plan.Counts.ModelRows, &plan.Counts.NullKeys, &plan.Counts.DuplicateKeys, &plan.Counts.DuplicateIdentifiers)
 	if err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: count model rows: %w", id, err)
 	}
-	err = conn.QueryRowContext(ctx, `SELECT count(*) FROM `+p.qualified(table)+` WHERE op = 'add' AND key IN
-		(SELECT key FROM `+p.qualified(RejectionsTable)+` WHERE activation_id = ? AND run_id <> ?)`, id, req.RunID).
-		Scan(&plan.Counts.Retried)
+	qt := p.qualified(table)
+	err = conn.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE op = 'add' AND key IN (SELECT key FROM `+priorTable+`)),
+		count(*) FILTER (WHERE hold) FROM `+qt).Scan(&plan.Counts.Retried, &plan.Counts.Known)
 	if err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: count retried rows: %w", id, err)
 	}
-	plan.Chunks, err = readChunks(ctx, conn, p.qualified(table))
+	if plan.Counts.Known > 0 {
+		if plan.KnownReasons, err = knownReasons(ctx, conn, qt); err != nil {
+			return warehouse.Plan{}, fmt.Errorf("plan %s: reasons of known rejections: %w", id, err)
+		}
+	}
+	plan.Chunks, err = readChunks(ctx, conn, qt)
 	if err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: read chunks of %s: %w", id, table, err)
 	}
@@ -97,13 +99,14 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		plan.Counts.Changed += c.Changed
 		plan.Counts.Removed += c.Removed
 	}
-	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys
+	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys - plan.Counts.DuplicateIdentifiers
 	plan.Counts.Unchanged = clean - plan.Counts.Added - plan.Counts.Changed
 
 	c := plan.Counts
 	p.log.DebugContext(ctx, "plan written", "activation", id, "run", req.RunID, "table", table,
 		"model_rows", c.ModelRows, "added", c.Added, "changed", c.Changed, "removed", c.Removed,
 		"unchanged", c.Unchanged, "null_keys", c.NullKeys, "duplicate_keys", c.DuplicateKeys,
+		"duplicate_identifiers", c.DuplicateIdentifiers, "known", c.Known, "refreshed", c.Refreshed,
 		"chunks", len(plan.Chunks), "snapshot_took", snapTook, "took", time.Since(start))
 	return plan, nil
 }
@@ -134,8 +137,85 @@ func createStateSQL(state string) string {
 		row_hash VARCHAR NOT NULL,
 		field_hashes VARCHAR NOT NULL,
 		ident_hash VARCHAR,
-		synced_at TIMESTAMP NOT NULL
+		synced_at TIMESTAMP NOT NULL,
+		ident VARCHAR
 	)`
+}
+
+// prepareState creates the state table, or brings one of an earlier version up to date: it
+// adds the ident column (the identifier a key was last synced with, which removals need) and
+// drops a key index.
+func (p *Planner) prepareState(ctx context.Context, conn *sql.Conn, id, state string) error {
+	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
+		return fmt.Errorf("create state table: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, `ALTER TABLE `+state+` ADD COLUMN IF NOT EXISTS ident VARCHAR`); err != nil {
+		return fmt.Errorf("add ident to state table: %w", err)
+	}
+	return p.dropStateIndex(ctx, conn, id)
+}
+
+// stateColumns are the state table's columns, in order.
+const stateColumns = "key, row_hash, field_hashes, ident_hash, synced_at, ident"
+
+// normIdent is how identifiers are compared: as text, lower-cased for emails (Iterable
+// compares emails case-insensitively).
+func normIdent(expr string, lowerCase bool) string {
+	s := "CAST(" + expr + " AS VARCHAR)"
+	if lowerCase {
+		return "lower(" + s + ")"
+	}
+	return s
+}
+
+// findHeldBack writes the temp tables of the rows that take no part in the diff (duplicate keys,
+// identifiers shared by several keys) and of the keys' latest rejections by earlier runs.
+func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, state string) error {
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_duplicates AS
+		SELECT key, count(*) AS n, any_value(row_hash) AS row_hash FROM `+snapshotTable+`
+		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
+		return fmt.Errorf("find duplicate keys: %w", err)
+	}
+	// An identifier carried by two keys would be sent as two users, the last write winning
+	// field by field: every key that shares one is held back, whatever the state held.
+	nid := normIdent("s.ident", req.IdentifierLowerCase)
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_shared AS
+		WITH clean AS (
+		  SELECT s.key, s.row_hash, `+nid+` AS nid FROM `+snapshotTable+` AS s
+		  ANTI JOIN `+duplicatesTable+` AS d ON s.key = d.key
+		  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL AND `+nid+` <> ''
+		), shared AS (SELECT nid, count(*) AS n FROM clean GROUP BY nid HAVING count(*) > 1)
+		SELECT clean.key, clean.row_hash, shared.n FROM clean JOIN shared USING (nid)`); err != nil {
+		return fmt.Errorf("find shared identifiers: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_prior AS
+		SELECT key, arg_max(struct_pack(outcome := outcome, class := class, field := field,
+		  reason := reason, row_hash := row_hash), "at") AS r
+		FROM `+p.qualified(RejectionsTable)+`
+		WHERE activation_id = ? AND run_id <> ? AND key IS NOT NULL GROUP BY key`,
+		req.ActivationID, req.RunID); err != nil {
+		return fmt.Errorf("read earlier rejections: %w", err)
+	}
+	return nil
+}
+
+// knownReasons counts the held-back rows of a plan by reason, most frequent first.
+func knownReasons(ctx context.Context, conn *sql.Conn, plan string) ([]warehouse.ReasonCount, error) {
+	rows, err := conn.QueryContext(ctx, `SELECT coalesce(prior_reason, ''), count(*) AS n FROM `+plan+`
+		WHERE hold GROUP BY 1 ORDER BY n DESC, 1 LIMIT `+fmt.Sprint(warehouse.MaxKnownReasons))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []warehouse.ReasonCount
+	for rows.Next() {
+		rc := warehouse.ReasonCount{Outcome: warehouse.OutcomeRejected}
+		if err := rows.Scan(&rc.Reason, &rc.Count); err != nil {
+			return nil, err
+		}
+		out = append(out, rc)
+	}
+	return out, rows.Err()
 }
 
 // dropStateIndex rebuilds, once, a state table created with a PRIMARY KEY on key (by earlier
@@ -162,7 +242,7 @@ func (p *Planner) dropStateIndex(ctx context.Context, conn *sql.Conn, id string)
 	for _, stmt := range []string{
 		`DROP TABLE IF EXISTS ` + p.qualified(rebuilt),
 		createStateSQL(p.qualified(rebuilt)),
-		`INSERT INTO ` + p.qualified(rebuilt) + ` SELECT key, row_hash, field_hashes, ident_hash, synced_at FROM ` + state,
+		`INSERT INTO ` + p.qualified(rebuilt) + ` (` + stateColumns + `) SELECT ` + stateColumns + ` FROM ` + state,
 		`DROP TABLE ` + state,
 		`ALTER TABLE ` + p.qualified(rebuilt) + ` RENAME TO ` + quoteIdent(name),
 	} {
@@ -246,46 +326,118 @@ SELECT * EXCLUDE (field_hashes), md5(ident_hash || ':' || field_hashes) AS row_h
 )`
 }
 
-// writePlan records the duplicate keys as skipped and materialises the plan table, in one
-// transaction so a retried Plan replaces both.
+// writePlan records the duplicate keys and shared identifiers as skipped, materialises the
+// plan table, refreshes the state rows that only lost an unmapped field, and prunes the
+// activation's old rejections, in one transaction so a retried Plan replaces all of it. It
+// returns the number of state rows refreshed.
 func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest,
-	fields []warehouse.Field, table, state string, chunkRows int) error {
+	fields []warehouse.Field, table, state string, chunkRows int) (int64, error) {
 	id := req.ActivationID
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("plan %s: begin: %w", id, err)
+		return 0, fmt.Errorf("plan %s: begin: %w", id, err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	rejections := p.qualified(RejectionsTable)
+	now := time.Now().UTC()
 	if _, err := tx.ExecContext(ctx, `DELETE FROM `+rejections+`
-		WHERE activation_id = ? AND run_id = ? AND outcome = ? AND starts_with(reason, ?)`,
-		id, req.RunID, string(warehouse.OutcomeSkipped), duplicateReasonPrefix); err != nil {
-		return fmt.Errorf("plan %s: clear duplicate-key rejections: %w", id, err)
+		WHERE activation_id = ? AND run_id = ? AND class IN (?, ?)`, id, req.RunID,
+		string(warehouse.ClassDuplicateKey), string(warehouse.ClassSharedIdentifier)); err != nil {
+		return 0, fmt.Errorf("plan %s: clear skipped keys of an earlier attempt: %w", id, err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+rejections+`
-		SELECT ?, ?, key, ?, ?, NULL, printf(?, n), ? FROM `+duplicatesTable,
-		id, req.RunID, string(warehouse.OpAdd), string(warehouse.OutcomeSkipped), warehouse.DuplicateKeyReasonFormat,
-		time.Now().UTC()); err != nil {
-		return fmt.Errorf("plan %s: record duplicate keys: %w", id, err)
+	for _, skip := range []struct {
+		table, format string
+		class         warehouse.Class
+	}{
+		{duplicatesTable, warehouse.DuplicateKeyReasonFormat, warehouse.ClassDuplicateKey},
+		{sharedTable, warehouse.SharedIdentifierReasonFormat, warehouse.ClassSharedIdentifier},
+	} {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+rejections+`
+			(activation_id, run_id, key, op, outcome, field, reason, "at", class, row_hash)
+			SELECT ?, ?, key, ?, ?, NULL, printf(?, n), ?, ?, row_hash FROM `+skip.table,
+			id, req.RunID, string(warehouse.OpAdd), string(warehouse.OutcomeSkipped), skip.format,
+			now, string(skip.class)); err != nil {
+			return 0, fmt.Errorf("plan %s: record %s rows: %w", id, skip.class, err)
+		}
 	}
-	if _, err := tx.ExecContext(ctx, planSQL(p.qualified(table), state, fields, req.FullResync, chunkRows)); err != nil {
-		return fmt.Errorf("plan %s: write plan table %s: %w", id, table, err)
+	hold := !req.FullResync && !req.RetryRejected
+	if _, err := tx.ExecContext(ctx, planSQL(p.qualified(table), state, fields, req, hold, chunkRows)); err != nil {
+		return 0, fmt.Errorf("plan %s: write plan table %s: %w", id, table, err)
+	}
+	refreshed, err := p.refresh(ctx, tx, id, p.qualified(table), state, req)
+	if err != nil {
+		return 0, fmt.Errorf("plan %s: %w", id, err)
+	}
+	retention := req.RejectionsRetention
+	if retention <= 0 {
+		retention = warehouse.DefaultRejectionsRetention
+	}
+	// Rejections older than the retention go, except each key's latest: it is what makes a
+	// rejection known to later runs.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+rejections+` AS r
+		WHERE r.activation_id = ? AND r."at" < ? AND (r.key IS NULL OR EXISTS (
+		  SELECT 1 FROM `+rejections+` AS n
+		  WHERE n.activation_id = r.activation_id AND n.key = r.key AND n."at" > r."at"))`,
+		id, now.Add(-retention)); err != nil {
+		return 0, fmt.Errorf("plan %s: prune rejections older than %s: %w", id, retention, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("plan %s: commit plan table %s: %w", id, table, err)
+		return 0, fmt.Errorf("plan %s: commit plan table %s: %w", id, table, err)
 	}
-	return nil
+	return refreshed, nil
 }
 
-// planSQL joins the snapshot with the state. Keys that are NULL or duplicated in the model take
-// no part: they are never sent, and a duplicated key that was synced before is not removed.
-// Equal row hashes settle most rows at once; only the others hash their values again, field by
-// field, and compare them with the state's field_hashes to list the changed fields. The new
-// field_hashes object is built for the planned rows only, after the sort that numbers them.
-// changed_fields is stored for changes only (an add changes every field, a removal none), which
-// keeps the sorts behind seq light. Rows are written in seq order so that a chunk's seq range
-// reads few row groups.
-func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chunkRows int) string {
+// refresh applies the plan's 'refresh' rows to the state and drops them from the plan. Their
+// hash moved only because a field left the mapping: nothing is sent, and without a refresh
+// they would take the slow path of every later plan. It also fills in, once, the identifier
+// of state rows written before the state kept it, for keys whose identifier did not change.
+func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state string, req warehouse.PlanRequest) (int64, error) {
+	res, err := tx.ExecContext(ctx, `UPDATE `+state+` AS st SET row_hash = r.row_hash,
+		field_hashes = r.field_hashes, ident = CAST(r.ident AS VARCHAR)
+		FROM (SELECT key, row_hash, field_hashes, ident FROM `+plan+` WHERE op = 'refresh') AS r
+		WHERE st.key = r.key`)
+	if err != nil {
+		return 0, fmt.Errorf("refresh state rows: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("refresh state rows: %w", err)
+	}
+	if n > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+plan+` WHERE op = 'refresh'`); err != nil {
+			return 0, fmt.Errorf("drop refreshed rows from the plan: %w", err)
+		}
+	}
+	var legacy bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM `+state+`
+		WHERE ident IS NULL AND ident_hash IS DISTINCT FROM '`+nullHash+`')`).Scan(&legacy); err != nil {
+		return 0, fmt.Errorf("look for state rows without identifier: %w", err)
+	}
+	if legacy {
+		if _, err := tx.ExecContext(ctx, `UPDATE `+state+` AS st SET ident = CAST(s.ident AS VARCHAR)
+			FROM `+snapshotTable+` AS s
+			WHERE st.ident IS NULL AND s.key = st.key AND s.ident IS NOT NULL AND s.ident_hash = st.ident_hash`); err != nil {
+			return 0, fmt.Errorf("fill in identifiers of state rows: %w", err)
+		}
+		p.log.InfoContext(ctx, "state rows given their identifier", "activation", id)
+	}
+	return n, nil
+}
+
+// planSQL joins the snapshot with the state. Keys that are NULL or duplicated in the model, or
+// whose identifier other keys carry too, take no part: they are never sent, and such a key
+// that was synced before is not removed. Equal row hashes settle most rows at once; only the
+// others hash their values again, field by field, and compare them with the state's
+// field_hashes to list the changed fields. The new field_hashes object is built for the planned
+// rows only, after the sort that numbers them. changed_fields is stored for changes only (an add
+// changes every field, a removal none), which keeps the sorts behind seq light. A row whose
+// hash moved only because a field left the mapping is written with op 'refresh' and no seq
+// (see refresh). Each row carries its key's latest earlier rejection when it was made with the
+// same row hash (prior_*), and hold when that rejection holds it back. A removal carries the
+// identifier it was last synced with (old_ident), and keep_profile when a current model row
+// carries that identifier (the key changed, the person did not). Rows are written in seq
+// order so that a chunk's seq range reads few row groups.
+func planSQL(plan, state string, fields []warehouse.Field, req warehouse.PlanRequest, hold bool, chunkRows int) string {
 	var names, paths, values, hashes []string
 	for _, f := range fields {
 		v := quoteIdent(warehouse.ValueColumn(f.Field))
@@ -304,8 +456,17 @@ func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chun
 			"] AS VARCHAR[]), json_extract_string(old_hashes, " + p + ")) IF f[2] IS DISTINCT FROM f[3]]"
 	}
 	full := "false"
-	if fullResync {
+	if req.FullResync {
 		full = "true"
+	}
+	var holdClasses []string
+	for _, c := range warehouse.HoldClasses {
+		holdClasses = append(holdClasses, quoteLiteral(string(c)))
+	}
+	holdExpr := "false"
+	if hold {
+		holdExpr = "coalesce(pr.r.outcome = '" + string(warehouse.OutcomeRejected) + "' AND pr.r.class IN (" +
+			strings.Join(holdClasses, ", ") + "), false)"
 	}
 	valueList, snapValues := "", ""
 	if len(values) > 0 {
@@ -313,12 +474,15 @@ func planSQL(plan, state string, fields []warehouse.Field, fullResync bool, chun
 		snapValues = ", snap." + strings.Join(values, ", snap.")
 	}
 	newHashes := fieldHashes(fields, func(f warehouse.Field) string { return quoteIdent(warehouse.ValueColumn(f.Field)) })
+	lower := req.IdentifierLowerCase
 	return `CREATE OR REPLACE TABLE ` + plan + ` AS
-WITH snap AS (
-  SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN ` + duplicatesTable + ` AS d ON s.key = d.key
+WITH out AS (
+  SELECT key FROM ` + duplicatesTable + ` UNION ALL SELECT key FROM ` + sharedTable + `
+), snap AS (
+  SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN out AS d ON s.key = d.key
   WHERE s.key IS NOT NULL
 ), st AS (
-  SELECT t.* FROM ` + state + ` AS t ANTI JOIN ` + duplicatesTable + ` AS d ON t.key = d.key
+  SELECT t.* FROM ` + state + ` AS t ANTI JOIN out AS d ON t.key = d.key
 ), joined AS (
   SELECT coalesce(snap.key, st.key) AS key,
     CASE WHEN snap.key IS NULL THEN 'remove'
@@ -326,24 +490,35 @@ WITH snap AS (
          WHEN snap.row_hash = st.row_hash THEN 'same'
          WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
-    snap.row_hash, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes` + snapValues + `
+    snap.row_hash, snap.ident_hash, snap.ident, st.ident AS old_ident, st.field_hashes AS old_hashes` + snapValues + `
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
 ), classified AS (
   SELECT key, kind,
     CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
     CASE kind WHEN 'diff' THEN ` + diffList + `
               WHEN 'ident' THEN ` + allList + ` END AS changed_fields,
-    row_hash, ident_hash, ident` + valueList + `
+    row_hash, ident_hash, ident, old_ident` + valueList + `
   FROM joined WHERE kind <> 'same'
 ), planned AS (
-  -- a row whose hash moved only because a field left the mapping has nothing to send
-  SELECT * EXCLUDE (kind) FROM classified WHERE kind <> 'diff' OR len(changed_fields) > 0
+  -- a row whose hash moved only because a field left the mapping has nothing to send: it
+  -- only refreshes its state row
+  SELECT * EXCLUDE (kind, op),
+    CASE WHEN kind = 'diff' AND len(changed_fields) = 0 THEN 'refresh' ELSE op END AS op
+  FROM classified
+), numbered AS (
+  SELECT CASE WHEN op <> 'refresh' THEN row_number() OVER (PARTITION BY op = 'refresh' ORDER BY key) END AS seq, *
+  FROM planned
 )
-SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, key, op, changed_fields, row_hash,
+SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, n.key, op, changed_fields, n.row_hash,
   CASE WHEN op <> 'remove' THEN ` + newHashes + ` END AS field_hashes,
-  ident_hash, ident` + valueList + `
-FROM (SELECT row_number() OVER (ORDER BY key) AS seq, * FROM planned)
-ORDER BY seq`
+  ident_hash, ident, CASE WHEN op = 'remove' THEN old_ident END AS old_ident,
+  op = 'remove' AND old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (
+    SELECT ` + normIdent("ident", lower) + ` FROM ` + snapshotTable + ` WHERE key IS NOT NULL AND ident IS NOT NULL) AS keep_profile,
+  pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
+  op IN ('add', 'change') AND ` + holdExpr + ` AS hold` + valueList + `
+FROM numbered AS n
+LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND op IN ('add', 'change') AND pr.r.row_hash = n.row_hash
+ORDER BY seq NULLS LAST`
 }
 
 // jsonPointer addresses one key of the field_hashes object whatever characters it holds.
@@ -355,7 +530,7 @@ func readChunks(ctx context.Context, conn *sql.Conn, plan string) ([]warehouse.C
 	rows, err := conn.QueryContext(ctx, `SELECT chunk, min(seq), max(seq),
 		count(*) FILTER (WHERE op = 'add'), count(*) FILTER (WHERE op = 'change'),
 		count(*) FILTER (WHERE op = 'remove')
-		FROM `+plan+` GROUP BY chunk ORDER BY chunk`)
+		FROM `+plan+` WHERE chunk IS NOT NULL GROUP BY chunk ORDER BY chunk`)
 	if err != nil {
 		return nil, err
 	}

@@ -108,7 +108,7 @@ func TestStateWithPrimaryKey(t *testing.T) {
 	writeDB(t, path, `CREATE TABLE old AS SELECT * FROM `+state, `DROP TABLE `+state,
 		`CREATE TABLE `+state+` (key VARCHAR PRIMARY KEY, row_hash VARCHAR NOT NULL,
 			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL)`,
-		`INSERT INTO `+state+` SELECT * FROM old`, `DROP TABLE old`)
+		`INSERT INTO `+state+` SELECT key, row_hash, field_hashes, ident_hash, synced_at FROM old`, `DROP TABLE old`)
 	require.Equal(t, 1, constraints())
 
 	p = open(t, duckdb.Options{Path: path})

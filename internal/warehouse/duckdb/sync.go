@@ -2,6 +2,7 @@ package duckdb
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"fmt"
 	"slices"
@@ -25,7 +26,8 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	if err != nil {
 		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
 	}
-	cols := []string{"seq", "key", "op", "changed_fields", "ident"}
+	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "coalesce(row_hash, '') AS row_hash",
+		"keep_profile", "prior_outcome", "prior_class", "prior_field", "prior_reason", "hold"}
 	all := make([]string, len(fields)) // an add changes every field; the plan stores no list for it
 	for i, f := range fields {
 		cols = append(cols, quoteIdent(warehouse.ValueColumn(f.Field)))
@@ -41,7 +43,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
 		// neither drops nor repeats plan rows.
 		cols[len(cols)-1] = "known.id IS NOT NULL AS known"
-		ident := "CAST(plan.ident AS VARCHAR)"
+		ident := "coalesce(plan.old_ident, CAST(plan.ident AS VARCHAR))"
 		if req.KnownLowerCase {
 			ident = "lower(" + ident + ")"
 		}
@@ -50,6 +52,8 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	for i, c := range cols {
 		if !strings.Contains(c, " AS ") {
 			cols[i] = "plan." + c
+		} else if strings.HasPrefix(c, "coalesce(") {
+			cols[i] = strings.Replace(c, "coalesce(", "coalesce(plan.", 1)
 		}
 	}
 	rows, err := p.db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+from+`
@@ -60,14 +64,24 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	defer rows.Close()
 
 	var (
-		seq     int64
-		key, op string
-		changed any
-		ident   any
-		known   bool
+		seq              int64
+		key, op, rowHash string
+		changed          any
+		ident            any
+		oldIdent         sql.NullString
+		keepProfile      bool
+		prior            [4]sql.NullString // outcome, class, field, reason
+		hold             bool
+		known            bool
 	)
+	// The model's types decide what a scanned value means (a UUID and a BLOB both scan as bytes).
+	conv, err := p.valueConverters(ctx, req.Table, fields)
+	if err != nil {
+		return fmt.Errorf("read chunk %d of %s from %s: %w", req.Chunk.Index, id, req.Table, err)
+	}
 	values := make([]any, len(fields))
-	dest := []any{&seq, &key, &op, &changed, &ident}
+	dest := []any{&seq, &key, &op, &changed, &ident, &oldIdent, &rowHash, &keepProfile,
+		&prior[0], &prior[1], &prior[2], &prior[3], &hold}
 	for i := range values {
 		dest = append(dest, &values[i])
 	}
@@ -77,10 +91,21 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		if err := rows.Scan(dest...); err != nil {
 			return fmt.Errorf("read chunk %d of %s from %s: row %d: %w", req.Chunk.Index, id, req.Table, n, err)
 		}
-		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{}, Known: known}
-		if r.Op != warehouse.OpRemove {
+		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{},
+			Known: known, RowHash: rowHash, KeepProfile: keepProfile}
+		if prior[0].Valid {
+			r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(prior[0].String), Class: warehouse.Class(prior[1].String),
+				Field: prior[2].String, Reason: prior[3].String, Hold: hold}
+		}
+		if r.Op == warehouse.OpRemove {
+			// A removal names the profile it was last synced with (nil when the state has none).
+			r.Identifier = nil
+			if oldIdent.Valid {
+				r.Identifier = oldIdent.String
+			}
+		} else {
 			for i, f := range fields {
-				r.Values[f.Field] = values[i]
+				r.Values[f.Field] = conv.value(i, values[i])
 			}
 		}
 		switch r.Op {
@@ -134,7 +159,15 @@ func (p *Planner) RecordRejections(ctx context.Context, activationID, runID stri
 			if r.Field != "" {
 				field = r.Field
 			}
-			if err := a.AppendRow(activationID, runID, r.Key, string(r.Op), string(r.Outcome), field, r.Reason, at); err != nil {
+			var class, rowHash any
+			if r.Class != "" {
+				class = string(r.Class)
+			}
+			if r.RowHash != "" {
+				rowHash = r.RowHash
+			}
+			if err := a.AppendRow(activationID, runID, r.Key, string(r.Op), string(r.Outcome), field, r.Reason, at,
+				class, rowHash); err != nil {
 				_ = a.Close()
 				return err
 			}
@@ -201,12 +234,17 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	start := time.Now()
 
 	plan, state := p.qualified(req.Table), p.qualified(warehouse.StateTable(id))
-	// Plan rows of the finished chunks, each with whether the run rejected (or skipped) its key.
-	finished := `SELECT p.*, r.key IS NOT NULL AS held FROM ` + plan + ` AS p
+	// Plan rows of the finished chunks, each with whether it is held out of the state: the run
+	// rejected or skipped its key (a skipped removal is done: the profile is not there), or a
+	// known rejection held it back (warehouse.HeldByPrior).
+	finished := `SELECT p.*, r.key IS NOT NULL OR coalesce(p.hold AND (p.prior_class <> '` + string(warehouse.ClassType) + `'
+		  OR p.prior_field || chr(0) || p.prior_reason IN (SELECT unnest(CAST(? AS VARCHAR[])))), false) AS held
+		FROM ` + plan + ` AS p
 		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
-		           WHERE activation_id = ? AND run_id = ?) AS r ON p.key = r.key
+		           WHERE activation_id = ? AND run_id = ? AND NOT (op = 'remove' AND outcome = 'skipped')) AS r
+		  ON p.key = r.key
 		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`
-	args := []any{id, req.RunID, chunks}
+	args := []any{warehouse.ConflictPairs(req.Conflicts), id, req.RunID, chunks}
 
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -230,8 +268,8 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 		return res, fmt.Errorf("commit %s: delete old rows from state: %w", id, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO `+state+`
-		(key, row_hash, field_hashes, ident_hash, synced_at)
-		SELECT key, row_hash, field_hashes, ident_hash, ? FROM (`+finished+`)
+		(`+stateColumns+`)
+		SELECT key, row_hash, field_hashes, ident_hash, ?, CAST(ident AS VARCHAR) FROM (`+finished+`)
 		WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
 		return res, fmt.Errorf("commit %s: insert rows into state: %w", id, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -78,6 +79,14 @@ func Run(t *testing.T, newPlanner func(t *testing.T) (warehouse.Planner, Fixture
 		{"top reasons count keys most frequent first", testTopReasons},
 		{"drop plan", testDropPlan},
 		{"invalid model", testInvalidModel},
+		{"removal carries the identifier last synced", testRemovalIdentifier},
+		{"removal whose identifier another key carries keeps the profile", testRemovalKeepsProfile},
+		{"identifiers shared by several keys are skipped", testSharedIdentifiers},
+		{"known rejections hold rows back until they change", testKnownRejections},
+		{"type conflicts hold rows back while the conflict lasts", testKnownTypeConflict},
+		{"rejections by Iterable are sent again with their prior", testPriorIterableRejection},
+		{"old rejections are pruned except each key's latest", testRejectionsRetention},
+		{"unmapping a field refreshes the state once", testUnmappedFieldRefresh},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -351,19 +360,24 @@ func testCommitHoldsRejected(t *testing.T, s *suite) {
 		warehouse.Rejection{Key: "3", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Field: "email", Reason: "invalid email"})
 	require.Equal(t, warehouse.CommitResult{Upserted: 4, Held: 1}, s.commit(p, allChunks(p)...))
 
-	// 3 is planned again (counted as retried); 5 leaves the model but its removal is skipped.
-	s.model(users(1, 2, 3, 4))
+	// 3 is planned again (counted as retried); 5 and 4 leave the model. The removal of 5 is
+	// skipped (its profile is not in Iterable: nothing to clear) and committed all the same;
+	// the removal of 4 is rejected, held, and planned again.
+	s.model(users(1, 2, 3))
 	p = s.plan()
-	require.Equal(t, warehouse.Counts{ModelRows: 4, Added: 1, Removed: 1, Unchanged: 3, Retried: 1}, p.Counts)
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Added: 1, Removed: 2, Unchanged: 2, Retried: 1}, p.Counts)
 	got := byKey(s.readAll(p))
 	require.Equal(t, warehouse.OpAdd, got["3"].Op)
 	require.Equal(t, warehouse.OpRemove, got["5"].Op)
-	s.reject(warehouse.Rejection{Key: "5", Op: warehouse.OpRemove, Outcome: warehouse.OutcomeSkipped, Reason: "not in Iterable"})
-	require.Equal(t, warehouse.CommitResult{Upserted: 1, Held: 1}, s.commit(p, allChunks(p)...))
+	s.reject(warehouse.Rejection{Key: "5", Op: warehouse.OpRemove, Outcome: warehouse.OutcomeSkipped,
+		Class: warehouse.ClassNotInIterable, Reason: "not in Iterable"},
+		warehouse.Rejection{Key: "4", Op: warehouse.OpRemove, Outcome: warehouse.OutcomeRejected,
+			Class: warehouse.ClassIterable, Reason: "refused"})
+	require.Equal(t, warehouse.CommitResult{Upserted: 1, Deleted: 1, Held: 1}, s.commit(p, allChunks(p)...))
 
 	p = s.plan()
-	require.Equal(t, warehouse.Counts{ModelRows: 4, Removed: 1, Unchanged: 4}, p.Counts)
-	require.Equal(t, []string{"5"}, rowKeys(s.readAll(p)))
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Removed: 1, Unchanged: 3}, p.Counts)
+	require.Equal(t, []string{"4"}, rowKeys(s.readAll(p)))
 }
 
 func testCommitFinishedChunks(t *testing.T, s *suite) {
@@ -633,4 +647,214 @@ func testInvalidModel(t *testing.T, s *suite) {
 	}
 	// The activation still plans once the model is fixed.
 	require.Equal(t, int64(2), s.plan().Counts.Added)
+}
+
+func testRemovalIdentifier(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4))
+	s.sync()
+	rows := users(1, 2, 3, 4)
+	rows[3][1] = "moved4@example.com" // 4 is synced once more with another identifier
+	s.model(rows)
+	s.sync()
+	s.model(users(1, 2))
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 2, Removed: 2, Unchanged: 2}, p.Counts)
+	got := byKey(s.readAll(p))
+	require.Equal(t, "user3@example.com", got["3"].Identifier, "a removal names the profile it was synced with")
+	require.Equal(t, "moved4@example.com", got["4"].Identifier, "the identifier of the latest commit")
+	for _, k := range []string{"3", "4"} {
+		require.Equal(t, warehouse.OpRemove, got[k].Op)
+		require.False(t, got[k].KeepProfile)
+		require.Empty(t, got[k].Values)
+	}
+	require.Equal(t, warehouse.CommitResult{Deleted: 2}, s.commit(p, allChunks(p)...))
+	require.Equal(t, warehouse.Counts{ModelRows: 2, Unchanged: 2}, s.plan().Counts, "committed removals are not planned again")
+}
+
+func testRemovalKeepsProfile(t *testing.T, s *suite) {
+	s.req.IdentifierLowerCase = true
+	s.model(users(1, 2, 3))
+	s.sync()
+	// The person of key 3 comes back under key 9 with the same email, in another case.
+	rows := users(1, 2, 9)
+	rows[2][1] = "USER3@example.com"
+	s.model(rows)
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Added: 1, Removed: 1, Unchanged: 2}, p.Counts)
+	got := byKey(s.readAll(p))
+	require.True(t, got["3"].KeepProfile, "the removal of 3 must not clear the profile key 9 now carries")
+	require.Equal(t, "user3@example.com", got["3"].Identifier)
+	require.False(t, got["9"].KeepProfile)
+}
+
+func testSharedIdentifiers(t *testing.T, s *suite) {
+	s.req.IdentifierLowerCase = true
+	s.model(users(1, 2, 3, 4, 5))
+	s.sync()
+	// 2 takes 3's email (another case), 5 is changed; 6 and 7 enter sharing one email.
+	rows := users(1, 2, 3, 4, 5, 6, 7)
+	rows[1][1] = "User3@Example.com"
+	rows[1][2] = "Renamed"
+	rows[4][2] = "Renamed"
+	rows[6][1] = "user6@example.com"
+	s.model(rows)
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 7, Changed: 1, Unchanged: 2, DuplicateIdentifiers: 4}, p.Counts)
+	require.Equal(t, keys(5), rowKeys(s.readAll(p)), "rows sharing an identifier are never sent")
+	top, err := s.p.TopReasons(context.Background(), s.req.ActivationID, s.runID(), 0)
+	require.NoError(t, err)
+	require.Equal(t, []warehouse.ReasonCount{{Outcome: warehouse.OutcomeSkipped,
+		Reason: fmt.Sprintf(warehouse.SharedIdentifierReasonFormat, 2), Count: 4}}, top)
+	// A retried plan of the same run records them once.
+	run := s.runID()
+	again := s.plan(func(r *warehouse.PlanRequest) { r.RunID = run })
+	s.runs--
+	require.Equal(t, p.Counts, again.Counts)
+	top, err = s.p.TopReasons(context.Background(), s.req.ActivationID, s.runID(), 0)
+	require.NoError(t, err)
+	require.Equal(t, int64(4), top[0].Count)
+	require.Equal(t, warehouse.CommitResult{Upserted: 1}, s.commit(p, allChunks(p)...))
+
+	// Once 2 has its own email again, the state still held its old row: 2 changes (its
+	// original value comes back, so nothing but the fields it changed is sent).
+	rows[1][1] = "user2@example.com"
+	rows = rows[:5]
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Changed: 1, Unchanged: 4}, p.Counts)
+	got := s.readAll(p)
+	require.Equal(t, keys(2), rowKeys(got), "the state kept 2's last synced row while it was held")
+	require.Equal(t, []string{"firstName"}, got[0].Changed)
+}
+
+// rejectAll records one rejection per key with the row hash the plan gave it.
+func (s *suite) rejectAll(p warehouse.Plan, class warehouse.Class, field, reason string, keys ...string) {
+	s.t.Helper()
+	rows := byKey(s.readAll(p))
+	var rs []warehouse.Rejection
+	for _, k := range keys {
+		r, ok := rows[k]
+		require.True(s.t, ok, "key %s is in the plan", k)
+		require.NotEmpty(s.t, r.RowHash, "planned rows carry their row hash")
+		rs = append(rs, warehouse.Rejection{Key: k, Op: r.Op, Outcome: warehouse.OutcomeRejected, Class: class,
+			Field: field, Reason: reason, RowHash: r.RowHash})
+	}
+	s.reject(rs...)
+}
+
+func testKnownRejections(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan()
+	s.rejectAll(p, warehouse.ClassIdentifier, "email", "invalid email in column email", "2", "4")
+	require.Equal(t, warehouse.CommitResult{Upserted: 3, Held: 2}, s.commit(p, allChunks(p)...))
+
+	// Unchanged rows that were rejected before sending are planned with their prior, held.
+	rows := users(1, 2, 3, 4, 5)
+	rows[3][2] = "Renamed" // 4 changed: it is checked again
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Added: 2, Unchanged: 3, Retried: 2, Known: 1}, p.Counts)
+	require.Equal(t, []warehouse.ReasonCount{{Outcome: warehouse.OutcomeRejected, Reason: "invalid email in column email", Count: 1}},
+		p.KnownReasons)
+	got := byKey(s.readAll(p))
+	require.Equal(t, &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIdentifier, Field: "email",
+		Reason: "invalid email in column email", Hold: true}, got["2"].Prior)
+	require.Nil(t, got["4"].Prior, "a changed row has no prior")
+	// The run neither sends nor records 2 again; Commit holds it all the same.
+	require.Equal(t, warehouse.CommitResult{Upserted: 1, Held: 1}, s.commit(p, allChunks(p)...))
+	p = s.plan()
+	require.Equal(t, int64(1), p.Counts.Known, "still held: its rejection is still the key's latest")
+
+	// --retry-rejected and --full-resync send it again: the prior is there, the hold is not.
+	for _, mod := range []func(*warehouse.PlanRequest){
+		func(r *warehouse.PlanRequest) { r.RetryRejected = true },
+		func(r *warehouse.PlanRequest) { r.FullResync = true },
+	} {
+		p = s.plan(mod)
+		require.Zero(t, p.Counts.Known)
+		r := byKey(s.readAll(p))["2"]
+		require.NotNil(t, r.Prior)
+		require.False(t, r.Prior.Hold)
+	}
+	require.Equal(t, warehouse.CommitResult{Upserted: 5}, s.commit(p, allChunks(p)...), "released, accepted, committed")
+}
+
+func testKnownTypeConflict(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	p := s.plan()
+	reason := "type conflict: field age is string in Iterable"
+	s.rejectAll(p, warehouse.ClassType, "age", reason, "1", "2", "3")
+	s.commit(p, allChunks(p)...)
+
+	p = s.plan()
+	require.Equal(t, int64(3), p.Counts.Known)
+	// While Iterable still has the same conflicting type, Commit holds them...
+	res, err := s.p.Commit(context.Background(), warehouse.CommitRequest{ActivationID: s.req.ActivationID, RunID: s.runID(),
+		Table: p.Table, Chunks: allChunks(p), Conflicts: map[string]string{"age": reason}})
+	require.NoError(t, err)
+	require.Equal(t, warehouse.CommitResult{Held: 3}, res)
+	require.True(t, warehouse.HeldByPrior(byKey(s.readAll(p))["1"].Prior, map[string]string{"age": reason}))
+	// ...and once the field's type changed in Iterable, they are sent and committed.
+	p = s.plan()
+	require.False(t, warehouse.HeldByPrior(byKey(s.readAll(p))["1"].Prior, nil))
+	require.Equal(t, warehouse.CommitResult{Upserted: 3}, s.commit(p, allChunks(p)...))
+}
+
+func testPriorIterableRejection(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	p := s.plan()
+	s.rejectAll(p, warehouse.ClassIterable, "", "Iterable rejected the email as invalid (failedUpdates.invalidEmails)", "3")
+	s.commit(p, allChunks(p)...)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Added: 1, Unchanged: 2, Retried: 1}, p.Counts)
+	got := byKey(s.readAll(p))
+	require.Equal(t, &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable,
+		Reason: "Iterable rejected the email as invalid (failedUpdates.invalidEmails)"}, got["3"].Prior,
+		"sent again, with the prior that tells a known rejection from a new one")
+}
+
+func testRejectionsRetention(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	p := s.plan()
+	first := s.runID()
+	s.rejectAll(p, warehouse.ClassIterable, "", "refused", "1", "2")
+	s.commit(p, allChunks(p)...)
+	p = s.plan()
+	second := s.runID()
+	s.rejectAll(p, warehouse.ClassIterable, "", "refused", "1")
+	s.commit(p, allChunks(p)...)
+
+	count := func(run string) int64 {
+		top, err := s.p.TopReasons(context.Background(), s.req.ActivationID, run, 0)
+		require.NoError(t, err)
+		var n int64
+		for _, r := range top {
+			n += r.Count
+		}
+		return n
+	}
+	s.plan() // the default retention keeps everything
+	require.Equal(t, int64(2), count(first))
+	require.Equal(t, int64(1), count(second))
+	p = s.plan(func(r *warehouse.PlanRequest) { r.RejectionsRetention = time.Nanosecond })
+	require.Equal(t, int64(1), count(first), "2's only rejection is its latest: kept")
+	require.Equal(t, int64(1), count(second))
+	require.Equal(t, int64(1), p.Counts.Retried, "a latest rejection still counts as retried")
+}
+
+func testUnmappedFieldRefresh(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3))
+	s.sync()
+	s.req.Fields = []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}}
+	p := s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Unchanged: 3, Refreshed: 3}, p.Counts)
+	require.Empty(t, p.Chunks, "nothing to send")
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Unchanged: 3}, p.Counts, "refreshed once: the fast path again")
+	rows := users(1, 2, 3)
+	rows[0][3] = int64(99)
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 3, Changed: 1, Unchanged: 2}, p.Counts)
+	require.Equal(t, []string{"age"}, s.readAll(p)[0].Changed)
 }
