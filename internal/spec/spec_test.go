@@ -85,7 +85,9 @@ func TestProblemsNameFileLineAndPath(t *testing.T) {
 			[]string{"schedule.cron", "needs 5 fields"}},
 		{"bad every", func(s string) string { return strings.Replace(s, "4h", "soon", 1) },
 			[]string{"schedule.every", "not an interval"}},
-		{"bad onRemoved", func(s string) string { return strings.Replace(s, "mode: upsert", "mode: upsert\n  onRemoved: erase", 1) },
+		{"bad onRemoved", func(s string) string {
+			return strings.Replace(s, "mode: upsert", "mode: upsert\n  onRemoved: erase", 1)
+		},
 			[]string{"a.yaml:15: destination.onRemoved", `"erase" is not allowed (one of: keep, clear, delete)`}},
 		{"short rejections retention", func(s string) string {
 			return strings.Replace(s, "state:\n", "state:\n  rejectionsRetention: 10m\n", 1)
