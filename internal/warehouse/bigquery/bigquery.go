@@ -5,9 +5,11 @@
 // runs (clustered by seq, with an expiration), plus one rejections table for all activations
 // (partitioned by DATE(at)). Plan dry-runs the model (free: it validates the SQL and yields the
 // column types), then runs one multi-statement script that snapshots the model into a temporary
-// table, records duplicate keys and writes the plan table. Only counts come back. ReadChunk reads
-// a seq range of the plan (never OFFSET), through the REST API or the Storage Read API, and
-// Commit applies finished chunks minus the run's rejections with one MERGE.
+// table, records duplicate keys and shared identifiers, joins each key's latest earlier
+// rejection, writes the plan table, refreshes state rows that only lost an unmapped field and
+// prunes old rejections. Only counts come back. ReadChunk reads a seq range of the plan (never
+// OFFSET), through the REST API or the Storage Read API, and Commit applies finished chunks
+// minus the run's rejections and the rows known rejections hold back with one MERGE.
 //
 // Row values travel only in result sets and in query parameters: never in SQL text, errors or
 // logs.
@@ -22,9 +24,10 @@
 // reads the snapshot (those values again, plus one hash per field) and the state (one hash per
 // field), and Commit's MERGE bills the whole state table once more. So bytes ≈ 2 × the model's
 // mapped columns + 3 × the state's size (the snapshot's hashes weigh what the state weighs),
-// plus BigQuery's 10 MB minimum per query for each chunk read and small statements. The state
-// costs about 150 bytes per row plus 80 per mapped field. Dry runs, load jobs and DropPlan are
-// free.
+// plus BigQuery's 10 MB minimum per query for each chunk read and small statements, plus the
+// activation's rejections (read for the known ones and pruned, clustered by activation_id). The
+// state costs about 150 bytes per row plus 80 per mapped field. Dry runs, load jobs and DropPlan
+// are free.
 package bigquery
 
 import (
@@ -267,11 +270,14 @@ func (p *Planner) init(ctx context.Context) error {
 			{Name: "field", Type: bigquery.StringFieldType},
 			{Name: "reason", Type: bigquery.StringFieldType},
 			{Name: "at", Type: bigquery.TimestampFieldType, Required: true},
+			{Name: "class", Type: bigquery.StringFieldType},
+			{Name: "row_hash", Type: bigquery.StringFieldType},
 		},
 		TimePartitioning: &bigquery.TimePartitioning{Type: bigquery.DayPartitioningType, Field: "at"},
 		Clustering:       &bigquery.Clustering{Fields: []string{"activation_id", "run_id"}},
 	})
-	if err != nil && !isConflict(err) {
+	existed := isConflict(err)
+	if err != nil && !existed {
 		return fmt.Errorf("create table %s: %w", RejectionsTable, p.explain(err))
 	}
 
@@ -279,6 +285,33 @@ func (p *Planner) init(ctx context.Context) error {
 	if _, err := p.dryRun(ctx, job{step: "open", sql: "SELECT 1"}); err != nil {
 		return fmt.Errorf("check that jobs can run: %w", p.explain(err))
 	}
+	if existed {
+		if err := p.upgradeRejections(ctx); err != nil {
+			return fmt.Errorf("upgrade table %s: %w", RejectionsTable, err)
+		}
+	}
+	return nil
+}
+
+// upgradeRejections adds the columns class and row_hash to a rejections table of an earlier
+// version. Reading the schema is a free API call; the DDL job runs only when one is missing.
+func (p *Planner) upgradeRejections(ctx context.Context) error {
+	md, err := p.bq.Dataset(p.dataset).Table(RejectionsTable).Metadata(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema: %w", p.explain(err))
+	}
+	have := map[string]bool{}
+	for _, f := range md.Schema {
+		have[strings.ToLower(f.Name)] = true
+	}
+	if have["class"] && have["row_hash"] {
+		return nil
+	}
+	j := job{step: "upgrade", sql: upgradeRejectionsSQL(p.qualified(RejectionsTable))}
+	if err := p.query(ctx, j, func([]bigquery.Value, bigquery.Schema) error { return nil }); err != nil {
+		return fmt.Errorf("add columns class, row_hash: %w", p.explain(err))
+	}
+	p.log.InfoContext(ctx, "rejections table upgraded", "project", p.project, "dataset", p.dataset)
 	return nil
 }
 

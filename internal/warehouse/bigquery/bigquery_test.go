@@ -143,13 +143,25 @@ func handlePlan(fake *bqfake.Server) {
 		bqfake.Field("key", "STRING"), bqfake.Field("ident", "STRING"), bqfake.Field("ident_hash", "STRING"),
 		bqfake.Field(v("age"), "INTEGER"), bqfake.Field(v("firstName"), "STRING"), bqfake.Repeated(v("tags"), "STRING"),
 		bqfake.Field("field_hashes", "STRING"), bqfake.Field("row_hash", "STRING"))})
-	chunk := func(name string) *bq.TableFieldSchema { return bqfake.Field(name, "INTEGER") }
-	fake.Handle("CREATE TEMP TABLE", bqfake.Result{StatementType: "SCRIPT", Schema: bqfake.Schema(
-		bqfake.Field("model_rows", "INTEGER"), bqfake.Field("null_keys", "INTEGER"), bqfake.Field("duplicate_keys", "INTEGER"),
-		bqfake.Field("retried", "INTEGER"),
-		&bq.TableFieldSchema{Name: "chunks", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{chunk("chunk"),
-			chunk("first_seq"), chunk("last_seq"), chunk("added"), chunk("changed"), chunk("removed")}}),
-		Rows: [][]any{{int64(10), int64(1), int64(2), int64(1), []any{[]any{0, 1, 3, 2, 1, 0}, []any{1, 4, 5, 0, 0, 2}}}}})
+	fake.Handle("CREATE TEMP TABLE", summary(12, 1, 2, 2, 1, 1, 1,
+		[]any{[]any{"invalid email in column email", 1}},
+		[]any{[]any{0, 1, 3, 2, 1, 0}, []any{1, 4, 5, 0, 0, 2}}))
+}
+
+// summary is the plan script's last row: model_rows, null_keys, duplicate_keys,
+// duplicate_identifiers, retried, known, refreshed, then known_reasons (reason, n) and chunks
+// (chunk, first_seq, last_seq, added, changed, removed).
+func summary(modelRows, nullKeys, duplicateKeys, duplicateIdentifiers, retried, known, refreshed int64,
+	knownReasons, chunks []any) bqfake.Result {
+	integer := func(name string) *bq.TableFieldSchema { return bqfake.Field(name, "INTEGER") }
+	return bqfake.Result{StatementType: "SCRIPT", Schema: bqfake.Schema(
+		integer("model_rows"), integer("null_keys"), integer("duplicate_keys"), integer("duplicate_identifiers"),
+		integer("retried"), integer("known"), integer("refreshed"),
+		&bq.TableFieldSchema{Name: "known_reasons", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{
+			bqfake.Field("reason", "STRING"), integer("n")}},
+		&bq.TableFieldSchema{Name: "chunks", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{integer("chunk"),
+			integer("first_seq"), integer("last_seq"), integer("added"), integer("changed"), integer("removed")}}),
+		Rows: [][]any{{modelRows, nullKeys, duplicateKeys, duplicateIdentifiers, retried, known, refreshed, knownReasons, chunks}}}
 }
 
 func TestPlan(t *testing.T) {
@@ -160,14 +172,16 @@ func TestPlan(t *testing.T) {
 	plan, err := p.Plan(context.Background(), req)
 	require.NoError(t, err)
 	require.Equal(t, warehouse.Plan{
-		Table:  warehouse.PlanTable("crm-users", "run-1"),
-		Counts: warehouse.Counts{ModelRows: 10, Added: 2, Changed: 1, Removed: 2, Unchanged: 4, NullKeys: 1, DuplicateKeys: 2, Retried: 1},
+		Table: warehouse.PlanTable("crm-users", "run-1"),
+		Counts: warehouse.Counts{ModelRows: 12, Added: 2, Changed: 1, Removed: 2, Unchanged: 4, NullKeys: 1, DuplicateKeys: 2,
+			DuplicateIdentifiers: 2, Retried: 1, Known: 1, Refreshed: 1},
 		Chunks: []warehouse.Chunk{{Index: 0, FirstSeq: 1, LastSeq: 3, Added: 2, Changed: 1}, {Index: 1, FirstSeq: 4, LastSeq: 5, Removed: 2}},
 		Columns: []warehouse.ColumnType{
 			{Field: "age", Column: "age", Type: "INT64", Kind: warehouse.KindInteger},
 			{Field: "firstName", Column: "name", Type: "STRING", Kind: warehouse.KindString},
 			{Field: "tags", Column: "tags", Type: "ARRAY<STRING>", Kind: warehouse.KindArray},
 		},
+		KnownReasons: []warehouse.ReasonCount{{Outcome: warehouse.OutcomeRejected, Reason: "invalid email in column email", Count: 1}},
 	}, plan)
 
 	jobs := jobsAfterOpen(fake)
@@ -178,7 +192,7 @@ func TestPlan(t *testing.T) {
 	require.True(t, validate.DryRun, "the model is validated by a free dry run")
 	require.NotContains(t, validate.SQL, "CREATE", "the dry run is the snapshot's SELECT")
 	require.Contains(t, script.SQL, "CREATE OR REPLACE TABLE `test-proj`.`activations`.`"+plan.Table+"`")
-	require.Contains(t, script.SQL, "DIV(seq - 1, 3)")
+	require.Contains(t, script.SQL, "DIV(n.seq - 1, 3)")
 	for _, j := range jobs {
 		require.Equal(t, "EU", j.Location)
 		require.Equal(t, maxBill, j.MaxBytesBilled)
@@ -189,11 +203,15 @@ func TestPlan(t *testing.T) {
 	require.Equal(t, "plan-validate", validate.Labels["step"])
 	require.Equal(t, "plan", script.Labels["step"])
 	for name, want := range map[string]string{"activation_id": "crm-users", "run_id": "run-1",
-		"duplicate_prefix": "duplicate primary key: ", "duplicate_format": warehouse.DuplicateKeyReasonFormat} {
+		"duplicate_format": warehouse.DuplicateKeyReasonFormat, "shared_format": warehouse.SharedIdentifierReasonFormat} {
 		got, ok := script.Param(name)
 		require.True(t, ok, name)
 		require.Equal(t, want, got, name)
 	}
+	_, ok := script.Param("duplicate_prefix")
+	require.False(t, ok, "retried plans find their skipped rows by class")
+	require.WithinDuration(t, time.Now().Add(-warehouse.DefaultRejectionsRetention), cutoff(t, script), time.Minute,
+		"rejections are kept for the default retention")
 }
 
 func TestPlanModelErrors(t *testing.T) {
@@ -288,6 +306,9 @@ func TestCommit(t *testing.T) {
 	require.Equal(t, "run-1", jobs[0].Labels["run_id"])
 	chunks, _ := jobs[0].Param("chunks")
 	require.JSONEq(t, `{"arrayValues":[{"value":"0"},{"value":"2"}]}`, chunks)
+	conflicts, ok := jobs[0].Param("conflicts")
+	require.True(t, ok, "an empty list of type conflicts is passed all the same")
+	require.JSONEq(t, `{}`, conflicts)
 
 	t.Run("no chunks, no job", func(t *testing.T) {
 		req := commitRequest()
@@ -356,13 +377,25 @@ func TestRetries(t *testing.T) {
 // readSchema is the result of readChunkSQL for the fields age, blob, day, firstName, info,
 // payload, score, signup, tags.
 func readSchema() *bq.TableSchema {
-	return bqfake.Schema(bqfake.Field("seq", "INTEGER"), bqfake.Field("key", "STRING"), bqfake.Field("op", "STRING"),
-		bqfake.Repeated("changed_fields", "STRING"), bqfake.Field("ident", "STRING"),
+	return bqfake.Schema(append(readHead(),
 		bqfake.Field(v("age"), "INTEGER"), bqfake.Field(v("blob"), "BYTES"), bqfake.Field(v("day"), "DATE"),
 		bqfake.Field(v("firstName"), "STRING"), bqfake.Record(v("info"), bqfake.Field("a", "INTEGER")),
 		bqfake.Field(v("payload"), "JSON"), bqfake.Field(v("score"), "NUMERIC"), bqfake.Field(v("signup"), "TIMESTAMP"),
-		bqfake.Repeated(v("tags"), "STRING"), bqfake.Field("known", "BOOLEAN"))
+		bqfake.Repeated(v("tags"), "STRING"), bqfake.Field("known", "BOOLEAN"))...)
 }
+
+// readHead are the columns of readChunkSQL before the values.
+func readHead() []*bq.TableFieldSchema {
+	return []*bq.TableFieldSchema{bqfake.Field("seq", "INTEGER"), bqfake.Field("key", "STRING"), bqfake.Field("op", "STRING"),
+		bqfake.Repeated("changed_fields", "STRING"), bqfake.Field("ident", "STRING"), bqfake.Field("old_ident", "STRING"),
+		bqfake.Field("row_hash", "STRING"), bqfake.Field("keep_profile", "BOOLEAN"), bqfake.Field("prior_outcome", "STRING"),
+		bqfake.Field("prior_class", "STRING"), bqfake.Field("prior_field", "STRING"), bqfake.Field("prior_reason", "STRING"),
+		bqfake.Field("hold", "BOOLEAN")}
+}
+
+// noPrior are the cells of readHead after ident for an add or change without prior: old_ident
+// NULL, a row hash, keep_profile false, no prior, hold false.
+func noPrior(rowHash any) []any { return []any{nil, rowHash, false, nil, nil, nil, nil, false} }
 
 func readFields() []warehouse.Field {
 	var fs []warehouse.Field
@@ -377,8 +410,12 @@ func TestReadChunk(t *testing.T) {
 	p := open(t, fake)
 	signup := time.Date(2024, 2, 3, 4, 5, 6, 0, time.UTC)
 	row := func(seq int, op string, changed ...any) []any {
-		return []any{seq, string(rune('a' + seq)), op, changed, "u@example.com", 30 + seq, "AAE=", "2024-02-03", "Ann",
-			[]any{7}, `{"k":[1,"x"]}`, "12.5", signup.UnixMicro(), []any{"x", "y"}, false}
+		head := append([]any{seq, string(rune('a' + seq)), op, changed, "u@example.com"}, noPrior("h")...)
+		if op == "remove" {
+			head = append([]any{seq, string(rune('a' + seq)), op, changed, nil}, "old@example.com", "", false, nil, nil, nil, nil, false)
+		}
+		return append(head, 30+seq, "AAE=", "2024-02-03", "Ann",
+			[]any{7}, `{"k":[1,"x"]}`, "12.5", signup.UnixMicro(), []any{"x", "y"}, false)
 	}
 	fake.Handle("WHERE plan.seq > @after", bqfake.Result{Schema: readSchema(), PageSize: 2, Rows: [][]any{
 		row(3, "add"), row(4, "change", "firstName", "tags"), row(5, "remove"), row(6, "add"), row(7, "add")}})
@@ -393,9 +430,10 @@ func TestReadChunk(t *testing.T) {
 		"firstName": "Ann", "info": map[string]any{"a": int64(7)}, "payload": map[string]any{"k": []any{int64(1), "x"}},
 		"score": 12.5, "signup": signup, "tags": []any{"x", "y"}}
 	require.Equal(t, warehouse.Row{Seq: 3, Key: "d", Op: warehouse.OpAdd, Identifier: "u@example.com", Values: values,
-		Changed: []string{"age", "blob", "day", "firstName", "info", "payload", "score", "signup", "tags"}}, got[0])
+		RowHash: "h", Changed: []string{"age", "blob", "day", "firstName", "info", "payload", "score", "signup", "tags"}}, got[0])
 	require.Equal(t, []string{"firstName", "tags"}, got[1].Changed)
-	require.Equal(t, warehouse.Row{Seq: 5, Key: "f", Op: warehouse.OpRemove, Identifier: "u@example.com", Values: map[string]any{}}, got[2])
+	require.Equal(t, warehouse.Row{Seq: 5, Key: "f", Op: warehouse.OpRemove, Identifier: "old@example.com", Values: map[string]any{}}, got[2],
+		"a removal names the identifier it was last synced with")
 
 	jobs := jobsAfterOpen(fake)
 	require.Len(t, jobs, 1)
@@ -469,14 +507,14 @@ func TestReadChunkStorageRead(t *testing.T) {
 			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials()))}
 	})
 	signup := time.Date(2024, 2, 3, 4, 5, 6, 0, time.UTC)
-	schema := bqfake.Schema(bqfake.Field("seq", "INTEGER"), bqfake.Field("key", "STRING"), bqfake.Field("op", "STRING"),
-		bqfake.Repeated("changed_fields", "STRING"), bqfake.Field("ident", "STRING"),
+	schema := bqfake.Schema(append(readHead(),
 		bqfake.Field(v("age"), "INTEGER"), bqfake.Field(v("firstName"), "STRING"), bqfake.Field(v("signup"), "TIMESTAMP"),
-		bqfake.Field("known", "BOOLEAN"))
+		bqfake.Field("known", "BOOLEAN"))...)
 	fake.Handle("WHERE plan.seq > @after", bqfake.Result{Schema: schema, Rows: [][]any{
-		{1, "1", "add", []any{}, "a@example.com", 31, "Ann", signup.UnixMicro(), true},
-		{2, "2", "change", []any{"age"}, nil, 42, nil, nil, false},
-		{3, "3", "remove", []any{}, "c@example.com", nil, nil, nil, false},
+		{1, "1", "add", []any{}, "a@example.com", nil, "h1", false, "rejected", "iterable", nil, "refused", false,
+			31, "Ann", signup.UnixMicro(), true},
+		{2, "2", "change", []any{"age"}, nil, nil, "h2", false, "rejected", "value", "age", "NaN", true, 42, nil, nil, false},
+		{3, "3", "remove", []any{}, nil, "c@example.com", "", true, nil, nil, nil, nil, false, nil, nil, nil, true},
 	}})
 	fields := []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"}, {Column: "signup", Field: "signup"}}
 	plan := warehouse.PlanTable("crm-users", "run-1")
@@ -486,17 +524,22 @@ func TestReadChunkStorageRead(t *testing.T) {
 		func(r warehouse.Row) error { got = append(got, r); return nil })
 	require.NoError(t, err)
 	require.Equal(t, []warehouse.Row{
-		{Seq: 1, Key: "1", Op: warehouse.OpAdd, Identifier: "a@example.com", Known: true,
+		{Seq: 1, Key: "1", Op: warehouse.OpAdd, Identifier: "a@example.com", Known: true, RowHash: "h1",
+			Prior:  &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable, Reason: "refused"},
 			Values: map[string]any{"firstName": "Ann", "age": int64(31), "signup": signup}, Changed: []string{"age", "firstName", "signup"}},
 		{Seq: 2, Key: "2", Op: warehouse.OpChange, Values: map[string]any{"firstName": nil, "age": int64(42), "signup": nil},
+			RowHash: "h2", Prior: &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassValue, Field: "age",
+				Reason: "NaN", Hold: true},
 			Changed: []string{"age"}},
-		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "c@example.com", Values: map[string]any{}},
+		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "c@example.com", Known: true, KeepProfile: true, Values: map[string]any{}},
 	}, got)
 	require.Equal(t, 1, fake.ReadSessions(), "the rows came through the Storage Read API")
 	jobs := jobsAfterOpen(fake)
 	require.Len(t, jobs, 1)
 	require.False(t, jobs[0].FastPath, "a job whose result table the Storage Read API reads")
 	require.Contains(t, jobs[0].SQL, "LEFT JOIN `test-proj`.`activations`.`"+warehouse.KnownTable("crm-users", "run-1")+"` AS k")
+	require.Contains(t, jobs[0].SQL, "k.id = LOWER(COALESCE(plan.old_ident, CAST(plan.ident AS STRING)))",
+		"a removal is known by the identifier it was last synced with")
 	require.Equal(t, "EU", jobs[0].Location)
 	require.Equal(t, maxBill, jobs[0].MaxBytesBilled)
 }
@@ -508,7 +551,7 @@ func TestRecordRejections(t *testing.T) {
 	for i := range 4500 {
 		r := warehouse.Rejection{Key: "k", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Reason: "invalid email"}
 		if i%2 == 0 {
-			r.Field = "email"
+			r.Field, r.Class, r.RowHash = "email", warehouse.ClassIdentifier, "0af3"
 		}
 		rs = append(rs, r)
 	}
@@ -527,6 +570,18 @@ func TestRecordRejections(t *testing.T) {
 				first := prm.ParameterValue.ArrayValues[0].StructValues
 				require.Equal(t, "k", first["key"].Value)
 				require.Equal(t, "email", first["field"].Value)
+				require.Equal(t, "identifier", first["class"].Value)
+				require.Equal(t, "0af3", first["row_hash"].Value)
+				second := prm.ParameterValue.ArrayValues[1].StructValues
+				for _, name := range []string{"field", "class", "row_hash"} {
+					require.Empty(t, second[name].Value, "%s is NULL when unknown", name)
+				}
+				var names []string
+				for _, f := range prm.ParameterType.ArrayType.StructTypes {
+					names = append(names, f.Name+" "+f.Type.Type)
+				}
+				require.Equal(t, []string{"key STRING", "op STRING", "outcome STRING", "field STRING", "reason STRING",
+					"class STRING", "row_hash STRING"}, names)
 			}
 		}
 	}

@@ -67,8 +67,9 @@ func querySchema(stats *bigquery.JobStatistics) bigquery.Schema {
 }
 
 // Plan validates the model with a dry run (free; it also yields the column types), then runs one
-// script that snapshots the model, records duplicate keys, diffs against the state and writes
-// the plan table. Only counts come back.
+// script that snapshots the model, records duplicate keys and shared identifiers, diffs against
+// the state, writes the plan table, refreshes the state rows that only lost an unmapped field
+// and prunes the activation's old rejections. Only counts come back.
 func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehouse.Plan, error) {
 	id := req.ActivationID
 	fields, err := checkPlanRequest(req)
@@ -78,6 +79,10 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	chunkRows := req.ChunkRows
 	if chunkRows <= 0 {
 		chunkRows = warehouse.DefaultChunkRows
+	}
+	retention := req.RejectionsRetention
+	if retention <= 0 {
+		retention = warehouse.DefaultRejectionsRetention
 	}
 	defer p.lock(id)()
 	start := time.Now()
@@ -97,8 +102,9 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 			chunkRows, int64(p.expiration/time.Second)),
 		params: []bigquery.QueryParameter{
 			{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
-			{Name: "duplicate_prefix", Value: duplicateReasonPrefix},
 			{Name: "duplicate_format", Value: warehouse.DuplicateKeyReasonFormat},
+			{Name: "shared_format", Value: warehouse.SharedIdentifierReasonFormat},
+			{Name: "rejections_cutoff", Value: start.Add(-retention).UTC()},
 		}}
 	var parseErr error
 	rows := 0
@@ -120,13 +126,14 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		plan.Counts.Changed += c.Changed
 		plan.Counts.Removed += c.Removed
 	}
-	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys
+	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys - plan.Counts.DuplicateIdentifiers
 	plan.Counts.Unchanged = clean - plan.Counts.Added - plan.Counts.Changed
 
 	c := plan.Counts
 	p.log.DebugContext(ctx, "plan written", "activation", id, "run", req.RunID, "table", table,
 		"model_rows", c.ModelRows, "added", c.Added, "changed", c.Changed, "removed", c.Removed,
 		"unchanged", c.Unchanged, "null_keys", c.NullKeys, "duplicate_keys", c.DuplicateKeys,
+		"duplicate_identifiers", c.DuplicateIdentifiers, "known", c.Known, "refreshed", c.Refreshed,
 		"chunks", len(plan.Chunks), "model_bytes", stats.TotalBytesProcessed, "took", time.Since(start))
 	return plan, nil
 }
@@ -167,29 +174,48 @@ func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehou
 	return out
 }
 
-// parseSummary reads the plan script's last row: model_rows, null_keys, duplicate_keys,
-// retried, chunks.
+// Columns of the plan script's summary row.
+const (
+	summaryCounts       = 7 // model_rows, null_keys, duplicate_keys, duplicate_identifiers, retried, known, refreshed
+	summaryKnownReasons = summaryCounts
+	summaryChunks       = summaryCounts + 1
+	summaryColumns      = summaryCounts + 2
+)
+
+// parseSummary reads the plan script's last row: the counts, known_reasons (reason, n) and
+// chunks.
 func parseSummary(row []bigquery.Value, plan *warehouse.Plan) error {
-	if len(row) != 5 {
-		return fmt.Errorf("summary has %d columns, want 5", len(row))
+	if len(row) != summaryColumns {
+		return fmt.Errorf("summary has %d columns, want %d", len(row), summaryColumns)
 	}
 	var err error
 	c := &plan.Counts
-	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys, &c.Retried} {
+	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys, &c.DuplicateIdentifiers,
+		&c.Retried, &c.Known, &c.Refreshed} {
 		if *dst, err = asInt(row[i]); err != nil {
 			return fmt.Errorf("summary column %d: %w", i, err)
 		}
 	}
-	list, ok := row[4].([]bigquery.Value)
-	if !ok && row[4] != nil {
-		return fmt.Errorf("summary chunks are a %T, want a list", row[4])
+	reasons, err := records(row[summaryKnownReasons], 2)
+	if err != nil {
+		return fmt.Errorf("summary known reasons: %w", err)
+	}
+	plan.KnownReasons = nil
+	for _, cells := range reasons {
+		reason, _ := cells[0].(string)
+		n, err := asInt(cells[1])
+		if err != nil {
+			return fmt.Errorf("summary known reason count: %w", err)
+		}
+		plan.KnownReasons = append(plan.KnownReasons,
+			warehouse.ReasonCount{Outcome: warehouse.OutcomeRejected, Reason: reason, Count: n})
+	}
+	chunks, err := records(row[summaryChunks], 6)
+	if err != nil {
+		return fmt.Errorf("summary chunks: %w", err)
 	}
 	plan.Chunks = nil
-	for _, item := range list {
-		cells, ok := item.([]bigquery.Value)
-		if !ok || len(cells) != 6 {
-			return fmt.Errorf("summary chunk is a %T, want 6 values", item)
-		}
+	for _, cells := range chunks {
 		var n [6]int64
 		for i := range n {
 			if n[i], err = asInt(cells[i]); err != nil {
@@ -200,6 +226,23 @@ func parseSummary(row []bigquery.Value, plan *warehouse.Plan) error {
 			Added: n[3], Changed: n[4], Removed: n[5]})
 	}
 	return nil
+}
+
+// records reads an ARRAY<STRUCT> value of width fields (NULL is empty).
+func records(v bigquery.Value, width int) ([][]bigquery.Value, error) {
+	list, ok := v.([]bigquery.Value)
+	if !ok && v != nil {
+		return nil, fmt.Errorf("got a %T, want a list", v)
+	}
+	out := make([][]bigquery.Value, 0, len(list))
+	for _, item := range list {
+		cells, ok := item.([]bigquery.Value)
+		if !ok || len(cells) != width {
+			return nil, fmt.Errorf("got an item of %T, want %d values", item, width)
+		}
+		out = append(out, cells)
+	}
+	return out, nil
 }
 
 func asInt(v bigquery.Value) (int64, error) {

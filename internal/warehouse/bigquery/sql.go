@@ -19,10 +19,13 @@ const nullHash = "∅"
 const (
 	snapshotTable   = "activation_snapshot"
 	duplicatesTable = "activation_duplicates"
+	sharedTable     = "activation_shared"
+	priorTable      = "activation_prior"
 )
 
-// duplicateReasonPrefix finds the duplicate-key rejections of a run that a retried Plan replaces.
-var duplicateReasonPrefix, _, _ = strings.Cut(warehouse.DuplicateKeyReasonFormat, "%d")
+// nul is a NUL character, the separator of warehouse.ConflictPairs (BigQuery's CHR(0) is an
+// empty string, not a NUL).
+const nul = "CAST(FROM_HEX('00') AS STRING)"
 
 // quoteIdent quotes an identifier (or one part of a path) with backticks.
 func quoteIdent(s string) string { return "`" + escape(s) + "`" }
@@ -93,15 +96,26 @@ func snapshotSelect(req warehouse.PlanRequest, fields []warehouse.Field) string 
 
 func createStateSQL(state string) string {
 	// ident_hash is kept apart from field_hashes so that an identifier change (another profile)
-	// can be told from an ordinary field change without reserving a field name.
+	// can be told from an ordinary field change without reserving a field name. ident is the
+	// identifier the key was last synced with, as text: a removal needs it once the model
+	// no longer has the row.
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
   key STRING NOT NULL,
   row_hash STRING NOT NULL,
   field_hashes STRING NOT NULL,
   ident_hash STRING,
-  synced_at TIMESTAMP NOT NULL
+  synced_at TIMESTAMP NOT NULL,
+  ident STRING
 )
 CLUSTER BY key`
+}
+
+// upgradeRejectionsSQL adds the columns that make a rejection known (its class and the row hash
+// it was made with) to a rejections table created by an earlier version; new tables have them.
+func upgradeRejectionsSQL(rejections string) string {
+	return `ALTER TABLE ` + rejections + `
+ADD COLUMN IF NOT EXISTS class STRING,
+ADD COLUMN IF NOT EXISTS row_hash STRING`
 }
 
 // expirationOption keeps forgotten plan tables from accumulating.
@@ -109,10 +123,31 @@ func expirationOption(seconds int64) string {
 	return fmt.Sprintf("OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL %d SECOND))", seconds)
 }
 
-// planScript is the one job of Plan. Parameters: @activation_id, @run_id, @duplicate_prefix,
-// @duplicate_format. Keys that are NULL or duplicated in the model take no part in the diff:
-// they are never sent, and a duplicated key that was synced before is not removed. Every
-// statement can run again, so a failed script is retried whole.
+// normIdent is how identifiers are compared: as text, lower-cased for emails (Iterable compares
+// emails case-insensitively).
+func normIdent(expr string, lowerCase bool) string {
+	s := "CAST(" + expr + " AS STRING)"
+	if lowerCase {
+		return "LOWER(" + s + ")"
+	}
+	return s
+}
+
+// sqlList is a parenthesised list of string literals (configuration, never values).
+func sqlList[S ~string](items []S) string {
+	quoted := make([]string, len(items))
+	for i, it := range items {
+		quoted[i] = quoteString(string(it))
+	}
+	return "(" + strings.Join(quoted, ", ") + ")"
+}
+
+// planScript is the one job of Plan. Parameters: @activation_id, @run_id, @duplicate_format,
+// @shared_format (warehouse.*ReasonFormat) and @rejections_cutoff (TIMESTAMP: older rejections
+// are pruned, except each key's latest). Keys that are NULL or duplicated in the model, or whose
+// identifier other keys carry too, take no part in the diff: they are never sent, and such a key
+// that was synced before is not removed. Every statement can run again, so a failed script is
+// retried whole.
 func planScript(req warehouse.PlanRequest, fields []warehouse.Field, plan, state, rejections string,
 	chunkRows int, expirationSeconds int64) string {
 	var names, values []string
@@ -140,44 +175,94 @@ func planScript(req warehouse.PlanRequest, fields []warehouse.Field, plan, state
 	if req.FullResync {
 		full = "TRUE"
 	}
-	valueList, snapValues := "", ""
+	// A known rejection holds its row back unless the plan resends everything or the rejected.
+	hold := "FALSE"
+	if !req.FullResync && !req.RetryRejected {
+		hold = "COALESCE(pr.r.outcome = " + quoteString(string(warehouse.OutcomeRejected)) +
+			" AND pr.r.class IN " + sqlList(warehouse.HoldClasses) + ", FALSE)"
+	}
+	valueList, snapValues, planValues := "", "", ""
 	if len(values) > 0 {
 		valueList = ", " + strings.Join(values, ", ")
 		snapValues = ", snap." + strings.Join(values, ", snap.")
+		planValues = ",\n  n." + strings.Join(values, ", n.")
 	}
-	skipped := `activation_id = @activation_id AND run_id = @run_id AND outcome = ` +
-		quoteString(string(warehouse.OutcomeSkipped)) + ` AND STARTS_WITH(reason, @duplicate_prefix)`
+	lower := req.IdentifierLowerCase
+	nid := normIdent("s.ident", lower)
+	at := quoteIdent("at")
+	skippedClasses := sqlList([]warehouse.Class{warehouse.ClassDuplicateKey, warehouse.ClassSharedIdentifier})
+	retried := `activation_id = @activation_id AND run_id = @run_id AND class IN ` + skippedClasses
+	skip := func(table, format string, class warehouse.Class) string {
+		return `SELECT @activation_id, @run_id, key, ` + quoteString(string(warehouse.OpAdd)) + `, ` +
+			quoteString(string(warehouse.OutcomeSkipped)) + `, CAST(NULL AS STRING), FORMAT(` + format + `, n), CURRENT_TIMESTAMP(), ` +
+			quoteString(string(class)) + `, row_hash
+FROM ` + table
+	}
+	// Old rejections go, except each key's latest: it is what makes a rejection known to later runs.
+	prune := `r.activation_id = @activation_id AND r.` + at + ` < @rejections_cutoff AND (r.key IS NULL OR EXISTS (
+    SELECT 1 FROM ` + rejections + ` AS l
+    WHERE l.activation_id = r.activation_id AND l.key = r.key AND l.` + at + ` > r.` + at + `))`
 	return createStateSQL(state) + `;
+
+-- State tables of earlier versions lack the identifier a key was last synced with.
+ALTER TABLE ` + state + ` ADD COLUMN IF NOT EXISTS ident STRING;
 
 CREATE TEMP TABLE ` + snapshotTable + ` AS
 ` + snapshotSelect(req, fields) + `;
 
 CREATE TEMP TABLE ` + duplicatesTable + ` AS
-SELECT key, COUNT(*) AS n FROM ` + snapshotTable + `
+SELECT key, COUNT(*) AS n, ANY_VALUE(row_hash) AS row_hash FROM ` + snapshotTable + `
 WHERE key IS NOT NULL GROUP BY key HAVING COUNT(*) > 1;
 
--- A retried Plan of the same run replaces the duplicate-key rejections it recorded.
-IF EXISTS (SELECT 1 FROM ` + rejections + ` WHERE ` + skipped + `) THEN
-  DELETE FROM ` + rejections + ` WHERE ` + skipped + `;
+-- An identifier carried by two keys would be sent as two users, the last write winning field
+-- by field: every key that shares one is held back, whatever the state held.
+CREATE TEMP TABLE ` + sharedTable + ` AS
+WITH clean AS (
+  SELECT s.key, s.row_hash, ` + nid + ` AS nid FROM ` + snapshotTable + ` AS s
+  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL AND ` + nid + ` <> ''
+    AND s.key NOT IN (SELECT d.key FROM ` + duplicatesTable + ` AS d)
+), shared AS (
+  SELECT nid, COUNT(*) AS n FROM clean GROUP BY nid HAVING COUNT(*) > 1
+)
+SELECT clean.key, clean.row_hash, shared.n FROM clean JOIN shared USING (nid);
+
+-- Each key's latest rejection by an earlier run: it makes a rejection of the same row known.
+CREATE TEMP TABLE ` + priorTable + ` AS
+SELECT key, ARRAY_AGG(STRUCT(outcome, class, field, reason, row_hash) ORDER BY ` + at + ` DESC LIMIT 1)[OFFSET(0)] AS r
+FROM ` + rejections + `
+WHERE activation_id = @activation_id AND run_id != @run_id AND key IS NOT NULL
+GROUP BY key;
+
+-- A retried Plan of the same run replaces the skipped rows it recorded.
+IF EXISTS (SELECT 1 FROM ` + rejections + ` WHERE ` + retried + `) THEN
+  DELETE FROM ` + rejections + ` WHERE ` + retried + `;
 END IF;
-INSERT INTO ` + rejections + ` (activation_id, run_id, key, op, outcome, field, reason, ` + quoteIdent("at") + `)
-SELECT @activation_id, @run_id, key, ` + quoteString(string(warehouse.OpAdd)) + `, ` +
-		quoteString(string(warehouse.OutcomeSkipped)) + `, CAST(NULL AS STRING), FORMAT(@duplicate_format, n), CURRENT_TIMESTAMP()
-FROM ` + duplicatesTable + `;
+INSERT INTO ` + rejections + ` (activation_id, run_id, key, op, outcome, field, reason, ` + at + `, class, row_hash)
+` + skip(duplicatesTable, "@duplicate_format", warehouse.ClassDuplicateKey) + `
+UNION ALL
+` + skip(sharedTable, "@shared_format", warehouse.ClassSharedIdentifier) + `;
 
 -- Equal row hashes settle most rows at once; only the others parse the old and new
 -- field_hashes to list the changed fields. changed_fields is kept for changes only (an add
--- changes every field, a removal none). Clustering by seq makes a chunk's range cheap to read.
+-- changes every field, a removal none). A row whose hash moved only because a field left the
+-- mapping has op 'refresh' and no seq: it is not sent, it refreshes its state row (below).
+-- Each add or change carries its key's latest earlier rejection when it was made with the same
+-- row hash (prior_*), and hold when that rejection holds it back. A removal carries the
+-- identifier it was last synced with (old_ident), and keep_profile when a current model row
+-- carries that identifier (the key changed, the person did not). Clustering by seq makes a
+-- chunk's range cheap to read.
 CREATE OR REPLACE TABLE ` + plan + `
 CLUSTER BY seq
 ` + expirationOption(expirationSeconds) + `
 AS
-WITH snap AS (
+WITH held_out AS (
+  SELECT key FROM ` + duplicatesTable + ` UNION ALL SELECT key FROM ` + sharedTable + `
+), snap AS (
   SELECT s.* FROM ` + snapshotTable + ` AS s
-  WHERE s.key IS NOT NULL AND s.key NOT IN (SELECT d.key FROM ` + duplicatesTable + ` AS d)
+  WHERE s.key IS NOT NULL AND s.key NOT IN (SELECT h.key FROM held_out AS h)
 ), st AS (
   SELECT t.* FROM ` + state + ` AS t
-  WHERE t.key NOT IN (SELECT d.key FROM ` + duplicatesTable + ` AS d)
+  WHERE t.key NOT IN (SELECT h.key FROM held_out AS h)
 ), joined AS (
   SELECT COALESCE(snap.key, st.key) AS key,
     CASE WHEN snap.key IS NULL THEN 'remove'
@@ -185,7 +270,8 @@ WITH snap AS (
          WHEN snap.row_hash = st.row_hash THEN 'same'
          WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
-    snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.field_hashes AS old_hashes` + snapValues + `
+    snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.ident AS old_ident,
+    st.field_hashes AS old_hashes` + snapValues + `
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
 ), parsed AS (
   SELECT *,
@@ -199,31 +285,78 @@ WITH snap AS (
       WHEN 'diff' THEN ` + diffList + `
       WHEN 'ident' THEN ` + allList + `
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident` + valueList + `
+    row_hash, field_hashes, ident_hash, ident, old_ident` + valueList + `
   FROM parsed
 ), planned AS (
-  -- a row whose hash moved only because a field left the mapping has nothing to send
-  SELECT * EXCEPT (kind) FROM classified WHERE kind <> 'diff' OR ARRAY_LENGTH(changed_fields) > 0
+  SELECT * EXCEPT (kind, op),
+    IF(kind = 'diff' AND ARRAY_LENGTH(changed_fields) = 0, 'refresh', op) AS op
+  FROM classified
+), numbered AS (
+  SELECT IF(op = 'refresh', NULL, ROW_NUMBER() OVER (PARTITION BY op = 'refresh' ORDER BY key)) AS seq, *
+  FROM planned
 )
-SELECT seq, DIV(seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, * EXCEPT (seq)
-FROM (SELECT ROW_NUMBER() OVER (ORDER BY key) AS seq, * FROM planned);
+SELECT n.seq, DIV(n.seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, n.key, n.op, n.changed_fields,
+  n.row_hash, n.field_hashes, n.ident_hash, n.ident,
+  IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
+  n.op = 'remove' AND n.old_ident IS NOT NULL AND ` + normIdent("n.old_ident", lower) + ` IN (
+    SELECT ` + normIdent("s.ident", lower) + ` FROM ` + snapshotTable + ` AS s
+    WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
+  pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
+  n.op IN ('add', 'change') AND ` + hold + ` AS hold` + planValues + `
+FROM numbered AS n
+LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND n.op IN ('add', 'change') AND pr.r.row_hash = n.row_hash;
+
+-- The refreshed rows take their new hashes (and identifier) into the state, so that the next
+-- plan settles them on the fast path.
+IF EXISTS (SELECT 1 FROM ` + plan + ` WHERE op = 'refresh') THEN
+  UPDATE ` + state + ` AS st
+  SET row_hash = r.row_hash, field_hashes = r.field_hashes, ident = CAST(r.ident AS STRING)
+  FROM (SELECT key, row_hash, field_hashes, ident FROM ` + plan + ` WHERE op = 'refresh') AS r
+  WHERE st.key = r.key;
+END IF;
+
+-- State rows written before the ident column lack their identifier: the keys whose identifier
+-- did not change since get it once. Duplicated keys are left out: UPDATE takes one source row.
+IF EXISTS (SELECT 1 FROM ` + state + ` WHERE ident IS NULL AND ident_hash IS DISTINCT FROM ` + quoteString(nullHash) + `) THEN
+  UPDATE ` + state + ` AS st SET ident = CAST(s.ident AS STRING)
+  FROM (
+    SELECT key, ident, ident_hash FROM ` + snapshotTable + `
+    WHERE key IS NOT NULL AND ident IS NOT NULL AND key NOT IN (SELECT d.key FROM ` + duplicatesTable + ` AS d)
+  ) AS s
+  WHERE st.ident IS NULL AND st.key = s.key AND st.ident_hash = s.ident_hash;
+END IF;
+
+IF EXISTS (SELECT 1 FROM ` + rejections + ` AS r WHERE ` + prune + `) THEN
+  DELETE FROM ` + rejections + ` AS r WHERE ` + prune + `;
+END IF;
 
 SELECT s.model_rows, s.null_keys,
   (SELECT IFNULL(SUM(d.n), 0) FROM ` + duplicatesTable + ` AS d) AS duplicate_keys,
-  (SELECT COUNT(*) FROM ` + plan + ` AS p WHERE p.op = 'add' AND p.key IN
-    (SELECT r.key FROM ` + rejections + ` AS r WHERE r.activation_id = @activation_id AND r.run_id != @run_id)) AS retried,
+  (SELECT COUNT(*) FROM ` + sharedTable + `) AS duplicate_identifiers,
+  c.retried, c.known, c.refreshed,
+  ARRAY(
+    SELECT AS STRUCT IFNULL(prior_reason, '') AS reason, COUNT(*) AS n
+    FROM ` + plan + ` WHERE hold GROUP BY 1 ORDER BY n DESC, reason LIMIT ` + fmt.Sprint(warehouse.MaxKnownReasons) + `
+  ) AS known_reasons,
   ARRAY(
     SELECT AS STRUCT chunk, MIN(seq) AS first_seq, MAX(seq) AS last_seq,
       COUNTIF(op = 'add') AS added, COUNTIF(op = 'change') AS changed, COUNTIF(op = 'remove') AS removed
-    FROM ` + plan + ` GROUP BY chunk ORDER BY chunk
+    FROM ` + plan + ` WHERE chunk IS NOT NULL GROUP BY chunk ORDER BY chunk
   ) AS chunks
-FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM ` + snapshotTable + `) AS s`
+FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM ` + snapshotTable + `) AS s,
+  (
+    SELECT COUNTIF(p.op = 'add' AND pr.key IS NOT NULL) AS retried, COUNTIF(p.hold) AS known,
+      COUNTIF(p.op = 'refresh') AS refreshed
+    FROM ` + plan + ` AS p LEFT JOIN ` + priorTable + ` AS pr ON pr.key = p.key
+  ) AS c`
 }
 
 // readChunkSQL selects a seq range of the plan (parameters @after and @last), never OFFSET:
-// the plan is clustered by seq, so the range reads few blocks.
+// the plan is clustered by seq, so the range reads few blocks. chunkRow decodes its columns.
 func readChunkSQL(plan, known string, lowerCase bool, fields []warehouse.Field) string {
-	cols := []string{"plan.seq", "plan.key", "plan.op", "plan.changed_fields", "plan.ident"}
+	cols := []string{"plan.seq", "plan.key", "plan.op", "plan.changed_fields", "plan.ident", "plan.old_ident",
+		"IFNULL(plan.row_hash, '') AS row_hash", "plan.keep_profile", "plan.prior_outcome", "plan.prior_class",
+		"plan.prior_field", "plan.prior_reason", "plan.hold"}
 	for _, f := range fields {
 		cols = append(cols, "plan."+quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
@@ -232,9 +365,10 @@ func readChunkSQL(plan, known string, lowerCase bool, fields []warehouse.Field) 
 		cols = append(cols, "FALSE AS known")
 	} else {
 		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
-		// neither drops nor repeats plan rows.
+		// neither drops nor repeats plan rows. A removal is known by the identifier it was
+		// last synced with.
 		cols = append(cols, "k.id IS NOT NULL AS known")
-		ident := "CAST(plan.ident AS STRING)"
+		ident := "COALESCE(plan.old_ident, CAST(plan.ident AS STRING))"
 		if lowerCase {
 			ident = "LOWER(" + ident + ")"
 		}
@@ -244,32 +378,38 @@ func readChunkSQL(plan, known string, lowerCase bool, fields []warehouse.Field) 
 		"\nWHERE plan.seq > @after AND plan.seq <= @last\nORDER BY plan.seq"
 }
 
-// commitScript merges the finished chunks (@chunks) minus the run's rejections into the state
-// in one MERGE, then counts from the plan, so a repeated commit changes nothing and reports the
-// same result. Parameters: @activation_id, @run_id, @chunks.
+// commitScript merges the finished chunks (@chunks) minus the held rows into the state in one
+// MERGE, then counts from the plan, so a repeated commit changes nothing and reports the same
+// result. A row is held when the run rejected or skipped its key (a skipped removal is done: the
+// profile is not there), or when a known rejection holds it back (warehouse.HeldByPrior: a type
+// conflict only while @conflicts, warehouse.ConflictPairs, still has it). Parameters:
+// @activation_id, @run_id, @chunks, @conflicts.
 func commitScript(plan, state, rejections string) string {
-	rejected := `SELECT r.key FROM ` + rejections + ` AS r
-    WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL`
+	held := `(plan.key IN (
+      SELECT r.key FROM ` + rejections + ` AS r
+      WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL
+        AND NOT COALESCE(r.op = ` + quoteString(string(warehouse.OpRemove)) + ` AND r.outcome = ` +
+		quoteString(string(warehouse.OutcomeSkipped)) + `, FALSE))
+    OR COALESCE(plan.hold AND (plan.prior_class <> ` + quoteString(string(warehouse.ClassType)) + `
+      OR CONCAT(plan.prior_field, ` + nul + `, plan.prior_reason) IN UNNEST(@conflicts)), FALSE))`
 	return `MERGE ` + state + ` AS state
 USING (
-  SELECT plan.key, plan.op, plan.row_hash, plan.field_hashes, plan.ident_hash
+  SELECT plan.key, plan.op, plan.row_hash, plan.field_hashes, plan.ident_hash, CAST(plan.ident AS STRING) AS ident
   FROM ` + plan + ` AS plan
-  WHERE plan.chunk IN UNNEST(@chunks) AND plan.key NOT IN (
-    ` + rejected + `)
+  WHERE plan.chunk IN UNNEST(@chunks) AND NOT ` + held + `
 ) AS src
 ON state.key = src.key
 WHEN MATCHED AND src.op = 'remove' THEN DELETE
 WHEN MATCHED THEN UPDATE SET row_hash = src.row_hash, field_hashes = src.field_hashes,
-  ident_hash = src.ident_hash, synced_at = CURRENT_TIMESTAMP()
+  ident_hash = src.ident_hash, synced_at = CURRENT_TIMESTAMP(), ident = src.ident
 WHEN NOT MATCHED AND src.op <> 'remove' THEN
-  INSERT (key, row_hash, field_hashes, ident_hash, synced_at)
-  VALUES (src.key, src.row_hash, src.field_hashes, src.ident_hash, CURRENT_TIMESTAMP());
+  INSERT (key, row_hash, field_hashes, ident_hash, synced_at, ident)
+  VALUES (src.key, src.row_hash, src.field_hashes, src.ident_hash, CURRENT_TIMESTAMP(), src.ident);
 
 SELECT COUNTIF(NOT held AND op <> 'remove') AS upserted, COUNTIF(NOT held AND op = 'remove') AS deleted,
   COUNTIF(held) AS held
 FROM (
-  SELECT plan.op, plan.key IN (
-    ` + rejected + `) AS held
+  SELECT plan.op, ` + held + ` AS held
   FROM ` + plan + ` AS plan
   WHERE plan.chunk IN UNNEST(@chunks)
 )`
@@ -278,8 +418,8 @@ FROM (
 // insertRejectionsSQL appends a batch (@rows, an array of structs) with DML rather than
 // streaming inserts, whose buffer would block the DML of later commits and plans.
 func insertRejectionsSQL(rejections string) string {
-	return `INSERT INTO ` + rejections + ` (activation_id, run_id, key, op, outcome, field, reason, ` + quoteIdent("at") + `)
-SELECT @activation_id, @run_id, r.key, r.op, r.outcome, r.field, r.reason, CURRENT_TIMESTAMP()
+	return `INSERT INTO ` + rejections + ` (activation_id, run_id, key, op, outcome, field, reason, ` + quoteIdent("at") + `, class, row_hash)
+SELECT @activation_id, @run_id, r.key, r.op, r.outcome, r.field, r.reason, CURRENT_TIMESTAMP(), r.class, r.row_hash
 FROM UNNEST(@rows) AS r`
 }
 

@@ -18,7 +18,7 @@ func goldenRequest() warehouse.PlanRequest {
 	return warehouse.PlanRequest{
 		ActivationID: "crm-users", RunID: "run-1",
 		Query:      "SELECT * FROM `acme-prod.crm.users` WHERE NOT deleted -- the model\n;\n",
-		PrimaryKey: "user_id", Identifier: "email",
+		PrimaryKey: "user_id", Identifier: "email", IdentifierLowerCase: true,
 		Fields: []warehouse.Field{
 			{Column: "first_name", Field: "firstName"},
 			{Column: "age", Field: "age"},
@@ -34,7 +34,7 @@ func TestGoldenSQL(t *testing.T) {
 	fields, err := checkPlanRequest(req)
 	require.NoError(t, err)
 	bare := req
-	bare.Identifier, bare.Fields, bare.FullResync = "", nil, true
+	bare.Identifier, bare.Fields, bare.FullResync, bare.IdentifierLowerCase = "", nil, true, false
 	p := &Planner{project: "acme-prod", dataset: "activations"}
 	id := req.ActivationID
 	plan, state, rej := p.qualified(warehouse.PlanTable(id, req.RunID)), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable)
@@ -50,6 +50,7 @@ func TestGoldenSQL(t *testing.T) {
 		{"read_known.sql", readChunkSQL(plan, p.qualified(warehouse.KnownTable(id, req.RunID)), true, fields)},
 		{"commit.sql", commitScript(plan, state, rej)},
 		{"rejections.sql", insertRejectionsSQL(rej)},
+		{"rejections_upgrade.sql", upgradeRejectionsSQL(rej)},
 		{"top_reasons.sql", topReasonsSQL(rej, true)},
 		{"known.sql", knownScript(p.qualified(warehouse.KnownTable(id, req.RunID)), p.qualified(warehouse.KnownTable(id, req.RunID)+"_staging"), true, week)},
 	}

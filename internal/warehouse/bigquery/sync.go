@@ -108,10 +108,30 @@ func (p *Planner) readStorage(ctx context.Context, j job, fn rowFunc) error {
 	return err
 }
 
-// chunkRow decodes one row of readChunkSQL: seq, key, op, changed_fields, ident, values, known.
+// Columns of readChunkSQL before the values: seq, key, op, changed_fields, ident, old_ident,
+// row_hash, keep_profile, prior_outcome, prior_class, prior_field, prior_reason, hold. known
+// follows the values.
+const (
+	colSeq = iota
+	colKey
+	colOp
+	colChanged
+	colIdent
+	colOldIdent
+	colRowHash
+	colKeepProfile
+	colPriorOutcome
+	colPriorClass
+	colPriorField
+	colPriorReason
+	colHold
+	colValues
+)
+
+// chunkRow decodes one row of readChunkSQL, as the DuckDB planner fills a warehouse.Row.
 func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.Field, all []string) (warehouse.Row, error) {
-	if len(row) != len(fields)+6 {
-		return warehouse.Row{}, fmt.Errorf("got %d columns, want %d", len(row), len(fields)+6)
+	if want := colValues + len(fields) + 1; len(row) != want {
+		return warehouse.Row{}, fmt.Errorf("got %d columns, want %d", len(row), want)
 	}
 	at := func(i int) *bigquery.FieldSchema {
 		if i < len(schema) {
@@ -119,25 +139,35 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 		}
 		return nil
 	}
-	seq, err := asInt(row[0])
+	str := func(i int) string { s, _ := row[i].(string); return s }
+	flag := func(i int) bool { b, _ := row[i].(bool); return b }
+	seq, err := asInt(row[colSeq])
 	if err != nil {
 		return warehouse.Row{}, fmt.Errorf("seq: %w", err)
 	}
-	key, _ := row[1].(string)
-	op, _ := row[2].(string)
-	known, _ := row[len(row)-1].(bool)
-	r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: normalize(row[4], at(4)),
-		Values: map[string]any{}, Known: known}
-	if r.Op != warehouse.OpRemove {
+	op := str(colOp)
+	r := warehouse.Row{Seq: seq, Key: str(colKey), Op: warehouse.Op(op), Identifier: normalize(row[colIdent], at(colIdent)),
+		Values: map[string]any{}, Known: flag(len(row) - 1), RowHash: str(colRowHash), KeepProfile: flag(colKeepProfile)}
+	if row[colPriorOutcome] != nil {
+		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(str(colPriorOutcome)), Class: warehouse.Class(str(colPriorClass)),
+			Field: str(colPriorField), Reason: str(colPriorReason), Hold: flag(colHold)}
+	}
+	if r.Op == warehouse.OpRemove {
+		// A removal names the profile it was last synced with (nil when the state has none).
+		r.Identifier = nil
+		if old, ok := row[colOldIdent].(string); ok {
+			r.Identifier = old
+		}
+	} else {
 		for i, f := range fields {
-			r.Values[f.Field] = normalize(row[5+i], at(5+i))
+			r.Values[f.Field] = normalize(row[colValues+i], at(colValues+i))
 		}
 	}
 	switch r.Op {
 	case warehouse.OpAdd:
 		r.Changed = slices.Clone(all)
 	case warehouse.OpChange:
-		list, _ := row[3].([]bigquery.Value)
+		list, _ := row[colChanged].([]bigquery.Value)
 		r.Changed = make([]string, 0, len(list))
 		for _, c := range list {
 			if s, ok := c.(string); ok {
@@ -158,6 +188,13 @@ type rejectionParam struct {
 	Outcome string              `bigquery:"outcome"`
 	Field   bigquery.NullString `bigquery:"field"`
 	Reason  string              `bigquery:"reason"`
+	Class   bigquery.NullString `bigquery:"class"`
+	RowHash bigquery.NullString `bigquery:"row_hash"`
+}
+
+// nullString is NULL for "": an unknown field, class or row hash.
+func nullString(s string) bigquery.NullString {
+	return bigquery.NullString{StringVal: s, Valid: s != ""}
 }
 
 // Rejection batches stay well below the 10 MB request limit of jobs.query.
@@ -185,8 +222,8 @@ func (p *Planner) RecordRejections(ctx context.Context, activationID, runID stri
 		for start < len(rs) && len(batch) < rejectionBatchRows && (len(batch) == 0 || size < rejectionBatchBytes) {
 			r := rs[start]
 			batch = append(batch, rejectionParam{Key: r.Key, Op: string(r.Op), Outcome: string(r.Outcome),
-				Field: bigquery.NullString{StringVal: r.Field, Valid: r.Field != ""}, Reason: r.Reason})
-			size += len(r.Key) + len(r.Reason) + len(r.Field) + 64
+				Field: nullString(r.Field), Reason: r.Reason, Class: nullString(string(r.Class)), RowHash: nullString(r.RowHash)})
+			size += len(r.Key) + len(r.Reason) + len(r.Field) + len(r.Class) + len(r.RowHash) + 96
 			start++
 		}
 		j := job{step: "rejections", activationID: activationID, runID: runID, sql: sql,
@@ -230,9 +267,10 @@ func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, li
 	return out, nil
 }
 
-// Commit applies the finished chunks' rows that the run did not reject to the state with one
-// MERGE. The counts come from the plan, not from DML statistics, so a repeated Commit reports
-// the same result (and changes nothing but synced_at).
+// Commit applies the finished chunks' rows that the run did not reject and that no known
+// rejection holds back (warehouse.HeldByPrior, with req.Conflicts) to the state with one MERGE.
+// The counts come from the plan, not from DML statistics, so a repeated Commit reports the same
+// result (and changes nothing but synced_at).
 func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (warehouse.CommitResult, error) {
 	id := req.ActivationID
 	var res warehouse.CommitResult
@@ -257,7 +295,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	j := job{step: "commit", activationID: id, runID: req.RunID, table: req.Table,
 		sql: commitScript(p.qualified(req.Table), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable)),
 		params: []bigquery.QueryParameter{{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
-			{Name: "chunks", Value: chunks}}}
+			{Name: "chunks", Value: chunks}, {Name: "conflicts", Value: warehouse.ConflictPairs(req.Conflicts)}}}
 	rows := 0
 	err := p.query(ctx, j, func(row []bigquery.Value, _ bigquery.Schema) error {
 		rows++

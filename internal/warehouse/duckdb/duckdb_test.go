@@ -496,3 +496,25 @@ func TestPlanReportsColumnTypesAndKnownIdentifiers(t *testing.T) {
 	require.Equal(t, map[string]bool{"1": true, "2": false, "3": true}, got, "every plan row once, emails compared case-insensitively")
 	require.NoError(t, p.DropPlan(ctx, known))
 }
+
+// A UUID identifier reaches the sender as its canonical text (it scans as 16 raw bytes), the
+// same text the state keeps for removals.
+func TestUUIDIdentifierIsText(t *testing.T) {
+	p := open(t, duckdb.Options{})
+	req := baseRequest("uuid-ident", `SELECT 1 AS id, '0189d5b6-3f7a-7c3e-9a6b-1234567890ab'::UUID AS email, 'A' AS name, 2 AS age`)
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	rows := readAll(t, p, req, plan)
+	require.Len(t, rows, 1)
+	require.Equal(t, "0189d5b6-3f7a-7c3e-9a6b-1234567890ab", rows[0].Identifier)
+	commitAll(t, p, req, plan)
+
+	req.RunID, req.Query = "run-2", `SELECT 2 AS id, 'x@example.com' AS email, 'A' AS name, 2 AS age`
+	plan, err = p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	got := map[string]any{}
+	for _, r := range readAll(t, p, req, plan) {
+		got[r.Key] = r.Identifier
+	}
+	require.Equal(t, "0189d5b6-3f7a-7c3e-9a6b-1234567890ab", got["1"], "the removal names the same profile")
+}

@@ -104,6 +104,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 				r.Identifier = oldIdent.String
 			}
 		} else {
+			r.Identifier = conv.value(len(fields), ident)
 			for i, f := range fields {
 				r.Values[f.Field] = conv.value(i, values[i])
 			}

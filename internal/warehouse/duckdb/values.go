@@ -67,15 +67,21 @@ func (p *Planner) valueConverters(ctx context.Context, table string, fields []wa
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read column types of %s: %w", table, err)
 	}
-	cs := make(converters, len(fields))
-	for i, f := range fields {
-		typ, ok := types[warehouse.ValueColumn(f.Field)]
+	// The last converter is the identifier's: a UUID identifier is sent as its text too.
+	cs := make(converters, len(fields)+1)
+	columns := make([]string, 0, len(fields)+1)
+	for _, f := range fields {
+		columns = append(columns, warehouse.ValueColumn(f.Field))
+	}
+	columns = append(columns, "ident")
+	for i, col := range columns {
+		typ, ok := types[col]
 		if !ok {
 			continue // the chunk's SELECT names the missing column itself
 		}
 		t, err := parseType(typ)
 		if err != nil {
-			return nil, fmt.Errorf("field %s: %w", f.Field, err)
+			return nil, fmt.Errorf("column %s: %w", col, err)
 		}
 		cs[i] = converterFor(t)
 	}

@@ -1,0 +1,3 @@
+ALTER TABLE `acme-prod`.`activations`.`rejections`
+ADD COLUMN IF NOT EXISTS class STRING,
+ADD COLUMN IF NOT EXISTS row_hash STRING
