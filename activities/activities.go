@@ -172,6 +172,10 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (plan warehouse.Pla
 		}
 		return plan, fmt.Errorf("activation %s: plan: %w", act.ID, err)
 	}
+	// What travels is the plan's size, not its chunk list: bounded whatever the plan.
+	if plan, err = plan.Sized(req.ChunkRows); err != nil {
+		return plan, fmt.Errorf("activation %s: %w", act.ID, err)
+	}
 	c := plan.Counts
 	span.SetAttributes(attribute.Int64("plan.model_rows", c.ModelRows), attribute.Int64("plan.added", c.Added),
 		attribute.Int64("plan.changed", c.Changed), attribute.Int64("plan.removed", c.Removed),

@@ -189,12 +189,56 @@ func (r *ChunkResult) Merge(o ChunkResult) {
 	r.FilteredOutFields = mergeNames(r.FilteredOutFields, o.FilteredOutFields)
 }
 
+// ChunkRange is the chunks First..Last, inclusive: runs keep the chunks they committed as
+// ranges, so that what travels stays small whatever the plan's size.
+type ChunkRange struct {
+	First int `json:"first"`
+	Last  int `json:"last"`
+}
+
+// AddChunk adds chunk i to sorted, disjoint ranges, merging neighbours.
+func AddChunk(rs []ChunkRange, i int) []ChunkRange {
+	k := 0
+	for k < len(rs) && rs[k].Last < i-1 {
+		k++
+	}
+	switch {
+	case k == len(rs) || rs[k].First > i+1:
+		rs = append(rs, ChunkRange{})
+		copy(rs[k+1:], rs[k:])
+		rs[k] = ChunkRange{First: i, Last: i}
+	case rs[k].First <= i && i <= rs[k].Last:
+	case rs[k].Last == i-1:
+		rs[k].Last = i
+		if k+1 < len(rs) && rs[k+1].First == i+1 {
+			rs[k].Last = rs[k+1].Last
+			rs = append(rs[:k+1], rs[k+2:]...)
+		}
+	default: // rs[k].First == i+1
+		rs[k].First = i
+	}
+	return rs
+}
+
+// ChunksOf lists the chunks of ranges, in order.
+func ChunksOf(rs []ChunkRange) []int {
+	var out []int
+	for _, r := range rs {
+		for i := r.First; i <= r.Last; i++ {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // CommitInput commits the finished chunks of a plan.
 type CommitInput struct {
 	Spec   spec.Activation `json:"spec"`
 	RunID  string          `json:"runId"`
 	Table  string          `json:"table"`
 	Chunks []int           `json:"chunks"`
+	// Ranges are more chunks, as ranges (SkipRejected commits every chunk the run committed).
+	Ranges []ChunkRange `json:"ranges,omitempty"`
 	// Conflicts are the run's type conflicts (CheckFieldsResult.Conflicts): rows a known type
 	// conflict holds back stay out of the state while it lasts.
 	Conflicts map[string]string `json:"conflicts,omitempty"`

@@ -190,13 +190,14 @@ func (a *Activities) SkipRejected(ctx context.Context, in CommitInput) (warehous
 	if err != nil {
 		return warehouse.CommitResult{}, err
 	}
+	chunks := append(append([]int(nil), in.Chunks...), ChunksOf(in.Ranges)...)
 	res, err := planner.Commit(ctx, warehouse.CommitRequest{
-		ActivationID: in.Spec.ID, RunID: in.RunID + operatorSkipRunSuffix, Table: in.Table, Chunks: in.Chunks,
+		ActivationID: in.Spec.ID, RunID: in.RunID + operatorSkipRunSuffix, Table: in.Table, Chunks: chunks,
 	})
 	if err != nil {
 		return res, fmt.Errorf("activation %s run %s: commit skipping rejections: %w", in.Spec.ID, in.RunID, err)
 	}
-	a.logger(in.Spec, in.RunID).Warn("rejected rows committed on an operator's request", "chunks", len(in.Chunks),
+	a.logger(in.Spec, in.RunID).Warn("rejected rows committed on an operator's request", "chunks", len(chunks),
 		"upserted", res.Upserted, "deleted", res.Deleted)
 	return res, nil
 }

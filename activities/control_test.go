@@ -183,3 +183,31 @@ func TestScheduleActivitiesNeedATemporalClient(t *testing.T) {
 	require.True(t, errors.As(err, &appErr))
 	require.Equal(t, ErrTypeNoTemporalClient, appErr.Type())
 }
+
+func TestAddChunkKeepsSortedDisjointRanges(t *testing.T) {
+	tests := []struct {
+		add  []int
+		want []ChunkRange
+	}{
+		{[]int{0, 1, 2}, []ChunkRange{{0, 2}}},
+		{[]int{2, 0, 1}, []ChunkRange{{0, 2}}},
+		{[]int{5, 0, 3}, []ChunkRange{{0, 0}, {3, 3}, {5, 5}}},
+		{[]int{5, 0, 3, 4, 1, 2}, []ChunkRange{{0, 5}}},
+		{[]int{7, 7, 6, 8}, []ChunkRange{{6, 8}}},
+		{[]int{10, 2, 6, 4}, []ChunkRange{{2, 2}, {4, 4}, {6, 6}, {10, 10}}},
+	}
+	for _, tc := range tests {
+		var rs []ChunkRange
+		for _, i := range tc.add {
+			rs = AddChunk(rs, i)
+		}
+		require.Equal(t, tc.want, rs, "adding %v", tc.add)
+		var want []int
+		for _, r := range tc.want {
+			for i := r.First; i <= r.Last; i++ {
+				want = append(want, i)
+			}
+		}
+		require.Equal(t, want, ChunksOf(rs))
+	}
+}

@@ -24,7 +24,14 @@ type PlannerPool struct {
 	Logger *slog.Logger
 
 	mu       sync.Mutex
-	planners map[string]warehouse.Planner
+	planners map[string]*pooled
+}
+
+// pooled is one planner of the pool, or its opening: done closes once pl or err is set.
+type pooled struct {
+	done chan struct{}
+	pl   warehouse.Planner
+	err  error
 }
 
 // NewPlannerPool returns an empty pool.
@@ -32,7 +39,7 @@ func NewPlannerPool(logger *slog.Logger) *PlannerPool {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &PlannerPool{Logger: logger, planners: map[string]warehouse.Planner{}}
+	return &PlannerPool{Logger: logger, planners: map[string]*pooled{}}
 }
 
 // Planner opens (once) the planner of the activation's state.
@@ -72,29 +79,53 @@ func (p *PlannerPool) Planner(ctx context.Context, a spec.Activation) (warehouse
 	default:
 		return nil, fmt.Errorf("activation %s: source type %q is not supported by this worker", a.ID, a.Source.Type)
 	}
+	return p.get(ctx, key, open)
+}
+
+// get returns the planner of key, opening it once. The pool's lock is held only to find or
+// register the entry: an open that talks to BigQuery (with retries) or waits for a DuckDB file
+// blocks the activities of that state alone, not every activity of the worker. An open that
+// failed is forgotten, so the next activity tries again.
+func (p *PlannerPool) get(ctx context.Context, key string, open func() (warehouse.Planner, error)) (warehouse.Planner, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if pl, ok := p.planners[key]; ok {
-		return pl, nil
+	e, ok := p.planners[key]
+	if !ok {
+		e = &pooled{done: make(chan struct{})}
+		p.planners[key] = e
 	}
-	pl, err := open()
-	if err != nil {
-		return nil, err
+	p.mu.Unlock()
+	if !ok {
+		e.pl, e.err = open()
+		if e.err != nil {
+			p.mu.Lock()
+			delete(p.planners, key)
+			p.mu.Unlock()
+		}
+		close(e.done)
 	}
-	p.planners[key] = pl
-	return pl, nil
+	select {
+	case <-e.done:
+		return e.pl, e.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the warehouse connection: %w", context.Cause(ctx))
+	}
 }
 
 // Close closes every planner; the worker calls it on shutdown so the files are released.
 func (p *PlannerPool) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	entries := p.planners
+	p.planners = map[string]*pooled{}
+	p.mu.Unlock()
 	var first error
-	for k, pl := range p.planners {
-		if err := pl.Close(); err != nil && first == nil {
+	for _, e := range entries {
+		<-e.done // an open in flight ends before its planner is closed
+		if e.pl == nil {
+			continue
+		}
+		if err := e.pl.Close(); err != nil && first == nil {
 			first = err
 		}
-		delete(p.planners, k)
 	}
 	return first
 }

@@ -152,7 +152,7 @@ func TestActivitiesRecordMetricsSpansAndLogIDs(t *testing.T) {
 	require.NoError(t, err)
 	var plan warehouse.Plan
 	require.NoError(t, val.Get(&plan))
-	val, err = env.ExecuteActivity(acts.SyncChunk, SyncChunkInput{Spec: act, RunID: "run-1", Table: plan.Table, Chunk: plan.Chunks[0]})
+	val, err = env.ExecuteActivity(acts.SyncChunk, SyncChunkInput{Spec: act, RunID: "run-1", Table: plan.Table, Chunk: plan.ChunkAt(0)})
 	require.NoError(t, err)
 	var res ChunkResult
 	require.NoError(t, val.Get(&res))

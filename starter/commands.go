@@ -36,7 +36,7 @@ func taskQueue() string {
 func cmdValidate(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("validate")
 	file := fs.String("f", "", "activation spec file or folder")
-	offline := fs.Bool("offline", false, "skip the BigQuery dry runs of the models")
+	offline := fs.Bool("offline", false, "skip the models' BigQuery dry runs and DuckDB DESCRIBEs")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}

@@ -149,8 +149,9 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	}
 	second := emu.Stats(demoAPIKey)
 	users2, fields2 := second.UsersReceived-firstStats.UsersReceived, second.FieldsReceived-firstStats.FieldsReceived
-	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user); %d rows rejected last run were checked again and rejected again\n",
-		second.BulkRequests-firstStats.BulkRequests, users2, fields2, float64(fields2)/float64(max(1, users2)), rep.Rejected.Total())
+	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user); %d rows rejected last run before sending are still rejected (unchanged, not sent again), %d rejected again (%d known)\n",
+		second.BulkRequests-firstStats.BulkRequests, users2, fields2, float64(fields2)/float64(max(1, users2)),
+		rep.StillRejected.Total(), rep.Rejected.Total(), rep.KnownRejected.Total())
 
 	fmt.Fprintln(out, "\n8. a sample of what Iterable now holds")
 	stored := emu.Users(demoAPIKey)

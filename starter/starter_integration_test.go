@@ -285,8 +285,10 @@ func TestDemo(t *testing.T) {
 	// First run: 3000 users, 3 malformed emails rejected, duplicate and NULL keys never sent.
 	require.Contains(t, s, "model rows         3002   unchanged 0, NULL keys 1, duplicate-key rows 2")
 	require.Contains(t, s, "rejected      3  invalid email in column email: invalid email: it has no @")
-	// Second run: 60 users changed, one attribute each; the 3 rejected users are tried again.
-	require.Contains(t, s, "Iterable received in the second run: 1 requests, 60 users, 60 field values (1.00 per user); 3 rows rejected last run were checked again and rejected again")
+	// Second run: 60 users changed, one attribute each; the 3 malformed emails are known: held
+	// back, neither checked nor sent again.
+	require.Contains(t, s, "Iterable received in the second run: 1 requests, 60 users, 60 field values (1.00 per user); 3 rows rejected last run before sending are still rejected (unchanged, not sent again), 0 rejected again (0 known)")
+	require.Contains(t, s, "3 rows still rejected: refused before sending by an earlier run and unchanged since")
 	// 3000 users minus 3 malformed emails minus the duplicated key (both rows).
 	require.Contains(t, s, "2996 profiles in the project")
 }

@@ -161,16 +161,19 @@ type Continuation struct {
 	RunID string `json:"runId"`
 	// Executions counts the executions of the run so far (1 for the first).
 	Executions int `json:"executions"`
-	// Plan is the plan with only the chunks still to send.
+	// Plan is the run's plan; Next the first chunk never started and Redo the chunks to send
+	// again first (they failed). Sizes, not lists: bounded whatever the plan.
 	Plan   warehouse.Plan                     `json:"plan"`
+	Next   int                                `json:"next"`
+	Redo   []int                              `json:"redo,omitempty"`
 	Tables []string                           `json:"tables"`
 	Fields activities.CheckFieldsResult       `json:"fields"`
 	Known  activities.ExportIdentifiersResult `json:"known"`
 	Report RunReport                          `json:"report"`
 	// Committed lists the chunks committed so far (for resume --skip-rejected); Held the rows
 	// their commits kept out of the state.
-	Committed []int `json:"committed,omitempty"`
-	Held      int64 `json:"held,omitempty"`
+	Committed []activities.ChunkRange `json:"committed,omitempty"`
+	Held      int64                   `json:"held,omitempty"`
 	// Window is the rejection threshold's window (attempted, rejected) at the hand-over.
 	WindowAttempted int64         `json:"windowAttempted,omitempty"`
 	WindowRejected  int64         `json:"windowRejected,omitempty"`

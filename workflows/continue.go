@@ -12,12 +12,21 @@ import (
 // ones finish, commits them, and hands the rest over in a Continuation: the remaining chunk
 // ranges, the counts, and the activation's lock, which the chain holds as a whole.
 
+// defaultChunksPerExecution bounds an execution's chunks when Temporal does not suggest a
+// continue-as-new first (a server that does not, or histories of small events): some 4 events
+// per chunk keep a history far below Temporal's limits.
+const defaultChunksPerExecution = 1000
+
 // shouldContinueAsNew says whether this execution should stop starting chunks and hand over.
 func (r *run) shouldContinueAsNew(ctx workflow.Context) bool {
 	if r.in.DryRun {
 		return false
 	}
-	if n := r.in.ChunksPerExecution; n > 0 && r.startedHere >= n {
+	n := r.in.ChunksPerExecution
+	if n <= 0 {
+		n = defaultChunksPerExecution
+	}
+	if r.startedHere >= n {
 		return true
 	}
 	return workflow.GetInfo(ctx).GetContinueAsNewSuggested()
@@ -30,25 +39,23 @@ func (r *run) continueAsNew(ctx workflow.Context) *ending {
 	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 		return r.fail(ctx, err)
 	}
-	plan := r.plan
-	plan.Chunks = append(plan.Chunks[:0:0], r.pending...)
 	c := &Continuation{
-		RunID: r.runID, Executions: r.executions + 1, Plan: plan, Tables: r.tables,
+		RunID: r.runID, Executions: r.executions + 1, Plan: r.plan, Next: r.next, Redo: r.redo, Tables: r.tables,
 		Fields: r.fields, Known: r.known, Report: r.rep, Committed: r.committed, Held: r.held,
 		WindowAttempted: r.window.attempted, WindowRejected: r.window.rejected,
 		SyncActive: r.syncActive, TransientSince: r.transientSince, SchedulePaused: r.schedulePaused,
 		Lock: r.lockReq,
 	}
 	c.Report.Executions = c.Executions
-	for _, ch := range r.pending { // in chunk order: no map iteration in workflow code
-		if cur := r.cursors[ch.Index]; cur != nil {
+	for _, i := range r.redo { // in chunk order: no map iteration in workflow code
+		if cur := r.cursors[i]; cur != nil {
 			c.Cursors = append(c.Cursors, *cur)
 		}
 	}
 	in := r.in
 	in.Continued = c
 	r.continuing = true
-	r.logger.Info("continuing as new", "execution", c.Executions, "chunks_left", len(c.Plan.Chunks),
+	r.logger.Info("continuing as new", "execution", c.Executions, "chunks_left", r.left(),
 		"history_events", workflow.GetInfo(ctx).GetCurrentHistoryLength())
 	return &ending{rep: r.rep, err: workflow.NewContinueAsNewError(ctx, WorkflowName, in)}
 }
@@ -58,7 +65,7 @@ func (r *run) restore(c *Continuation) {
 	r.runID = c.RunID
 	r.executions = c.Executions
 	r.plan = c.Plan
-	r.pending = append(r.pending[:0:0], c.Plan.Chunks...)
+	r.next, r.redo = c.Next, c.Redo
 	r.tables = c.Tables
 	r.fields = c.Fields
 	r.known = c.Known

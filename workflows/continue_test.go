@@ -2,8 +2,11 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/activation-engine/activations/activities"
 	"github.com/activation-engine/activations/internal/spec"
@@ -35,6 +39,19 @@ type chain struct {
 	signals  [][]string
 	requests int // RequestLock calls
 	finishes int
+	// sizes keeps, per activity, the largest input (or result) it was given, in JSON bytes.
+	sizes map[string]int
+}
+
+func (c *chain) size(name string, v any) {
+	b, err := json.Marshal(v)
+	require.NoError(c.t, err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sizes == nil {
+		c.sizes = map[string]int{}
+	}
+	c.sizes[name] = max(c.sizes[name], len(b))
 }
 
 // execute runs one execution; it returns the next execution's input when it continued as new.
@@ -71,6 +88,7 @@ func (c *chain) execute(in workflows.RunInput, p warehouse.Plan) (workflows.RunR
 	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(activities.CheckFieldsResult{}, nil).Maybe()
 	e.OnActivity("SyncChunk", mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SyncChunkInput) (activities.ChunkResult, error) {
+			c.size("SyncChunk input", in)
 			c.mu.Lock()
 			c.synced = append(c.synced, in.Chunk.Index)
 			c.mu.Unlock()
@@ -78,6 +96,7 @@ func (c *chain) execute(in workflows.RunInput, p warehouse.Plan) (workflows.RunR
 		}).Maybe()
 	e.OnActivity("Commit", mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
+			c.size("Commit input", in)
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			c.commits = append(c.commits, append([]int(nil), in.Chunks...))
@@ -98,6 +117,12 @@ func (c *chain) execute(in workflows.RunInput, p warehouse.Plan) (workflows.RunR
 		require.Equal(c.t, workflows.WorkflowName, can.WorkflowType.Name)
 		var next workflows.RunInput
 		require.NoError(c.t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+		c.mu.Lock()
+		if c.sizes == nil {
+			c.sizes = map[string]int{}
+		}
+		c.sizes["continue-as-new input"] = max(c.sizes["continue-as-new input"], proto.Size(can.Input))
+		c.mu.Unlock()
 		return workflows.RunReport{}, &next, nil
 	}
 	if err != nil {
@@ -105,7 +130,51 @@ func (c *chain) execute(in workflows.RunInput, p warehouse.Plan) (workflows.RunR
 	}
 	var rep workflows.RunReport
 	require.NoError(c.t, e.GetWorkflowResult(&rep))
+	c.size("run report", rep)
 	return rep, nil, nil
+}
+
+// TestPayloadsStayBoundedOnAHugePlan: a plan of 50,000 chunks (500 million rows at the default
+// chunk size) keeps every payload far below Temporal's 2 MB limit. What travels is the plan's
+// size, a cursor into it, the failed chunks and the committed chunks as ranges: the first
+// execution, and a late one that has committed 49,990 chunks with a few gaps, stay under 512 KB.
+func TestPayloadsStayBoundedOnAHugePlan(t *testing.T) {
+	const chunks = 50000
+	huge := warehouse.Plan{Table: "plan_users_x", Rows: chunks * 10, ChunkRows: 10,
+		Counts: warehouse.Counts{ModelRows: chunks * 10, Added: chunks * 10}}
+	c := &chain{t: t}
+	act := testSpec()
+	in := workflows.RunInput{Spec: act, ChunksPerExecution: 200}
+	_, next, err := c.execute(in, huge)
+	require.NoError(t, err)
+	require.NotNil(t, next, "the run continues as new")
+	require.Equal(t, 200, next.Continued.Next)
+	c.size("Plan result", huge)
+
+	// A late execution: 49,990 chunks committed, four of them failed and still to redo.
+	late := *next.Continued
+	late.Next = chunks - 10
+	late.Redo = []int{7, 1000, 20000, 40000}
+	late.Committed = nil
+	for i := 0; i < chunks-10; i++ {
+		if !slices.Contains(late.Redo, i) {
+			late.Committed = activities.AddChunk(late.Committed, i)
+		}
+	}
+	require.Len(t, late.Committed, 5)
+	in.Continued = &late
+	in.ChunksPerExecution = 0
+	rep, next, err := c.execute(in, huge)
+	require.NoError(t, err)
+	require.Nil(t, next)
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	require.Equal(t, chunks, rep.Chunks)
+
+	require.Subset(t, slices.Collect(maps.Keys(c.sizes)), []string{"Plan result", "SyncChunk input", "Commit input", "continue-as-new input", "run report"})
+	for name, n := range c.sizes {
+		t.Logf("largest %s: %d bytes", name, n)
+		require.Less(t, n, 512*1024, "%s", name)
+	}
 }
 
 // TestContinueAsNewCarriesTheRun: a run of 10 chunks with chunksPerExecution 4 takes three
@@ -139,8 +208,10 @@ func TestContinueAsNewCarriesTheRun(t *testing.T) {
 	require.NotEmpty(t, first.RunID)
 	require.Equal(t, 2, first.Executions)
 	require.Equal(t, first.RunID, first.Lock.RunID, "the lock is the first execution's request")
-	require.Equal(t, []warehouse.Chunk(p.Chunks[4:]), first.Plan.Chunks, "only the chunks left are handed over")
-	require.Equal(t, []int{0, 1, 2, 3}, sortedInts(first.Committed), "what finished was committed before the hand-over")
+	require.Equal(t, 4, first.Next, "only where the chunks left start is handed over")
+	require.Empty(t, first.Redo)
+	require.Nil(t, first.Plan.Chunks, "the plan's chunks are never listed")
+	require.Equal(t, []activities.ChunkRange{{First: 0, Last: 3}}, first.Committed, "what finished was committed before the hand-over")
 	require.Equal(t, 4, first.Report.ChunksDone)
 	require.Equal(t, int64(40), first.Report.Attempted.Total())
 	require.Equal(t, int64(4), first.Held)
@@ -149,7 +220,7 @@ func TestContinueAsNewCarriesTheRun(t *testing.T) {
 	require.Equal(t, first.RunID, second.RunID, "every execution works on the first one's plan and rejections")
 	require.Equal(t, first.Lock, second.Lock)
 	require.Equal(t, 3, second.Executions)
-	require.Equal(t, []warehouse.Chunk(p.Chunks[8:]), second.Plan.Chunks)
+	require.Equal(t, 8, second.Next)
 
 	require.Equal(t, workflows.StateCompleted, rep.State)
 	require.Equal(t, first.RunID, rep.RunID)
@@ -197,7 +268,7 @@ func TestContinueAsNewAfterAResume(t *testing.T) {
 	require.Len(t, next.Continued.Report.Pauses, 1)
 	require.Equal(t, workflows.CauseOperator, next.Continued.Report.Pauses[0].Cause)
 	require.NotNil(t, next.Continued.Report.Pauses[0].EndedAt)
-	require.Len(t, next.Continued.Plan.Chunks, 4, "2 of 6 chunks were sent in the first execution")
+	require.Equal(t, 2, next.Continued.Next, "2 of 6 chunks were sent in the first execution")
 	require.Len(t, w.unpaused, 1, "the resume unpaused the schedule")
 	require.False(t, next.Continued.SchedulePaused)
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -344,10 +345,16 @@ func TestWorkerKilledMidSyncAnotherFinishes(t *testing.T) {
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+dev.HostPort, "ACTIVATIONS_TASK_QUEUE="+h.queue,
 			apiKeyEnv+"="+h.key, "LOG_LEVEL=warn")
-		var logs bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &logs, &logs
+		logs := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
 		require.NoError(t, cmd.Start())
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_, _ = cmd.Process.Wait()
+			if t.Failed() {
+				t.Logf("worker %d logs:\n%s", cmd.Process.Pid, logs.String())
+			}
+		})
 		return cmd
 	}
 	first := startProc()
@@ -375,4 +382,22 @@ func TestWorkerKilledMidSyncAnotherFinishes(t *testing.T) {
 	require.LessOrEqual(t, resent, maxResent, "a retried chunk resumes at its heartbeat cursor")
 	t.Logf("sent before the kill: %d, sent twice: %d (bound %d)", sentBeforeKill, resent, maxResent)
 	require.Zero(t, h.run(act).Planned.Total(), "everything was committed")
+}
+
+// syncBuffer is a bytes.Buffer a child process may write while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -38,7 +38,7 @@ func (r *run) register(ctx workflow.Context) error {
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateResume,
 		func(_ workflow.Context, in ResumeInput) (string, error) {
 			r.resumeReq, r.resumeVia = &in, "update"
-			return fmt.Sprintf("run %s of %s resumes; %d chunk(s) left to send", r.runID, r.act.ID, len(r.pending)), nil
+			return fmt.Sprintf("run %s of %s resumes; %d chunk(s) left to send", r.runID, r.act.ID, r.left()), nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(_ workflow.Context, in ResumeInput) error { return r.checkResume(in) }},
 	); err != nil {
@@ -335,7 +335,7 @@ func (r *run) resume(ctx workflow.Context, p *PauseInfo, req *ResumeInput) {
 	}
 	r.window.attempted, r.window.rejected = 0, 0 // fresh threshold window
 	r.setState(ctx, StateRunning)
-	r.logger.Info("run resumed", "how", how, "chunks_left", len(r.pending))
+	r.logger.Info("run resumed", "how", how, "chunks_left", r.left())
 }
 
 // skipRejected commits the rows the run held back in its committed chunks as if they had been
@@ -346,7 +346,7 @@ func (r *run) skipRejected(ctx workflow.Context) {
 	}
 	var cr warehouse.CommitResult
 	if err := workflow.ExecuteActivity(r.shortCtx, a.SkipRejected, activities.CommitInput{
-		Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunks: r.committed}).Get(ctx, &cr); err != nil {
+		Spec: r.act, RunID: r.runID, Table: r.plan.Table, Ranges: r.committed}).Get(ctx, &cr); err != nil {
 		r.warn(fmt.Sprintf("skip rejected: could not commit the rejected rows: %s", describe(err)))
 		return
 	}

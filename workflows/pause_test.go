@@ -110,7 +110,7 @@ func newWorld(t *testing.T, p warehouse.Plan, sync chunkFunc) *world {
 		func(_ context.Context, in activities.CommitInput) (warehouse.CommitResult, error) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			w.skipped = append(w.skipped, append([]int(nil), in.Chunks...))
+			w.skipped = append(w.skipped, append(append([]int(nil), in.Chunks...), activities.ChunksOf(in.Ranges)...))
 			return warehouse.CommitResult{Upserted: int64(10 * len(in.Chunks))}, nil
 		}).Maybe()
 	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(

@@ -54,14 +54,17 @@ type run struct {
 	rep      RunReport
 	shortCtx workflow.Context
 
-	plan    warehouse.Plan
-	tables  []string
-	fields  activities.CheckFieldsResult
-	known   activities.ExportIdentifiersResult
-	pending []warehouse.Chunk // chunks still to send, in order
+	plan   warehouse.Plan
+	tables []string
+	fields activities.CheckFieldsResult
+	known  activities.ExportIdentifiersResult
+	// next is the first chunk never started; redo the chunks to send again first (they
+	// failed), in order. Chunk ranges come from the plan (ChunkAt): nothing lists them all.
+	next int
+	redo []int
 	// finished chunks wait for the next commit; committed ones are in the state.
 	finished  []int
-	committed []int
+	committed []activities.ChunkRange
 	held      int64 // rows this run's commits kept out of the state (rejected or skipped)
 	// cursors holds, by chunk index, how far a failed chunk got (see keepCursor).
 	cursors map[int]*activities.ChunkProgress
@@ -178,8 +181,8 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 		DuplicateKeys: c.DuplicateKeys, DuplicateIdentifiers: c.DuplicateIdentifiers, Retried: c.Retried, Refreshed: c.Refreshed}
 	rep.KnownReasons = r.plan.KnownReasons
 	rep.Planned = activities.OpCounts{Added: c.Added, Changed: c.Changed, Removed: c.Removed}
-	rep.Chunks = len(r.plan.Chunks)
-	r.pending = append([]warehouse.Chunk(nil), r.plan.Chunks...)
+	rep.Chunks = r.plan.ChunkCount()
+	r.next, r.redo = 0, nil
 	r.tables = []string{r.plan.Table}
 
 	// The volume guard, before anything is sent.
@@ -234,7 +237,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 // fails or continues as new when syncChunks says so.
 func (r *run) sync(ctx workflow.Context) *ending {
 	rep := &r.rep
-	for len(r.pending) > 0 {
+	for r.left() > 0 {
 		start := workflow.Now(ctx)
 		st := r.syncChunks(ctx)
 		r.syncActive += workflow.Now(ctx).Sub(start)
@@ -320,15 +323,14 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 	})
 	var (
 		first    *stop
-		failed   []warehouse.Chunk
+		failed   []int
 		inflight int
 		sel      = workflow.NewSelector(ctx)
 	)
 	for {
-		for first == nil && r.pauseReq == nil && r.abortReq == nil && inflight < r.settings.Concurrency && len(r.pending) > 0 &&
+		for first == nil && r.pauseReq == nil && r.abortReq == nil && inflight < r.settings.Concurrency && r.left() > 0 &&
 			!r.shouldContinueAsNew(ctx) {
-			ch := r.pending[0]
-			r.pending = r.pending[1:]
+			ch := r.take()
 			inflight++
 			r.startedHere++
 			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
@@ -339,7 +341,7 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 				inflight--
 				var res activities.ChunkResult
 				if err := f.Get(ctx, &res); err != nil {
-					failed = append(failed, ch)
+					failed = append(failed, ch.Index)
 					r.keepCursor(ch.Index, err)
 					cerr := &chunkError{index: ch.Index, err: err}
 					if first == nil {
@@ -363,8 +365,8 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 		sel.Select(ctx)
 	}
 	if len(failed) > 0 {
-		sort.Slice(failed, func(i, j int) bool { return failed[i].Index < failed[j].Index })
-		r.pending = append(failed, r.pending...)
+		sort.Ints(failed)
+		r.redo = append(failed, r.redo...)
 	}
 	switch {
 	case first != nil && first.cause == "":
@@ -373,16 +375,30 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 		return &stop{abort: true}
 	case first != nil:
 		return first
-	case r.pauseReq != nil && len(r.pending) == 0:
+	case r.pauseReq != nil && r.left() == 0:
 		r.pauseReq = nil
 		r.ignore("pause: nothing was left to send when the in-flight chunks finished")
 	case r.pauseReq != nil:
 		return &stop{cause: CauseOperator, reason: "paused by an operator: " + r.pauseReq.Reason}
 	}
-	if len(r.pending) > 0 && r.shouldContinueAsNew(ctx) {
+	if r.left() > 0 && r.shouldContinueAsNew(ctx) {
 		return &stop{continueAsNew: true}
 	}
 	return nil
+}
+
+// left is the number of chunks still to send.
+func (r *run) left() int { return len(r.redo) + r.plan.ChunkCount() - r.next }
+
+// take returns the next chunk to send: a failed one first, else the next never started.
+func (r *run) take() warehouse.Chunk {
+	if len(r.redo) > 0 {
+		i := r.redo[0]
+		r.redo = r.redo[1:]
+		return r.plan.ChunkAt(i)
+	}
+	r.next++
+	return r.plan.ChunkAt(r.next - 1)
 }
 
 // keepCursor keeps the cursor a failed chunk reached (its error's details), for the chunk's
@@ -449,7 +465,9 @@ func (r *run) commit(ctx workflow.Context) error {
 	}
 	r.rep.Committed += cr.Upserted + cr.Deleted
 	r.held += cr.Held
-	r.committed = append(r.committed, r.finished...)
+	for _, i := range r.finished {
+		r.committed = activities.AddChunk(r.committed, i)
+	}
 	r.finished = nil
 	return nil
 }

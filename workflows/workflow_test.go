@@ -44,6 +44,10 @@ func plan(chunks int) warehouse.Plan {
 	for i := 0; i < chunks; i++ {
 		p.Chunks = append(p.Chunks, warehouse.Chunk{Index: i, FirstSeq: int64(i*10 + 1), LastSeq: int64(i*10 + 10), Added: 10})
 	}
+	p, err := p.Sized(10) // what the Plan activity returns: sizes, not the chunk list
+	if err != nil {
+		panic(err)
+	}
 	return p
 }
 

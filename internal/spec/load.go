@@ -182,6 +182,7 @@ func loadFile(file string) ([]loaded, Problems) {
 		a.File = file
 		a.BaseDir = filepath.Dir(abs)
 		a.resolvePaths()
+		a.ApplyDefaults()
 		for _, p := range a.validate() {
 			p.File = file
 			p.Line = lineOf(lines, p.Path)

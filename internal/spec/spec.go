@@ -82,9 +82,43 @@ type Destination struct {
 	// /api/users/{email} or /api/users/byUserId/{userId}). Both act on the identifier the row was
 	// last synced with, so only profiles this activation synced; maxRemovedPercent guards them.
 	OnRemoved string `yaml:"onRemoved,omitempty" json:"onRemoved,omitempty"`
+	// List, when set, makes this a list activation: the model's rows are the members of an
+	// Iterable static list (entering rows are subscribed, leaving rows unsubscribed), and Fields
+	// (optional then) are kept in sync for the members as for an attribute activation.
+	List *List `yaml:"list,omitempty" json:"list,omitempty"`
 	// Nulls says what a NULL model value does: "clear" (default: the Iterable field is set to
 	// null) or "ignore" (the field is left out, Iterable keeps its value).
 	Nulls string `yaml:"nulls,omitempty" json:"nulls,omitempty"`
+}
+
+// List is the static list of a list activation: exactly one of Name and ID.
+type List struct {
+	// Name finds the list (GET /api/lists); when no list has it, the run creates it.
+	Name string `yaml:"name,omitempty" json:"name,omitempty"`
+	// ID names an existing static list.
+	ID int64 `yaml:"id,omitempty" json:"id,omitempty"`
+	// OnLeave says what a row that left the model does: "unsubscribe" (default: removed from
+	// the list, never from a channel) or "keep" (stays a member).
+	OnLeave string `yaml:"onLeave,omitempty" json:"onLeave,omitempty"`
+	// RequestsPerSecond is the per-project budget of each of subscribe and unsubscribe
+	// (Iterable documents no limit for them; default DefaultListRequestsPerSecond).
+	RequestsPerSecond float64 `yaml:"requestsPerSecond,omitempty" json:"requestsPerSecond,omitempty"`
+}
+
+// DefaultListRequestsPerSecond is the default budget of subscribe and of unsubscribe.
+const DefaultListRequestsPerSecond = 5
+
+// Unsubscribes reports whether leaving rows are unsubscribed from the list.
+func (l *List) Unsubscribes() bool {
+	return l != nil && (l.OnLeave == "" || l.OnLeave == "unsubscribe")
+}
+
+// ApplyDefaults fills what a spec may leave out and depends on other keys: a list activation
+// is in update mode unless it says otherwise.
+func (a *Activation) ApplyDefaults() {
+	if a.Destination.List != nil && a.Destination.Mode == "" {
+		a.Destination.Mode = ModeUpdate
+	}
 }
 
 // Modes of a destination.

@@ -92,6 +92,18 @@ func TestProblemsNameFileLineAndPath(t *testing.T) {
 		{"short rejections retention", func(s string) string {
 			return strings.Replace(s, "state:\n", "state:\n  rejectionsRetention: 10m\n", 1)
 		}, []string{"state.rejectionsRetention", "too short"}},
+		{"list with name and id", func(s string) string {
+			return strings.Replace(s, "mode: upsert", "mode: upsert\n  list: {name: VIP, id: 12}", 1)
+		}, []string{"a.yaml:15: destination.list", "either name or id"}},
+		{"list without name or id", func(s string) string {
+			return strings.Replace(s, "mode: upsert", "mode: upsert\n  list: {onLeave: keep}", 1)
+		}, []string{"destination.list", "set name"}},
+		{"list onLeave", func(s string) string {
+			return strings.Replace(s, "mode: upsert", "mode: upsert\n  list: {name: VIP, onLeave: delete}", 1)
+		}, []string{"destination.list.onLeave", `"delete" is not allowed (one of: unsubscribe, keep)`}},
+		{"list with onRemoved", func(s string) string {
+			return strings.Replace(s, "mode: upsert", "mode: upsert\n  onRemoved: clear\n  list: {name: VIP}", 1)
+		}, []string{"destination.onRemoved", "list.onLeave"}},
 		{"userId project with email", func(s string) string { return strings.Replace(s, "projectType: hybrid", "projectType: userId", 1) },
 			[]string{"destination.identifier.field", "userId-based projects"}},
 	}
@@ -184,4 +196,17 @@ func TestFolderMountedConfigMap(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, acts, 1)
 	require.Equal(t, "users-to-iterable", acts[0].ID)
+}
+
+// A list activation needs no mapped fields and is in update mode unless it says otherwise.
+func TestListActivationDefaults(t *testing.T) {
+	src := strings.Replace(valid, "  mode: upsert\n", "  list: {name: VIP users}\n", 1)
+	src = strings.Replace(src, "  fields:\n    - {column: first_name, field: firstName}\n", "", 1)
+	acts, err := spec.Load(write(t, t.TempDir(), "a.yaml", src))
+	require.NoError(t, err, src)
+	d := acts[0].Destination
+	require.Equal(t, spec.ModeUpdate, d.Mode)
+	require.Equal(t, "VIP users", d.List.Name)
+	require.True(t, d.List.Unsubscribes())
+	require.Empty(t, d.Fields)
 }

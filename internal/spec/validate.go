@@ -138,7 +138,27 @@ func (a Activation) validate() Problems {
 	if d.OnRemoved != "" {
 		oneOf("destination.onRemoved", d.OnRemoved, onRemoved)
 	}
-	if len(d.Fields) == 0 {
+	if l := d.List; l != nil {
+		switch {
+		case l.Name == "" && l.ID == 0:
+			add("destination.list", "set name (found, or created when missing) or id (an existing static list)")
+		case l.Name != "" && l.ID != 0:
+			add("destination.list", "set either name or id, not both")
+		case l.ID < 0:
+			add("destination.list.id", "%d is not a list id", l.ID)
+		case strings.TrimSpace(l.Name) != l.Name:
+			add("destination.list.name", "%q has leading or trailing spaces", l.Name)
+		}
+		if l.OnLeave != "" {
+			oneOf("destination.list.onLeave", l.OnLeave, []string{"unsubscribe", "keep"})
+		}
+		if l.RequestsPerSecond < 0 {
+			add("destination.list.requestsPerSecond", "must be positive")
+		}
+		if d.OnRemoved != "" && d.OnRemoved != "keep" {
+			add("destination.onRemoved", "a list activation says what leaving rows do with list.onLeave")
+		}
+	} else if len(d.Fields) == 0 {
 		add("destination.fields", "map at least one column to an Iterable field")
 	}
 	seenField := map[string]int{}

@@ -10,6 +10,7 @@ package warehouse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -106,16 +107,56 @@ type Chunk struct {
 // Rows is the number of plan rows in the chunk.
 func (c Chunk) Rows() int64 { return c.LastSeq - c.FirstSeq + 1 }
 
-// Plan is the result of planning: a table name, counts and chunk ranges. It is safe for
-// workflow history.
+// Plan is the result of planning: a table name, counts and the plan's size. It is safe for
+// workflow history, and bounded whatever the plan's size: chunk ranges are not listed but
+// derived (ChunkAt), since seq numbers the rows to send densely, 1..Rows, and chunk i holds
+// ChunkRows of them.
 type Plan struct {
-	Table  string  `json:"table"`
-	Counts Counts  `json:"counts"`
-	Chunks []Chunk `json:"chunks"`
+	Table  string `json:"table"`
+	Counts Counts `json:"counts"`
+	// Rows is the number of plan rows to send; ChunkRows the rows per chunk.
+	Rows      int64 `json:"rows"`
+	ChunkRows int   `json:"chunkRows"`
+	// Chunks lists the chunks with their counts by operation, for the planner's own checks,
+	// tests and logs. It never travels (a plan of 50,000 chunks would be 4 MB of history):
+	// ChunkAt derives the same ranges from Rows and ChunkRows.
+	Chunks []Chunk `json:"-"`
 	// Columns are the warehouse types of the mapped fields, to compare with the destination's.
 	Columns []ColumnType `json:"columns,omitempty"`
 	// KnownReasons are the most frequent reasons of the rows known rejections hold back.
 	KnownReasons []ReasonCount `json:"knownReasons,omitempty"`
+}
+
+// ChunkCount is the number of chunks of the plan.
+func (p Plan) ChunkCount() int {
+	if p.Rows <= 0 || p.ChunkRows <= 0 {
+		return 0
+	}
+	return int((p.Rows + int64(p.ChunkRows) - 1) / int64(p.ChunkRows))
+}
+
+// ChunkAt is the seq range of chunk i (0 <= i < ChunkCount), without counts by operation.
+func (p Plan) ChunkAt(i int) Chunk {
+	first := int64(i)*int64(p.ChunkRows) + 1
+	return Chunk{Index: i, FirstSeq: first, LastSeq: min(first+int64(p.ChunkRows)-1, p.Rows)}
+}
+
+// Sized fills in Rows and ChunkRows from Chunks, checking that the chunks are the dense ranges
+// ChunkAt derives (the planners number the rows to send 1..Rows and cut them every chunkRows).
+func (p Plan) Sized(chunkRows int) (Plan, error) {
+	p.ChunkRows, p.Rows = chunkRows, 0
+	for _, c := range p.Chunks {
+		p.Rows += c.Rows()
+	}
+	if len(p.Chunks) != p.ChunkCount() {
+		return p, fmt.Errorf("plan %s: %d chunks for %d rows of %d", p.Table, len(p.Chunks), p.Rows, chunkRows)
+	}
+	for i, c := range p.Chunks {
+		if d := p.ChunkAt(i); c.Index != d.Index || c.FirstSeq != d.FirstSeq || c.LastSeq != d.LastSeq {
+			return p, fmt.Errorf("plan %s: chunk %d covers seq %d..%d, not %d..%d", p.Table, c.Index, c.FirstSeq, c.LastSeq, d.FirstSeq, d.LastSeq)
+		}
+	}
+	return p, nil
 }
 
 // MaxKnownReasons bounds Plan.KnownReasons.
