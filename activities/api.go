@@ -31,7 +31,7 @@ func (c OpCounts) Add(o OpCounts) OpCounts {
 }
 
 func (c *OpCounts) inc(op warehouse.Op, n int64) {
-	switch op {
+	switch op.Base() {
 	case warehouse.OpAdd:
 		c.Added += n
 	case warehouse.OpChange:

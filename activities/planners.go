@@ -67,10 +67,10 @@ func (p *PlannerPool) Planner(ctx context.Context, a spec.Activation) (warehouse
 		if st == nil {
 			return nil, fmt.Errorf("activation %s: state.bigquery is missing", a.ID)
 		}
-		key = fmt.Sprintf("bigquery:%s/%s/%s/%d/%t", st.Project, st.Dataset, st.Location, st.MaximumBytesBilled, st.StorageRead)
+		key = fmt.Sprintf("bigquery:%s/%s/%s/%d/%t/%t", st.Project, st.Dataset, st.Location, st.MaximumBytesBilled, st.StorageRead, st.RejectionsDML)
 		open = func() (warehouse.Planner, error) {
 			pl, err := bigquery.Open(ctx, bigquery.Options{Project: st.Project, Dataset: st.Dataset, Location: st.Location,
-				MaximumBytesBilled: st.MaximumBytesBilled, StorageRead: st.StorageRead, Logger: p.Logger})
+				MaximumBytesBilled: st.MaximumBytesBilled, StorageRead: st.StorageRead, RejectionsDML: st.RejectionsDML, Logger: p.Logger})
 			if err != nil {
 				return nil, fmt.Errorf("activation %s: open BigQuery state %s.%s: %w", a.ID, st.Project, st.Dataset, err)
 			}

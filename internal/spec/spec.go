@@ -61,6 +61,8 @@ type BigQueryState struct {
 	MaximumBytesBilled int64  `yaml:"maximumBytesBilled,omitempty" json:"maximumBytesBilled,omitempty"`
 	// StorageRead reads plan chunks with the BigQuery Storage Read API (faster for large plans).
 	StorageRead bool `yaml:"storageRead,omitempty" json:"storageRead,omitempty"`
+	// RejectionsDML writes rejections with DML inserts instead of the Storage Write API.
+	RejectionsDML bool `yaml:"rejectionsDML,omitempty" json:"rejectionsDML,omitempty"`
 }
 
 // DuckDBState is the state database file ("" = in-memory, lost when the worker stops).

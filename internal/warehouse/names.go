@@ -51,10 +51,18 @@ func CheckPlanTable(table, activationID string) error {
 	return nil
 }
 
-// ValueColumn names the plan column holding a destination field's value. Hex keeps every field
-// name a valid column name, and distinct although DuckDB and BigQuery match column names
-// case-insensitively.
-func ValueColumn(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
+// ValueColumn names the plan column holding a destination field's value: v_ and the first 16 hex
+// digits of the field name's SHA-256. A digest rather than the name itself, so that any field
+// name, of any length (BigQuery refuses column names over 300 characters) and with any
+// characters, gives a valid column name of 18; lower-case hex, so that names differing only in
+// case stay distinct although DuckDB and BigQuery match column names case-insensitively. 64 bits
+// make a collision between the few fields of one mapping negligible (about n²/2⁶⁵), and
+// CheckPlanRequest refuses one anyway. The name depends only on the field, so a plan table
+// written by one worker is read by another.
+func ValueColumn(field string) string {
+	sum := sha256.Sum256([]byte(field))
+	return "v_" + hex.EncodeToString(sum[:8])
+}
 
 // CheckPlanRequest validates what every warehouse needs of a request and returns its fields
 // sorted by destination name, the canonical order of hashes and of the changed-field lists.
@@ -74,6 +82,14 @@ func CheckPlanRequest(req PlanRequest) ([]Field, error) {
 	fields, err := SortedFields(req.Fields)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidModel, err)
+	}
+	seen := make(map[string]string, len(fields))
+	for _, f := range fields {
+		col := ValueColumn(f.Field)
+		if other, ok := seen[col]; ok {
+			return nil, fmt.Errorf("%w: fields %q and %q would share the plan column %s", ErrInvalidModel, other, f.Field, col)
+		}
+		seen[col] = f.Field
 	}
 	return fields, nil
 }

@@ -22,7 +22,22 @@ const (
 	OpAdd    Op = "add"    // in the model, not in the state: send every mapped field
 	OpChange Op = "change" // in both, some field hashes differ: send only the changed fields
 	OpRemove Op = "remove" // in the state, no longer in the model
+	// OpSubscribe and OpUnsubscribe are how a list activation records the rejections of an
+	// add (subscribed to the list) and of a removal (unsubscribed): plans never hold them.
+	OpSubscribe   Op = "subscribe"
+	OpUnsubscribe Op = "unsubscribe"
 )
+
+// Base is the plan operation of a recorded operation: add for subscribe, remove for unsubscribe.
+func (o Op) Base() Op {
+	switch o {
+	case OpSubscribe:
+		return OpAdd
+	case OpUnsubscribe:
+		return OpRemove
+	}
+	return o
+}
 
 // Field maps one model column to one destination field.
 type Field struct {

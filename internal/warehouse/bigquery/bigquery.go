@@ -7,22 +7,27 @@
 // column types), then runs one multi-statement script that snapshots the model into a temporary
 // table, records duplicate keys and shared identifiers, joins each key's latest earlier
 // rejection, writes the plan table, refreshes state rows that only lost an unmapped field and
-// prunes old rejections. Only counts come back. ReadChunk reads a seq range of the plan (never
-// OFFSET), through the REST API or the Storage Read API, and Commit applies finished chunks
-// minus the run's rejections and the rows known rejections hold back with one MERGE.
+// prunes old rejections. Only counts come back. The plan rows are numbered per bucket of their
+// key's fingerprint, never by one global sort (see planScript). ReadChunk reads a seq range of
+// the plan (never OFFSET), through the REST API or the Storage Read API; RecordRejections
+// appends to the rejections table through the Storage Write API's default stream (or with DML
+// jobs, see rejections.go); and Commit applies finished chunks minus the run's rejections and
+// the rows known rejections hold back with one MERGE.
 //
-// Row values travel only in result sets and in query parameters: never in SQL text, errors or
-// logs.
+// Row values travel only in result sets, query parameters and Storage Write API rows: never in
+// SQL text, errors or logs.
 //
-// IAM roles of the worker's credentials: roles/bigquery.dataEditor on the state dataset (or, to
-// let Open create it, bigquery.datasets.create on the project through roles/bigquery.user or
+// IAM roles of the worker's credentials: roles/bigquery.dataEditor on the state dataset, which
+// also allows the Storage Write API's appends (or, to let Open create it, bigquery.datasets.create on the project through roles/bigquery.user or
 // roles/bigquery.dataEditor), roles/bigquery.jobUser on the project that runs the jobs,
 // roles/bigquery.readSessionUser for Options.StorageRead, and roles/bigquery.dataViewer on the
 // datasets the models read.
 //
 // Cost of a run, on demand: the model's columns are scanned once by the snapshot; the script then
 // reads the snapshot (those values again, plus one hash per field) and the state (one hash per
-// field), and Commit's MERGE bills the whole state table once more. So bytes ≈ 2 × the model's
+// field), writes the planned rows to a temporary table and reads them once more to number and
+// write them (little in steady state; about the mapped columns again on a first run or a full
+// resync), and Commit's MERGE bills the whole state table once more. So bytes ≈ 2 × the model's
 // mapped columns + 3 × the state's size (the snapshot's hashes weigh what the state weighs),
 // plus BigQuery's 10 MB minimum per query for each chunk read and small statements, plus the
 // activation's rejections (read for the known ones and pruned, clustered by activation_id). The
@@ -68,9 +73,16 @@ type Options struct {
 	// StorageRead reads plan chunks through the BigQuery Storage Read API (gRPC, Arrow) instead of
 	// paging the REST API; it needs roles/bigquery.readSessionUser.
 	StorageRead bool
-	// StorageClientOptions, when set, replace ClientOptions for the Storage Read client (gRPC),
-	// which cannot use an option.WithHTTPClient; tests point it to a local gRPC server.
+	// StorageClientOptions, when set, replace ClientOptions for the Storage Read and Storage
+	// Write clients (gRPC), which cannot use an option.WithHTTPClient; tests point them to a
+	// local gRPC server.
 	StorageClientOptions []option.ClientOption
+	// RejectionsDML records rejections with DML INSERT jobs (seconds each, queued with every
+	// other DML statement on the shared rejections table) instead of appending them to the
+	// table's default stream of the BigQuery Storage Write API (milliseconds, no job). For
+	// projects where the Storage Write API is not allowed; the Storage Write API path also falls
+	// back to DML when an append fails.
+	RejectionsDML bool
 	// Logger receives debug and info records; nil discards them.
 	Logger *slog.Logger
 }
@@ -82,11 +94,30 @@ const DefaultPlanExpiration = 7 * 24 * time.Hour
 // for users to query. It is partitioned by DATE(at) and clustered by activation_id, run_id.
 const RejectionsTable = "rejections"
 
+// rejectionsSchema is the rejections table's schema, as Open creates it (and upgrades an older
+// one to); the Storage Write API path builds its row message from it.
+var rejectionsSchema = bigquery.Schema{
+	{Name: "activation_id", Type: bigquery.StringFieldType, Required: true},
+	{Name: "run_id", Type: bigquery.StringFieldType, Required: true},
+	{Name: "key", Type: bigquery.StringFieldType},
+	{Name: "op", Type: bigquery.StringFieldType},
+	{Name: "outcome", Type: bigquery.StringFieldType, Required: true},
+	{Name: "field", Type: bigquery.StringFieldType},
+	{Name: "reason", Type: bigquery.StringFieldType},
+	{Name: "at", Type: bigquery.TimestampFieldType, Required: true},
+	{Name: "class", Type: bigquery.StringFieldType},
+	{Name: "row_hash", Type: bigquery.StringFieldType},
+}
+
 // Planner is a warehouse.Planner backed by BigQuery. It is safe for concurrent use.
 type Planner struct {
-	bq      *bigquery.Client // REST reads and all jobs
-	storage *bigquery.Client // the same with the Storage Read API enabled; nil without StorageRead
+	bq      *bigquery.Client  // REST reads and all jobs
+	storage *bigquery.Client  // the same with the Storage Read API enabled; nil without StorageRead
+	writer  *rejectionsWriter // Storage Write API appends of rejections; nil with RejectionsDML
 	log     *slog.Logger
+	// streamedAge is the age under which Plan's DML never deletes rejections, since they may
+	// have been appended through the Storage Write API (see rejectionsCutoff).
+	streamedAge time.Duration
 
 	project, dataset, location string
 	maxBytes                   int64
@@ -132,6 +163,10 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		maxBytes: opts.MaximumBytesBilled, expiration: expiration.Truncate(time.Second),
 		newBackOff: defaultBackOff,
 	}
+	sopts := opts.ClientOptions
+	if len(opts.StorageClientOptions) > 0 {
+		sopts = opts.StorageClientOptions
+	}
 	where := opts.Project + ":" + opts.Dataset
 	client, err := bigquery.NewClient(ctx, opts.Project, opts.ClientOptions...)
 	if err != nil {
@@ -152,17 +187,22 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		}
 		storage.Location = p.location
 		p.storage = storage
-		sopts := opts.ClientOptions
-		if len(opts.StorageClientOptions) > 0 {
-			sopts = opts.StorageClientOptions
-		}
 		if err := storage.EnableStorageReadClient(ctx, sopts...); err != nil {
 			_ = p.Close()
 			return nil, fmt.Errorf("open BigQuery %s: Storage Read API: %w", where, err)
 		}
 	}
+	if !opts.RejectionsDML {
+		w, err := newRejectionsWriter(ctx, p.project, p.dataset, sopts)
+		if err != nil {
+			_ = p.Close()
+			return nil, fmt.Errorf("open BigQuery %s: Storage Write API: %w", where, err)
+		}
+		p.writer = w
+		p.streamedAge = streamedRowsAge
+	}
 	log.DebugContext(ctx, "BigQuery state opened", "project", p.project, "dataset", p.dataset,
-		"location", p.location, "storage_read", opts.StorageRead)
+		"location", p.location, "storage_read", opts.StorageRead, "rejections_dml", opts.RejectionsDML)
 	return p, nil
 }
 
@@ -173,6 +213,9 @@ func (p *Planner) Close() error {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}
+	}
+	if p.writer != nil {
+		errs = append(errs, p.writer.client.Close())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close BigQuery: %w", err)
@@ -261,18 +304,7 @@ func (p *Planner) init(ctx context.Context) error {
 	err = ds.Table(RejectionsTable).Create(ctx, &bigquery.TableMetadata{
 		Description: "Rows of activation runs that were rejected by the destination or skipped; one row per " +
 			"recording, so count distinct keys.",
-		Schema: bigquery.Schema{
-			{Name: "activation_id", Type: bigquery.StringFieldType, Required: true},
-			{Name: "run_id", Type: bigquery.StringFieldType, Required: true},
-			{Name: "key", Type: bigquery.StringFieldType},
-			{Name: "op", Type: bigquery.StringFieldType},
-			{Name: "outcome", Type: bigquery.StringFieldType, Required: true},
-			{Name: "field", Type: bigquery.StringFieldType},
-			{Name: "reason", Type: bigquery.StringFieldType},
-			{Name: "at", Type: bigquery.TimestampFieldType, Required: true},
-			{Name: "class", Type: bigquery.StringFieldType},
-			{Name: "row_hash", Type: bigquery.StringFieldType},
-		},
+		Schema:           rejectionsSchema,
 		TimePartitioning: &bigquery.TimePartitioning{Type: bigquery.DayPartitioningType, Field: "at"},
 		Clustering:       &bigquery.Clustering{Fields: []string{"activation_id", "run_id"}},
 	})

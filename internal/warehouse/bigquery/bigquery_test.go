@@ -2,7 +2,6 @@ package bigquery_test
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -29,6 +28,18 @@ func options(fake *bqfake.Server) bigquery.Options {
 	return bigquery.Options{
 		Project: project, Dataset: dataset, Location: "EU", MaximumBytesBilled: maxBill,
 		ClientOptions: []option.ClientOption{option.WithEndpoint(fake.URL() + "/"), option.WithoutAuthentication()},
+		// The fake's Storage Write API needs its gRPC server: see writeOptions.
+		RejectionsDML: true,
+	}
+}
+
+// writeOptions records rejections through the fake's Storage Write API (and reads chunks
+// through its Storage Read API) at addr, from fake.StartStorage.
+func writeOptions(addr string) func(*bigquery.Options) {
+	return func(o *bigquery.Options) {
+		o.RejectionsDML = false
+		o.StorageClientOptions = []option.ClientOption{option.WithEndpoint(addr), option.WithoutAuthentication(),
+			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials()))}
 	}
 }
 
@@ -49,7 +60,7 @@ func open(t *testing.T, fake *bqfake.Server, mods ...func(*bigquery.Options)) *b
 	return p
 }
 
-func v(field string) string { return "v_" + hex.EncodeToString([]byte(field)) }
+func v(field string) string { return warehouse.ValueColumn(field) }
 
 // jobsAfterOpen drops the dry run that Open runs.
 func jobsAfterOpen(fake *bqfake.Server) []*bqfake.Job { return fake.Jobs()[1:] }
@@ -149,19 +160,26 @@ func handlePlan(fake *bqfake.Server) {
 }
 
 // summary is the plan script's last row: model_rows, null_keys, duplicate_keys,
-// duplicate_identifiers, retried, known, refreshed, then known_reasons (reason, n) and chunks
-// (chunk, first_seq, last_seq, added, changed, removed).
+// duplicate_identifiers, retried, known, refreshed, added, changed, removed (the totals of the
+// chunks given), then known_reasons (reason, n) and chunks (chunk, first_seq, last_seq, added,
+// changed, removed).
 func summary(modelRows, nullKeys, duplicateKeys, duplicateIdentifiers, retried, known, refreshed int64,
 	knownReasons, chunks []any) bqfake.Result {
 	integer := func(name string) *bq.TableFieldSchema { return bqfake.Field(name, "INTEGER") }
+	var added, changed, removed int
+	for _, c := range chunks {
+		cells := c.([]any)
+		added, changed, removed = added+cells[3].(int), changed+cells[4].(int), removed+cells[5].(int)
+	}
 	return bqfake.Result{StatementType: "SCRIPT", Schema: bqfake.Schema(
 		integer("model_rows"), integer("null_keys"), integer("duplicate_keys"), integer("duplicate_identifiers"),
-		integer("retried"), integer("known"), integer("refreshed"),
+		integer("retried"), integer("known"), integer("refreshed"), integer("added"), integer("changed"), integer("removed"),
 		&bq.TableFieldSchema{Name: "known_reasons", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{
 			bqfake.Field("reason", "STRING"), integer("n")}},
 		&bq.TableFieldSchema{Name: "chunks", Type: "RECORD", Mode: "REPEATED", Fields: []*bq.TableFieldSchema{integer("chunk"),
 			integer("first_seq"), integer("last_seq"), integer("added"), integer("changed"), integer("removed")}}),
-		Rows: [][]any{{modelRows, nullKeys, duplicateKeys, duplicateIdentifiers, retried, known, refreshed, knownReasons, chunks}}}
+		Rows: [][]any{{modelRows, nullKeys, duplicateKeys, duplicateIdentifiers, retried, known, refreshed,
+			added, changed, removed, knownReasons, chunks}}}
 }
 
 func TestPlan(t *testing.T) {
@@ -192,7 +210,7 @@ func TestPlan(t *testing.T) {
 	require.True(t, validate.DryRun, "the model is validated by a free dry run")
 	require.NotContains(t, validate.SQL, "CREATE", "the dry run is the snapshot's SELECT")
 	require.Contains(t, script.SQL, "CREATE OR REPLACE TABLE `test-proj`.`activations`.`"+plan.Table+"`")
-	require.Contains(t, script.SQL, "DIV(n.seq - 1, 3)")
+	require.Contains(t, script.SQL, "DIV(q.seq - 1, 3)")
 	for _, j := range jobs {
 		require.Equal(t, "EU", j.Location)
 		require.Equal(t, maxBill, j.MaxBytesBilled)
@@ -266,6 +284,32 @@ func TestPlanModelErrors(t *testing.T) {
 			require.Len(t, jobsAfterOpen(fake), map[bool]int{true: 1, false: 2}[tc.dryRun != nil], "no retry")
 		})
 	}
+	t.Run("an identifier BigQuery cannot cast to STRING is refused after the dry run", func(t *testing.T) {
+		for _, ident := range []*bq.TableFieldSchema{bqfake.Field("ident", "JSON"), bqfake.Field("ident", "GEOGRAPHY"),
+			bqfake.Record("ident", bqfake.Field("a", "STRING")), bqfake.Repeated("ident", "STRING")} {
+			fake := bqfake.New(t)
+			p := open(t, fake)
+			handlePlan(fake)
+			fake.Handle("AS row_hash FROM", bqfake.Result{Schema: bqfake.Schema(bqfake.Field("key", "STRING"), ident,
+				bqfake.Field("ident_hash", "STRING"), bqfake.Field("field_hashes", "STRING"), bqfake.Field("row_hash", "STRING"))})
+			_, err := p.Plan(context.Background(), planRequest())
+			require.ErrorIs(t, err, warehouse.ErrInvalidModel)
+			require.ErrorContains(t, err, `plan crm-users: invalid model: activation crm-users: the identifier column "email" has type `)
+			require.ErrorContains(t, err, "cast it in the model")
+			jobs := jobsAfterOpen(fake)
+			require.Len(t, jobs, 1, "the script is not sent")
+			require.True(t, jobs[0].DryRun)
+		}
+		// INTERVAL, RANGE and the others cast: the plan goes on.
+		fake := bqfake.New(t)
+		p := open(t, fake)
+		handlePlan(fake)
+		fake.Handle("AS row_hash FROM", bqfake.Result{Schema: bqfake.Schema(bqfake.Field("key", "STRING"),
+			bqfake.Field("ident", "INTERVAL"))})
+		fake.Handle("CREATE TEMP TABLE", summary(1, 0, 0, 0, 0, 0, 0, nil, nil))
+		_, err := p.Plan(context.Background(), planRequest())
+		require.NoError(t, err)
+	})
 	t.Run("field mapped twice", func(t *testing.T) {
 		fake := bqfake.New(t)
 		p := open(t, fake)

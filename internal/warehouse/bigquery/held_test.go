@@ -126,7 +126,7 @@ func TestPlanSummary(t *testing.T) {
 		fake.Handle("CREATE TEMP TABLE", bqfake.Result{Schema: bqfake.Schema(bqfake.Field("model_rows", "INTEGER")),
 			Rows: [][]any{{1}}})
 		_, err := p.Plan(context.Background(), planRequest())
-		require.ErrorContains(t, err, "plan crm-users: read the plan summary: summary has 1 columns, want 9")
+		require.ErrorContains(t, err, "plan crm-users: read the plan summary: summary has 1 columns, want 12")
 	})
 }
 
@@ -211,7 +211,7 @@ func TestCommitConflicts(t *testing.T) {
 	// The SQL builds the same encoding: field, a NUL (CHR(0) is '' in BigQuery), reason.
 	require.Contains(t, j.SQL, "CONCAT(plan.prior_field, CAST(FROM_HEX('00') AS STRING), plan.prior_reason) IN UNNEST(@conflicts)")
 	require.Equal(t, 2, strings.Count(j.SQL, "IN UNNEST(@conflicts)"), "the MERGE and the counts hold the same rows")
-	require.Contains(t, j.SQL, "NOT COALESCE(r.op = 'remove' AND r.outcome = 'skipped', FALSE)",
+	require.Contains(t, j.SQL, "NOT COALESCE(r.op IN ('remove', 'unsubscribe') AND r.outcome = 'skipped', FALSE)",
 		"a skipped removal is committed")
 	require.Contains(t, j.SQL, "CAST(plan.ident AS STRING) AS ident", "the state keeps the identifier as text")
 }

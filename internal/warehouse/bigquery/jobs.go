@@ -135,6 +135,12 @@ func (p *Planner) runJob(ctx context.Context, c *bigquery.Client, j job) (*bigqu
 
 // retry runs op until it succeeds, fails for good, or may not run again (canRetry false).
 func (p *Planner) retry(ctx context.Context, j job, op func() error, canRetry func() bool) error {
+	return p.retryWith(ctx, j, op, canRetry, retryable)
+}
+
+// retryWith is retry with another classification of transient errors (gRPC appends).
+func (p *Planner) retryWith(ctx context.Context, j job, op func() error, canRetry func() bool,
+	retryable func(error) bool) error {
 	attempt := 0
 	return backoff.RetryNotify(func() error {
 		attempt++
@@ -148,7 +154,7 @@ func (p *Planner) retry(ctx context.Context, j job, op func() error, canRetry fu
 		}
 		return err
 	}, backoff.WithContext(p.newBackOff(), ctx), func(err error, wait time.Duration) {
-		p.log.WarnContext(ctx, "BigQuery job failed, retrying", "step", j.step, "activation", j.activationID,
+		p.log.WarnContext(ctx, "BigQuery call failed, retrying", "step", j.step, "activation", j.activationID,
 			"run", j.runID, "attempt", attempt, "wait", wait, "error", err)
 	})
 }

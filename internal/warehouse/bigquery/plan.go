@@ -95,7 +95,11 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	if err != nil {
 		return warehouse.Plan{}, p.modelError(ctx, what, err, true)
 	}
-	plan := warehouse.Plan{Table: table, Columns: describeColumns(querySchema(stats), fields)}
+	schema := querySchema(stats)
+	if err := checkIdentifierType(req, schema); err != nil {
+		return warehouse.Plan{}, fmt.Errorf("%s: %w", what, err)
+	}
+	plan := warehouse.Plan{Table: table, Columns: describeColumns(schema, fields)}
 
 	script := job{step: "plan", activationID: id, runID: req.RunID, table: table,
 		sql: planScript(req, fields, p.qualified(table), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable),
@@ -104,7 +108,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 			{Name: "activation_id", Value: id}, {Name: "run_id", Value: req.RunID},
 			{Name: "duplicate_format", Value: warehouse.DuplicateKeyReasonFormat},
 			{Name: "shared_format", Value: warehouse.SharedIdentifierReasonFormat},
-			{Name: "rejections_cutoff", Value: start.Add(-retention).UTC()},
+			{Name: "rejections_cutoff", Value: p.rejectionsCutoff(start, retention)},
 		}}
 	var parseErr error
 	rows := 0
@@ -120,11 +124,6 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		return warehouse.Plan{}, p.modelError(ctx, what, err, false)
 	case rows != 1:
 		return warehouse.Plan{}, fmt.Errorf("plan %s: the plan script returned %d summary rows, want 1", id, rows)
-	}
-	for _, c := range plan.Chunks {
-		plan.Counts.Added += c.Added
-		plan.Counts.Changed += c.Changed
-		plan.Counts.Removed += c.Removed
 	}
 	clean := plan.Counts.ModelRows - plan.Counts.NullKeys - plan.Counts.DuplicateKeys - plan.Counts.DuplicateIdentifiers
 	plan.Counts.Unchanged = clean - plan.Counts.Added - plan.Counts.Changed
@@ -156,6 +155,30 @@ func checkPlanRequest(req warehouse.PlanRequest) ([]warehouse.Field, error) {
 	return fields, nil
 }
 
+// checkIdentifierType refuses an identifier column that BigQuery cannot CAST to STRING (JSON,
+// GEOGRAPHY, STRUCT, ARRAY): the dry run accepts such a model, since the snapshot keeps the
+// identifier in its type, but the plan script compares identifiers as text and would fail
+// midway, after scanning the model. The snapshot's ident column carries the identifier's type.
+func checkIdentifierType(req warehouse.PlanRequest, schema bigquery.Schema) error {
+	if req.Identifier == "" {
+		return nil
+	}
+	for _, fs := range schema {
+		if !strings.EqualFold(fs.Name, "ident") {
+			continue
+		}
+		switch {
+		case fs.Repeated, fs.Type == bigquery.JSONFieldType, fs.Type == bigquery.GeographyFieldType,
+			fs.Type == bigquery.RecordFieldType:
+			return fmt.Errorf("%w: activation %s: the identifier column %q has type %s, which BigQuery cannot cast "+
+				"to STRING: cast it in the model (e.g. JSON_VALUE(...), ST_ASTEXT(...) or one STRING field of the STRUCT)",
+				warehouse.ErrInvalidModel, req.ActivationID, req.Identifier, typeName(fs))
+		}
+		return nil
+	}
+	return nil
+}
+
 // describeColumns reads the types of the mapped columns from the snapshot's schema, in field
 // order.
 func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehouse.ColumnType {
@@ -176,7 +199,9 @@ func describeColumns(schema bigquery.Schema, fields []warehouse.Field) []warehou
 
 // Columns of the plan script's summary row.
 const (
-	summaryCounts       = 7 // model_rows, null_keys, duplicate_keys, duplicate_identifiers, retried, known, refreshed
+	// model_rows, null_keys, duplicate_keys, duplicate_identifiers, retried, known, refreshed,
+	// added, changed, removed: the plan's totals come from the plan table, not from its chunks.
+	summaryCounts       = 10
 	summaryKnownReasons = summaryCounts
 	summaryChunks       = summaryCounts + 1
 	summaryColumns      = summaryCounts + 2
@@ -191,7 +216,7 @@ func parseSummary(row []bigquery.Value, plan *warehouse.Plan) error {
 	var err error
 	c := &plan.Counts
 	for i, dst := range []*int64{&c.ModelRows, &c.NullKeys, &c.DuplicateKeys, &c.DuplicateIdentifiers,
-		&c.Retried, &c.Known, &c.Refreshed} {
+		&c.Retried, &c.Known, &c.Refreshed, &c.Added, &c.Changed, &c.Removed} {
 		if *dst, err = asInt(row[i]); err != nil {
 			return fmt.Errorf("summary column %d: %w", i, err)
 		}

@@ -21,7 +21,14 @@ const (
 	duplicatesTable = "activation_duplicates"
 	sharedTable     = "activation_shared"
 	priorTable      = "activation_prior"
+	plannedTable    = "activation_planned"
+	seqTable        = "activation_seq"
 )
+
+// seqBuckets is the number of buckets the plan numbers its rows in (see planScript): enough
+// for every bucket to be a small sort of keys even with a billion planned rows, few enough for
+// the running sum of their counts to be trivial.
+const seqBuckets = 1024
 
 // nul is a NUL character, the separator of warehouse.ConflictPairs (BigQuery's CHR(0) is an
 // empty string, not a NUL).
@@ -144,7 +151,8 @@ func sqlList[S ~string](items []S) string {
 
 // planScript is the one job of Plan. Parameters: @activation_id, @run_id, @duplicate_format,
 // @shared_format (warehouse.*ReasonFormat) and @rejections_cutoff (TIMESTAMP: older rejections
-// are pruned, except each key's latest). Keys that are NULL or duplicated in the model, or whose
+// are pruned, except each key's latest; see Planner.rejectionsCutoff). Rows are numbered without
+// a global sort (see the comment above activation_seq). Keys that are NULL or duplicated in the model, or whose
 // identifier other keys carry too, take no part in the diff: they are never sent, and such a key
 // that was synced before is not removed. Every statement can run again, so a failed script is
 // retried whole.
@@ -246,15 +254,7 @@ UNION ALL
 -- field_hashes to list the changed fields. changed_fields is kept for changes only (an add
 -- changes every field, a removal none). A row whose hash moved only because a field left the
 -- mapping has op 'refresh' and no seq: it is not sent, it refreshes its state row (below).
--- Each add or change carries its key's latest earlier rejection when it was made with the same
--- row hash (prior_*), and hold when that rejection holds it back. A removal carries the
--- identifier it was last synced with (old_ident), and keep_profile when a current model row
--- carries that identifier (the key changed, the person did not). Clustering by seq makes a
--- chunk's range cheap to read.
-CREATE OR REPLACE TABLE ` + plan + `
-CLUSTER BY seq
-` + expirationOption(expirationSeconds) + `
-AS
+CREATE TEMP TABLE ` + plannedTable + ` AS
 WITH held_out AS (
   SELECT key FROM ` + duplicatesTable + ` UNION ALL SELECT key FROM ` + sharedTable + `
 ), snap AS (
@@ -287,15 +287,40 @@ WITH held_out AS (
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
     row_hash, field_hashes, ident_hash, ident, old_ident` + valueList + `
   FROM parsed
-), planned AS (
-  SELECT * EXCEPT (kind, op),
-    IF(kind = 'diff' AND ARRAY_LENGTH(changed_fields) = 0, 'refresh', op) AS op
-  FROM classified
-), numbered AS (
-  SELECT IF(op = 'refresh', NULL, ROW_NUMBER() OVER (PARTITION BY op = 'refresh' ORDER BY key)) AS seq, *
-  FROM planned
 )
-SELECT n.seq, DIV(n.seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, n.key, n.op, n.changed_fields,
+SELECT * EXCEPT (kind, op),
+  IF(kind = 'diff' AND ARRAY_LENGTH(changed_fields) = 0, 'refresh', op) AS op
+FROM classified;
+
+-- The planned rows other than refreshes are numbered 1..N in key order within buckets of
+-- their key's fingerprint, never with one sort of every row: an analytic function without
+-- PARTITION BY runs on a single slot, and tens of millions of rows exceed its resources. Only
+-- keys are numbered: each bucket is sorted on its own (in parallel), the buckets' row counts
+-- are summed in bucket order (a window over at most ` + fmt.Sprint(seqBuckets) + ` rows) into each bucket's
+-- offset, and seq = offset + the row's number in its bucket. Keys are unique here and
+-- FARM_FINGERPRINT is stable, so a retried Plan numbers the same rows alike. ABS is taken of
+-- the remainder, not of the fingerprint, whose minimum has no absolute value in INT64.
+CREATE TEMP TABLE ` + seqTable + ` AS
+WITH keyed AS (
+  SELECT key, ABS(MOD(FARM_FINGERPRINT(key), ` + fmt.Sprint(seqBuckets) + `)) AS bucket
+  FROM ` + plannedTable + ` WHERE op <> 'refresh'
+), offsets AS (
+  SELECT bucket, SUM(n) OVER (ORDER BY bucket) - n AS base
+  FROM (SELECT bucket, COUNT(*) AS n FROM keyed GROUP BY bucket)
+)
+SELECT keyed.key, offsets.base + ROW_NUMBER() OVER (PARTITION BY keyed.bucket ORDER BY keyed.key) AS seq
+FROM keyed JOIN offsets USING (bucket);
+
+-- Each add or change carries its key's latest earlier rejection when it was made with the same
+-- row hash (prior_*), and hold when that rejection holds it back. A removal carries the
+-- identifier it was last synced with (old_ident), and keep_profile when a current model row
+-- carries that identifier (the key changed, the person did not). Clustering by seq makes a
+-- chunk's range cheap to read.
+CREATE OR REPLACE TABLE ` + plan + `
+CLUSTER BY seq
+` + expirationOption(expirationSeconds) + `
+AS
+SELECT q.seq, DIV(q.seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, n.key, n.op, n.changed_fields,
   n.row_hash, n.field_hashes, n.ident_hash, n.ident,
   IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
   n.op = 'remove' AND n.old_ident IS NOT NULL AND ` + normIdent("n.old_ident", lower) + ` IN (
@@ -303,7 +328,8 @@ SELECT n.seq, DIV(n.seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, n.key, n.o
     WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
   n.op IN ('add', 'change') AND ` + hold + ` AS hold` + planValues + `
-FROM numbered AS n
+FROM ` + plannedTable + ` AS n
+LEFT JOIN ` + seqTable + ` AS q ON q.key = n.key
 LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND n.op IN ('add', 'change') AND pr.r.row_hash = n.row_hash;
 
 -- The refreshed rows take their new hashes (and identifier) into the state, so that the next
@@ -333,7 +359,7 @@ END IF;
 SELECT s.model_rows, s.null_keys,
   (SELECT IFNULL(SUM(d.n), 0) FROM ` + duplicatesTable + ` AS d) AS duplicate_keys,
   (SELECT COUNT(*) FROM ` + sharedTable + `) AS duplicate_identifiers,
-  c.retried, c.known, c.refreshed,
+  c.retried, c.known, c.refreshed, c.added, c.changed, c.removed,
   ARRAY(
     SELECT AS STRUCT IFNULL(prior_reason, '') AS reason, COUNT(*) AS n
     FROM ` + plan + ` WHERE hold GROUP BY 1 ORDER BY n DESC, reason LIMIT ` + fmt.Sprint(warehouse.MaxKnownReasons) + `
@@ -346,7 +372,8 @@ SELECT s.model_rows, s.null_keys,
 FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM ` + snapshotTable + `) AS s,
   (
     SELECT COUNTIF(p.op = 'add' AND pr.key IS NOT NULL) AS retried, COUNTIF(p.hold) AS known,
-      COUNTIF(p.op = 'refresh') AS refreshed
+      COUNTIF(p.op = 'refresh') AS refreshed, COUNTIF(p.op = 'add') AS added,
+      COUNTIF(p.op = 'change') AS changed, COUNTIF(p.op = 'remove') AS removed
     FROM ` + plan + ` AS p LEFT JOIN ` + priorTable + ` AS pr ON pr.key = p.key
   ) AS c`
 }
@@ -388,7 +415,8 @@ func commitScript(plan, state, rejections string) string {
 	held := `(plan.key IN (
       SELECT r.key FROM ` + rejections + ` AS r
       WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL
-        AND NOT COALESCE(r.op = ` + quoteString(string(warehouse.OpRemove)) + ` AND r.outcome = ` +
+        AND NOT COALESCE(r.op IN (` + quoteString(string(warehouse.OpRemove)) + `, ` +
+		quoteString(string(warehouse.OpUnsubscribe)) + `) AND r.outcome = ` +
 		quoteString(string(warehouse.OutcomeSkipped)) + `, FALSE))
     OR COALESCE(plan.hold AND (plan.prior_class <> ` + quoteString(string(warehouse.ClassType)) + `
       OR CONCAT(plan.prior_field, ` + nul + `, plan.prior_reason) IN UNNEST(@conflicts)), FALSE))`

@@ -4,6 +4,8 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -110,5 +112,48 @@ func TestWithhold(t *testing.T) {
 	}
 	for _, tc := range tests {
 		require.Equal(t, tc.want, withhold(tc.in), tc.in)
+	}
+}
+
+// TestPlanNumberingHasNoGlobalSort: an analytic function without PARTITION BY runs on one slot,
+// so the plan script may use one only over the per-bucket counts (at most seqBuckets rows);
+// ROW_NUMBER runs per bucket over keys only, and the wide planned rows take their seq by a join.
+func TestPlanNumberingHasNoGlobalSort(t *testing.T) {
+	req := goldenRequest()
+	fields, err := checkPlanRequest(req)
+	require.NoError(t, err)
+	bare := req
+	bare.Identifier, bare.Fields, bare.FullResync = "", nil, true
+	p := &Planner{project: "acme-prod", dataset: "activations"}
+	id := req.ActivationID
+	plan, state, rej := p.qualified(warehouse.PlanTable(id, req.RunID)), p.qualified(warehouse.StateTable(id)), p.qualified(RejectionsTable)
+	for name, script := range map[string]string{
+		"fields":                 planScript(req, fields, plan, state, rej, 500, 3600),
+		"no fields, full resync": planScript(bare, nil, plan, state, rej, 500, 3600),
+	} {
+		t.Run(name, func(t *testing.T) {
+			over := regexp.MustCompile(`(?s)(\w+)\(([^()]*)\)\s+OVER\s*\(([^()]*)\)`)
+			calls := over.FindAllStringSubmatch(script, -1)
+			require.Len(t, calls, 2, "two analytic functions: the bucket offsets and the row numbers")
+			for _, c := range calls {
+				fn, window := c[1], c[3]
+				if strings.HasPrefix(window, "PARTITION BY ") {
+					require.Equal(t, "ROW_NUMBER", fn)
+					require.Equal(t, "PARTITION BY keyed.bucket ORDER BY keyed.key", window)
+					continue
+				}
+				require.Equal(t, "SUM(n) OVER (ORDER BY bucket)", c[0], "the only window without PARTITION BY")
+			}
+			require.Contains(t, script, "SUM(n) OVER (ORDER BY bucket) - n AS base\n  FROM (SELECT bucket, COUNT(*) AS n FROM keyed GROUP BY bucket)",
+				"the unpartitioned window sees one row per bucket")
+			require.Contains(t, script, "WITH keyed AS (\n  SELECT key, ABS(MOD(FARM_FINGERPRINT(key), 1024)) AS bucket\n  FROM "+
+				plannedTable+" WHERE op <> 'refresh'\n)", "only keys are numbered, refreshed rows are not")
+			require.Contains(t, script, "SELECT keyed.key, offsets.base + ROW_NUMBER() OVER (PARTITION BY keyed.bucket ORDER BY keyed.key) AS seq\n"+
+				"FROM keyed JOIN offsets USING (bucket);", "seq = the bucket's offset + the row's number in its bucket")
+			require.Contains(t, script, "FROM "+plannedTable+" AS n\nLEFT JOIN "+seqTable+" AS q ON q.key = n.key\n",
+				"the wide rows take their seq by key")
+			require.Contains(t, script, "SELECT q.seq, DIV(q.seq - 1, 500) AS chunk,")
+			require.NotContains(t, script, "ROW_NUMBER() OVER (PARTITION BY op", "no longer one partition per op")
+		})
 	}
 }

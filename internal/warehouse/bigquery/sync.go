@@ -181,61 +181,6 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 	return r, nil
 }
 
-// rejectionParam is one element of the @rows parameter of insertRejectionsSQL.
-type rejectionParam struct {
-	Key     string              `bigquery:"key"`
-	Op      string              `bigquery:"op"`
-	Outcome string              `bigquery:"outcome"`
-	Field   bigquery.NullString `bigquery:"field"`
-	Reason  string              `bigquery:"reason"`
-	Class   bigquery.NullString `bigquery:"class"`
-	RowHash bigquery.NullString `bigquery:"row_hash"`
-}
-
-// nullString is NULL for "": an unknown field, class or row hash.
-func nullString(s string) bigquery.NullString {
-	return bigquery.NullString{StringVal: s, Valid: s != ""}
-}
-
-// Rejection batches stay well below the 10 MB request limit of jobs.query.
-const (
-	rejectionBatchRows  = 2000
-	rejectionBatchBytes = 2 << 20
-)
-
-// RecordRejections appends the rows with DML INSERTs of a few thousand rows each; the values
-// travel as one array-of-structs parameter per batch.
-func (p *Planner) RecordRejections(ctx context.Context, activationID, runID string, rs []warehouse.Rejection) error {
-	if err := warehouse.CheckActivationID(activationID); err != nil {
-		return fmt.Errorf("record rejections: %w", err)
-	}
-	if len(rs) == 0 {
-		return nil
-	}
-	if runID == "" {
-		return fmt.Errorf("record %d rejections of %s: run id is empty", len(rs), activationID)
-	}
-	sql := insertRejectionsSQL(p.qualified(RejectionsTable))
-	for start := 0; start < len(rs); {
-		var batch []rejectionParam
-		size := 0
-		for start < len(rs) && len(batch) < rejectionBatchRows && (len(batch) == 0 || size < rejectionBatchBytes) {
-			r := rs[start]
-			batch = append(batch, rejectionParam{Key: r.Key, Op: string(r.Op), Outcome: string(r.Outcome),
-				Field: nullString(r.Field), Reason: r.Reason, Class: nullString(string(r.Class)), RowHash: nullString(r.RowHash)})
-			size += len(r.Key) + len(r.Reason) + len(r.Field) + len(r.Class) + len(r.RowHash) + 96
-			start++
-		}
-		j := job{step: "rejections", activationID: activationID, runID: runID, sql: sql,
-			params: []bigquery.QueryParameter{{Name: "activation_id", Value: activationID},
-				{Name: "run_id", Value: runID}, {Name: "rows", Value: batch}}}
-		if err := p.query(ctx, j, func([]bigquery.Value, bigquery.Schema) error { return nil }); err != nil {
-			return fmt.Errorf("record %d rejections of %s run %s: %w", len(rs), activationID, runID, p.explain(err))
-		}
-	}
-	return nil
-}
-
 // TopReasons counts distinct keys per outcome and reason, most frequent first.
 func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, limit int) ([]warehouse.ReasonCount, error) {
 	if err := warehouse.CheckActivationID(activationID); err != nil {

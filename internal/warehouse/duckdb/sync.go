@@ -242,7 +242,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 		  OR p.prior_field || chr(0) || p.prior_reason IN (SELECT unnest(CAST(? AS VARCHAR[])))), false) AS held
 		FROM ` + plan + ` AS p
 		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
-		           WHERE activation_id = ? AND run_id = ? AND NOT (op = 'remove' AND outcome = 'skipped')) AS r
+		           WHERE activation_id = ? AND run_id = ? AND NOT (op IN ('remove', 'unsubscribe') AND outcome = 'skipped')) AS r
 		  ON p.key = r.key
 		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`
 	args := []any{warehouse.ConflictPairs(req.Conflicts), id, req.RunID, chunks}

@@ -109,16 +109,19 @@ type Server struct {
 	requests []Request
 	jobs     []*Job
 	byID     map[string]*Job
-	datasets map[string]*bq.Dataset // by dataset id
-	tables   map[string]*bq.Table   // by "dataset.table"
-	refuse   map[string]Error       // "create dataset", ... → error for every such call
-	sessions int                    // Storage Read sessions created
+	datasets map[string]*bq.Dataset      // by dataset id
+	tables   map[string]*bq.Table        // by "dataset.table"
+	refuse   map[string]Error            // "create dataset", ... → error for every such call
+	sessions int                         // Storage Read sessions created
+	appended map[string][]map[string]any // rows appended through the Storage Write API, by "dataset.table"
+	appends  []Append                    // AppendRows requests received
+	failApp  []appendFailure             // failures of the next AppendRows requests
 }
 
 // New starts a fake; it stops at the end of the test.
 func New(t testing.TB) *Server {
 	s := &Server{byID: map[string]*Job{}, datasets: map[string]*bq.Dataset{}, tables: map[string]*bq.Table{},
-		refuse: map[string]Error{}}
+		refuse: map[string]Error{}, appended: map[string][]map[string]any{}}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.srv.Close)
 	return s

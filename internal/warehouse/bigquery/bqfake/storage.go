@@ -20,10 +20,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// StartStorage starts a fake of the Storage Read API (gRPC, plaintext) on a local port. It
-// serves the result table of every query job that had a schema, as one Arrow stream, and
-// returns the address for option.WithEndpoint (with an insecure transport). Supported column
-// types: INTEGER, FLOAT, BOOLEAN, STRING, TIMESTAMP (int64 microseconds) and REPEATED ones.
+// StartStorage starts a fake of the Storage Read and Storage Write APIs (gRPC, plaintext) on a
+// local port, and returns the address for option.WithEndpoint (with an insecure transport).
+// The Read API serves the result table of every query job that had a schema, as one Arrow
+// stream; supported column types: INTEGER, FLOAT, BOOLEAN, STRING, TIMESTAMP (int64
+// microseconds) and REPEATED ones. The Write API takes AppendRows on the default stream of the
+// tables that exist (see storage_write.go).
 func (s *Server) StartStorage(t testing.TB) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -32,6 +34,7 @@ func (s *Server) StartStorage(t testing.TB) string {
 	}
 	g := grpc.NewServer()
 	storagepb.RegisterBigQueryReadServer(g, &readServer{s: s})
+	storagepb.RegisterBigQueryWriteServer(g, &writeServer{s: s})
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
 	return lis.Addr().String()

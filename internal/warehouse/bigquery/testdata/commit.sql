@@ -5,7 +5,7 @@ USING (
   WHERE plan.chunk IN UNNEST(@chunks) AND NOT (plan.key IN (
       SELECT r.key FROM `acme-prod`.`activations`.`rejections` AS r
       WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL
-        AND NOT COALESCE(r.op = 'remove' AND r.outcome = 'skipped', FALSE))
+        AND NOT COALESCE(r.op IN ('remove', 'unsubscribe') AND r.outcome = 'skipped', FALSE))
     OR COALESCE(plan.hold AND (plan.prior_class <> 'type'
       OR CONCAT(plan.prior_field, CAST(FROM_HEX('00') AS STRING), plan.prior_reason) IN UNNEST(@conflicts)), FALSE))
 ) AS src
@@ -23,7 +23,7 @@ FROM (
   SELECT plan.op, (plan.key IN (
       SELECT r.key FROM `acme-prod`.`activations`.`rejections` AS r
       WHERE r.activation_id = @activation_id AND r.run_id = @run_id AND r.key IS NOT NULL
-        AND NOT COALESCE(r.op = 'remove' AND r.outcome = 'skipped', FALSE))
+        AND NOT COALESCE(r.op IN ('remove', 'unsubscribe') AND r.outcome = 'skipped', FALSE))
     OR COALESCE(plan.hold AND (plan.prior_class <> 'type'
       OR CONCAT(plan.prior_field, CAST(FROM_HEX('00') AS STRING), plan.prior_reason) IN UNNEST(@conflicts)), FALSE)) AS held
   FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS plan

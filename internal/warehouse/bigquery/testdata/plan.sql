@@ -16,10 +16,10 @@ SELECT *, TO_HEX(SHA256(CONCAT(ident_hash, ':', field_hashes))) AS row_hash FROM
   SELECT CAST(model.`user_id` AS STRING) AS key,
     model.`email` AS ident,
     IF(model.`email` IS NULL, '\u2205', TO_HEX(SHA256(TO_JSON_STRING(model.`email`)))) AS ident_hash,
-    model.`we\`ird col` AS `v_612f627e6322642765`,
-    model.`age` AS `v_616765`,
-    model.`first_name` AS `v_66697273744e616d65`,
-    model.`\u00fcn\u00ef` AS `v_c3bc6ec3af2063c3b664c3a9`,
+    model.`we\`ird col` AS `v_929c68b729ccfe21`,
+    model.`age` AS `v_013f54400c82da08`,
+    model.`first_name` AS `v_9cf22fd0154cc2a3`,
+    model.`\u00fcn\u00ef` AS `v_642174ef3d893ee6`,
     TO_JSON_STRING(JSON_OBJECT('a/b~c\"d\'e', IF(model.`we\`ird col` IS NULL, '\u2205', TO_HEX(SHA256(TO_JSON_STRING(model.`we\`ird col`)))),
       'age', IF(model.`age` IS NULL, '\u2205', TO_HEX(SHA256(TO_JSON_STRING(model.`age`)))),
       'firstName', IF(model.`first_name` IS NULL, '\u2205', TO_HEX(SHA256(TO_JSON_STRING(model.`first_name`)))),
@@ -67,15 +67,7 @@ FROM activation_shared;
 -- field_hashes to list the changed fields. changed_fields is kept for changes only (an add
 -- changes every field, a removal none). A row whose hash moved only because a field left the
 -- mapping has op 'refresh' and no seq: it is not sent, it refreshes its state row (below).
--- Each add or change carries its key's latest earlier rejection when it was made with the same
--- row hash (prior_*), and hold when that rejection holds it back. A removal carries the
--- identifier it was last synced with (old_ident), and keep_profile when a current model row
--- carries that identifier (the key changed, the person did not). Clustering by seq makes a
--- chunk's range cheap to read.
-CREATE OR REPLACE TABLE `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad`
-CLUSTER BY seq
-OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 604800 SECOND))
-AS
+CREATE TEMP TABLE activation_planned AS
 WITH held_out AS (
   SELECT key FROM activation_duplicates UNION ALL SELECT key FROM activation_shared
 ), snap AS (
@@ -92,7 +84,7 @@ WITH held_out AS (
          WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
     snap.row_hash, snap.field_hashes, snap.ident_hash, snap.ident, st.ident AS old_ident,
-    st.field_hashes AS old_hashes, snap.`v_612f627e6322642765`, snap.`v_616765`, snap.`v_66697273744e616d65`, snap.`v_c3bc6ec3af2063c3b664c3a9`
+    st.field_hashes AS old_hashes, snap.`v_929c68b729ccfe21`, snap.`v_013f54400c82da08`, snap.`v_9cf22fd0154cc2a3`, snap.`v_642174ef3d893ee6`
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
 ), parsed AS (
   SELECT *,
@@ -111,17 +103,42 @@ WITH held_out AS (
       ]) AS f WITH OFFSET AS i WHERE f.new_hash IS DISTINCT FROM f.old_hash ORDER BY i)
       WHEN 'ident' THEN ['a/b~c\"d\'e', 'age', 'firstName', '\u00fcn\u00ef c\u00f6d\u00e9']
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident, old_ident, `v_612f627e6322642765`, `v_616765`, `v_66697273744e616d65`, `v_c3bc6ec3af2063c3b664c3a9`
+    row_hash, field_hashes, ident_hash, ident, old_ident, `v_929c68b729ccfe21`, `v_013f54400c82da08`, `v_9cf22fd0154cc2a3`, `v_642174ef3d893ee6`
   FROM parsed
-), planned AS (
-  SELECT * EXCEPT (kind, op),
-    IF(kind = 'diff' AND ARRAY_LENGTH(changed_fields) = 0, 'refresh', op) AS op
-  FROM classified
-), numbered AS (
-  SELECT IF(op = 'refresh', NULL, ROW_NUMBER() OVER (PARTITION BY op = 'refresh' ORDER BY key)) AS seq, *
-  FROM planned
 )
-SELECT n.seq, DIV(n.seq - 1, 500) AS chunk, n.key, n.op, n.changed_fields,
+SELECT * EXCEPT (kind, op),
+  IF(kind = 'diff' AND ARRAY_LENGTH(changed_fields) = 0, 'refresh', op) AS op
+FROM classified;
+
+-- The planned rows other than refreshes are numbered 1..N in key order within buckets of
+-- their key's fingerprint, never with one sort of every row: an analytic function without
+-- PARTITION BY runs on a single slot, and tens of millions of rows exceed its resources. Only
+-- keys are numbered: each bucket is sorted on its own (in parallel), the buckets' row counts
+-- are summed in bucket order (a window over at most 1024 rows) into each bucket's
+-- offset, and seq = offset + the row's number in its bucket. Keys are unique here and
+-- FARM_FINGERPRINT is stable, so a retried Plan numbers the same rows alike. ABS is taken of
+-- the remainder, not of the fingerprint, whose minimum has no absolute value in INT64.
+CREATE TEMP TABLE activation_seq AS
+WITH keyed AS (
+  SELECT key, ABS(MOD(FARM_FINGERPRINT(key), 1024)) AS bucket
+  FROM activation_planned WHERE op <> 'refresh'
+), offsets AS (
+  SELECT bucket, SUM(n) OVER (ORDER BY bucket) - n AS base
+  FROM (SELECT bucket, COUNT(*) AS n FROM keyed GROUP BY bucket)
+)
+SELECT keyed.key, offsets.base + ROW_NUMBER() OVER (PARTITION BY keyed.bucket ORDER BY keyed.key) AS seq
+FROM keyed JOIN offsets USING (bucket);
+
+-- Each add or change carries its key's latest earlier rejection when it was made with the same
+-- row hash (prior_*), and hold when that rejection holds it back. A removal carries the
+-- identifier it was last synced with (old_ident), and keep_profile when a current model row
+-- carries that identifier (the key changed, the person did not). Clustering by seq makes a
+-- chunk's range cheap to read.
+CREATE OR REPLACE TABLE `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad`
+CLUSTER BY seq
+OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 604800 SECOND))
+AS
+SELECT q.seq, DIV(q.seq - 1, 500) AS chunk, n.key, n.op, n.changed_fields,
   n.row_hash, n.field_hashes, n.ident_hash, n.ident,
   IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
   n.op = 'remove' AND n.old_ident IS NOT NULL AND LOWER(CAST(n.old_ident AS STRING)) IN (
@@ -129,8 +146,9 @@ SELECT n.seq, DIV(n.seq - 1, 500) AS chunk, n.key, n.op, n.changed_fields,
     WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
   n.op IN ('add', 'change') AND COALESCE(pr.r.outcome = 'rejected' AND pr.r.class IN ('identifier', 'value', 'oversize', 'type'), FALSE) AS hold,
-  n.`v_612f627e6322642765`, n.`v_616765`, n.`v_66697273744e616d65`, n.`v_c3bc6ec3af2063c3b664c3a9`
-FROM numbered AS n
+  n.`v_929c68b729ccfe21`, n.`v_013f54400c82da08`, n.`v_9cf22fd0154cc2a3`, n.`v_642174ef3d893ee6`
+FROM activation_planned AS n
+LEFT JOIN activation_seq AS q ON q.key = n.key
 LEFT JOIN activation_prior AS pr ON pr.key = n.key AND n.op IN ('add', 'change') AND pr.r.row_hash = n.row_hash;
 
 -- The refreshed rows take their new hashes (and identifier) into the state, so that the next
@@ -164,7 +182,7 @@ END IF;
 SELECT s.model_rows, s.null_keys,
   (SELECT IFNULL(SUM(d.n), 0) FROM activation_duplicates AS d) AS duplicate_keys,
   (SELECT COUNT(*) FROM activation_shared) AS duplicate_identifiers,
-  c.retried, c.known, c.refreshed,
+  c.retried, c.known, c.refreshed, c.added, c.changed, c.removed,
   ARRAY(
     SELECT AS STRUCT IFNULL(prior_reason, '') AS reason, COUNT(*) AS n
     FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` WHERE hold GROUP BY 1 ORDER BY n DESC, reason LIMIT 10
@@ -177,6 +195,7 @@ SELECT s.model_rows, s.null_keys,
 FROM (SELECT COUNT(*) AS model_rows, COUNTIF(key IS NULL) AS null_keys FROM activation_snapshot) AS s,
   (
     SELECT COUNTIF(p.op = 'add' AND pr.key IS NOT NULL) AS retried, COUNTIF(p.hold) AS known,
-      COUNTIF(p.op = 'refresh') AS refreshed
+      COUNTIF(p.op = 'refresh') AS refreshed, COUNTIF(p.op = 'add') AS added,
+      COUNTIF(p.op = 'change') AS changed, COUNTIF(p.op = 'remove') AS removed
     FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS p LEFT JOIN activation_prior AS pr ON pr.key = p.key
   ) AS c

@@ -1,4 +1,4 @@
-SELECT plan.seq, plan.key, plan.op, plan.changed_fields, plan.ident, plan.old_ident, IFNULL(plan.row_hash, '') AS row_hash, plan.keep_profile, plan.prior_outcome, plan.prior_class, plan.prior_field, plan.prior_reason, plan.hold, plan.`v_612f627e6322642765`, plan.`v_616765`, plan.`v_66697273744e616d65`, plan.`v_c3bc6ec3af2063c3b664c3a9`, FALSE AS known
+SELECT plan.seq, plan.key, plan.op, plan.changed_fields, plan.ident, plan.old_ident, IFNULL(plan.row_hash, '') AS row_hash, plan.keep_profile, plan.prior_outcome, plan.prior_class, plan.prior_field, plan.prior_reason, plan.hold, plan.`v_929c68b729ccfe21`, plan.`v_013f54400c82da08`, plan.`v_9cf22fd0154cc2a3`, plan.`v_642174ef3d893ee6`, FALSE AS known
 FROM `acme-prod`.`activations`.`plan_crm_users_4e65d3fbe8ad` AS plan
 WHERE plan.seq > @after AND plan.seq <= @last
 ORDER BY plan.seq
