@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -177,7 +179,7 @@ func loadFile(file string) ([]loaded, Problems) {
 		probs := checkKeys(file, root, reflect.TypeOf(Activation{}), "", lines)
 		var a Activation
 		if err := root.Decode(&a); err != nil {
-			probs = append(probs, Problem{File: file, Line: root.Line, Msg: "cannot decode: " + err.Error()})
+			probs = append(probs, decodeProblems(file, root.Line, err)...)
 		}
 		a.File = file
 		a.BaseDir = filepath.Dir(abs)
@@ -275,4 +277,45 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+// yamlLine finds the line number yaml.v3 puts at the start of each of its unmarshal errors.
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
+// decodeProblems turns a decode error into problems that quote no part of the value: yaml.v3
+// quotes the start of the offending value (`sk_live...`), which may be a secret pasted in place
+// of a reference.
+func decodeProblems(file string, line int, err error) Problems {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return Problems{{File: file, Line: line, Msg: "cannot decode the activation (not valid YAML for it)"}}
+	}
+	var ps Problems
+	for _, e := range te.Errors {
+		p := Problem{File: file, Line: line}
+		if m := yamlLine.FindStringSubmatch(e); m != nil {
+			p.Line, _ = strconv.Atoi(m[1])
+			e = e[len(m[0]):]
+		}
+		kind, target := "a value", ""
+		if _, rest, ok := strings.Cut(e, "cannot unmarshal "); ok {
+			if k, _, ok := strings.Cut(rest, " "); ok {
+				kind = map[string]string{"!!str": "a string", "!!int": "a number", "!!float": "a number", "!!bool": "a boolean",
+					"!!seq": "a list", "!!map": "a mapping", "!!null": "null"}[k]
+				if kind == "" {
+					kind = "a value"
+				}
+			}
+			if _, t, ok := strings.Cut(rest, " into "); ok {
+				target = t
+			}
+		}
+		p.Msg = "cannot decode " + kind
+		if target != "" {
+			p.Msg += " into " + target
+		}
+		p.Msg += " (the value is not shown: it may be a secret)"
+		ps = append(ps, p)
+	}
+	return ps
 }

@@ -83,6 +83,14 @@ func TestProblemsNameFileLineAndPath(t *testing.T) {
 			[]string{"destination.fields[0].field", "identifies the user"}},
 		{"bad cron", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "* * *"}`, 1) },
 			[]string{"schedule.cron", "needs 5 fields"}},
+		{"cron minute out of range", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "61 * * * *"}`, 1) },
+			[]string{"a.yaml:18: schedule.cron", "minute 61 is not in range [0-59]"}},
+		{"cron backwards range", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "0 9-5 * * MON-FRI"}`, 1) },
+			[]string{"schedule.cron", "hour range 9-5 is backwards"}},
+		{"cron month name", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "0 0 1 FOO *"}`, 1) },
+			[]string{"schedule.cron", `month "FOO" is not a number`}},
+		{"cron zero step", func(s string) string { return strings.Replace(s, "{every: 4h}", `{cron: "*/0 * * * *"}`, 1) },
+			[]string{"schedule.cron", "minute step"}},
 		{"bad every", func(s string) string { return strings.Replace(s, "4h", "soon", 1) },
 			[]string{"schedule.every", "not an interval"}},
 		{"bad onRemoved", func(s string) string {
@@ -209,4 +217,23 @@ func TestListActivationDefaults(t *testing.T) {
 	require.Equal(t, "VIP users", d.List.Name)
 	require.True(t, d.List.Unsubscribes())
 	require.Empty(t, d.Fields)
+}
+
+func TestCronAccepted(t *testing.T) {
+	for _, c := range []string{"*/15 * * * *", "0 9-17 * * MON-FRI", "30 2 1,15 JAN-JUN 0", "0 0 L * ?", "5 4 * * 7", "0 */2 * * 1-5/2"} {
+		src := strings.Replace(valid, "{every: 4h}", `{cron: "`+c+`"}`, 1)
+		_, err := spec.Load(write(t, t.TempDir(), "a.yaml", src))
+		require.NoError(t, err, c)
+	}
+}
+
+// A key written in place of its reference is refused without printing any part of it.
+func TestInlineAPIKeyIsNotEchoed(t *testing.T) {
+	src := strings.Replace(valid, "{env: ITERABLE_API_KEY}", "sk_live_abcdef123", 1)
+	_, err := spec.Load(write(t, t.TempDir(), "a.yaml", src))
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "a.yaml:12: cannot decode a string into spec.SecretRef")
+	require.Contains(t, err.Error(), "destination.iterable.apiKey")
+	require.NotContains(t, err.Error(), "sk_")
+	require.NotContains(t, err.Error(), "abcdef")
 }

@@ -254,6 +254,84 @@ func checkCron(expr string) error {
 				return fmt.Errorf("field %d has unexpected character %q", i+1, r)
 			}
 		}
+		if err := cronFields[i].check(x); err != nil {
+			return fmt.Errorf("%s %w", cronFields[i].name, err)
+		}
 	}
 	return nil
+}
+
+// cronField is one field of a cron expression: its name, range and value names.
+type cronField struct {
+	name     string
+	min, max int
+	names    []string // names of min, min+1, … (months, days of the week)
+}
+
+var cronFields = []cronField{
+	{name: "minute", min: 0, max: 59},
+	{name: "hour", min: 0, max: 23},
+	{name: "day-of-month", min: 1, max: 31},
+	{name: "month", min: 1, max: 12, names: []string{"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"}},
+	{name: "day-of-week", min: 0, max: 7, names: []string{"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"}},
+}
+
+// check reads a field's comma-separated items (*, N, A-B, with an optional /STEP) and refuses
+// values out of range, as Temporal's schedule would at apply time. Items with Quartz-style L, W
+// or # are left to Temporal.
+func (c cronField) check(field string) error {
+	for _, item := range strings.Split(field, ",") {
+		if strings.ContainsAny(strings.ToUpper(item), "LW#") && !c.isName(item) {
+			continue
+		}
+		base, step, hasStep := strings.Cut(item, "/")
+		if hasStep {
+			if n, err := strconv.Atoi(step); err != nil || n < 1 {
+				return fmt.Errorf("step %q must be a positive number", step)
+			}
+		}
+		if base == "*" || base == "?" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(base, "-")
+		a, err := c.value(lo)
+		if err != nil {
+			return err
+		}
+		if isRange {
+			b, err := c.value(hi)
+			if err != nil {
+				return err
+			}
+			if b < a {
+				return fmt.Errorf("range %s is backwards", base)
+			}
+		}
+	}
+	return nil
+}
+
+func (c cronField) isName(s string) bool {
+	for _, n := range c.names {
+		if strings.EqualFold(s, n) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c cronField) value(s string) (int, error) {
+	for i, n := range c.names {
+		if strings.EqualFold(s, n) {
+			return c.min + i, nil
+		}
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a number", s)
+	}
+	if v < c.min || v > c.max {
+		return 0, fmt.Errorf("%d is not in range [%d-%d]", v, c.min, c.max)
+	}
+	return v, nil
 }
