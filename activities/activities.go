@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/activation-engine/activations/internal/iterable"
@@ -31,8 +32,11 @@ type Activities struct {
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	// Temporal pauses and unpauses the activation's schedule when a run pauses and resumes
-	// (PauseSchedule, UnpauseSchedule). It may be nil where no schedule is involved (unit tests).
+	// (PauseSchedule, UnpauseSchedule) and reads the spec of runs started by activation id
+	// (LoadSpec). It may be nil where no schedule is involved (unit tests).
 	Temporal client.Client
+	// DataConverter reads payloads the client wrote (a schedule's spec); nil is Temporal's default.
+	DataConverter converter.DataConverter
 	// Tracer starts the spans of Plan, SyncChunk and Commit; nil starts none.
 	Tracer trace.Tracer
 	// Metrics counts rows and times the steps; nil records nothing.

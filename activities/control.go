@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/activation-engine/activations/internal/iterable"
@@ -100,6 +102,55 @@ func (a *Activities) baseLogger() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return a.Logger
+}
+
+// LoadSpec returns the spec that `starter apply` wrote into the activation's schedule, for runs
+// started by activation id (the UI's Start Workflow form takes a small JSON input, not a whole
+// spec). The schedule's action carries the run input; it is decoded with the worker's data
+// converter, since it is encrypted when payloads are.
+func (a *Activities) LoadSpec(ctx context.Context, in ScheduleInput) (spec.Activation, error) {
+	if a.Temporal == nil {
+		return spec.Activation{}, temporal.NewNonRetryableApplicationError(
+			"the worker has no Temporal client (Activities.Temporal) to read the activation's schedule", ErrTypeNoTemporalClient, nil)
+	}
+	desc, err := a.Temporal.ScheduleClient().GetHandle(ctx, in.ScheduleID).Describe(ctx)
+	if isNotFound(err) {
+		return spec.Activation{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"activation %s is not applied: there is no schedule %s to take its spec from; run `starter apply -f PATH` first, or start the run with the whole spec",
+			in.ActivationID, in.ScheduleID), ErrTypeInvalidSpec, nil)
+	}
+	if err != nil {
+		return spec.Activation{}, fmt.Errorf("activation %s: describe schedule %s: %w", in.ActivationID, in.ScheduleID, err)
+	}
+	action, ok := desc.Schedule.Action.(*client.ScheduleWorkflowAction)
+	var payload *commonpb.Payload
+	if ok && len(action.Args) == 1 {
+		payload, _ = action.Args[0].(*commonpb.Payload)
+	}
+	if payload == nil {
+		return spec.Activation{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"activation %s: schedule %s does not start an activation run; apply the activation again", in.ActivationID, in.ScheduleID),
+			ErrTypeInvalidSpec, nil)
+	}
+	dc := a.DataConverter
+	if dc == nil {
+		dc = converter.GetDefaultDataConverter()
+	}
+	// The action's input is a workflows.RunInput; only its spec is needed here.
+	var runInput struct {
+		Spec spec.Activation `json:"spec"`
+	}
+	if err := dc.FromPayload(payload, &runInput); err != nil {
+		return spec.Activation{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"activation %s: the spec in schedule %s cannot be read by this worker (is it the same codec key?): %v",
+			in.ActivationID, in.ScheduleID, err), ErrTypeInvalidSpec, nil)
+	}
+	if runInput.Spec.ID != in.ActivationID {
+		return spec.Activation{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"activation %s: schedule %s holds the spec of activation %q", in.ActivationID, in.ScheduleID, runInput.Spec.ID),
+			ErrTypeInvalidSpec, nil)
+	}
+	return runInput.Spec, nil
 }
 
 func isNotFound(err error) bool {

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 
+	"google.golang.org/api/option"
+
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse"
 	"github.com/activation-engine/activations/internal/warehouse/bigquery"
@@ -22,6 +24,12 @@ type PlannerSource interface {
 // handle.
 type PlannerPool struct {
 	Logger *slog.Logger
+	// BigQueryClientOptions and BigQueryStorageClientOptions, when set, become every BigQuery
+	// planner's bigquery.Options.ClientOptions (REST) and StorageClientOptions (the Storage Read
+	// and Write APIs' gRPC): the worker points them at an emulator (ACTIVATIONS_BIGQUERY_ENDPOINT,
+	// ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT). Set them before the first Planner call.
+	BigQueryClientOptions        []option.ClientOption
+	BigQueryStorageClientOptions []option.ClientOption
 
 	mu       sync.Mutex
 	planners map[string]*pooled
@@ -70,7 +78,8 @@ func (p *PlannerPool) Planner(ctx context.Context, a spec.Activation) (warehouse
 		key = fmt.Sprintf("bigquery:%s/%s/%s/%d/%t/%t", st.Project, st.Dataset, st.Location, st.MaximumBytesBilled, st.StorageRead, st.RejectionsDML)
 		open = func() (warehouse.Planner, error) {
 			pl, err := bigquery.Open(ctx, bigquery.Options{Project: st.Project, Dataset: st.Dataset, Location: st.Location,
-				MaximumBytesBilled: st.MaximumBytesBilled, StorageRead: st.StorageRead, RejectionsDML: st.RejectionsDML, Logger: p.Logger})
+				MaximumBytesBilled: st.MaximumBytesBilled, StorageRead: st.StorageRead, RejectionsDML: st.RejectionsDML, Logger: p.Logger,
+				ClientOptions: p.BigQueryClientOptions, StorageClientOptions: p.BigQueryStorageClientOptions})
 			if err != nil {
 				return nil, fmt.Errorf("activation %s: open BigQuery state %s.%s: %w", a.ID, st.Project, st.Dataset, err)
 			}

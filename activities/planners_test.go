@@ -41,6 +41,7 @@ func TestPlannerPoolOpensOutsideItsLock(t *testing.T) {
 			}
 		}()
 	}
+	require.Eventually(t, func() bool { return opens.Load() == 1 }, 5*time.Second, time.Millisecond, "the slow open started")
 	fast := &closingPlanner{}
 	done := make(chan struct{})
 	go func() {

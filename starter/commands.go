@@ -155,8 +155,10 @@ func watch(ctx context.Context, c client.Client, out io.Writer, run client.Workf
 		case <-done:
 			if runErr != nil {
 				var appErr *temporal.ApplicationError
-				if errors.As(runErr, &appErr) && appErr.HasDetails() {
-					_ = appErr.Details(&rep)
+				if errors.As(runErr, &appErr) && appErr.HasDetails() && appErr.Details(&rep) == nil && rep.Error != "" {
+					// The report says why, once, with the activation and the step (printReport);
+					// Temporal's error chain would repeat it twice more.
+					return rep, fmt.Errorf("run %s of %s failed (see the report's error above)", run.GetID(), rep.ActivationID)
 				}
 				return rep, fmt.Errorf("run %s failed: %w", run.GetID(), runErr)
 			}
@@ -269,7 +271,7 @@ func printReport(out io.Writer, r workflows.RunReport) {
 		fmt.Fprintf(out, "  aborted: %s\n", r.AbortReason)
 	}
 	if r.Error != "" {
-		fmt.Fprintf(out, "  error: %s\n", r.Error)
+		fmt.Fprintf(out, "  error: activation %s run %s: %s\n", r.ActivationID, r.RunID, r.Error)
 	}
 }
 

@@ -172,12 +172,24 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 		fmt.Fprintln(out)
 	}
 	fmt.Fprintf(out, "   %d profiles in the project; demo took %s\n", len(stored), time.Since(start).Round(time.Second))
-	fmt.Fprintf(out, "\nWatch the runs in the Temporal UI: %s/namespaces/default/workflows?query=ActivationId%%3D%%27%s%%27\n", srv.UIURL, demoActivation)
-	if *keep {
+	link := fmt.Sprintf("%s/namespaces/default/workflows?query=ActivationId%%3D%%27%s%%27", srv.UIURL, demoActivation)
+	// The UI lives as long as the demo: keep it up for a person at a terminal, and never point
+	// at it once it is gone.
+	if *keep || interactive() {
+		fmt.Fprintf(out, "\nWatch the runs in the Temporal UI: %s\n", link)
 		fmt.Fprintln(out, "Running until Ctrl-C (the schedule fires every 15 minutes; Trigger it from the UI's Schedules page).")
 		<-ctx.Done()
+		return nil
 	}
+	fmt.Fprintln(out, "\nThe dev server and its UI stop with the demo. To watch the runs in the Temporal UI, run")
+	fmt.Fprintln(out, "`go run ./starter demo --keep-running` (or `make demo` in a terminal): it stays up until Ctrl-C.")
 	return nil
+}
+
+// interactive reports whether a person may be watching: standard input is a terminal.
+func interactive() bool {
+	fi, err := os.Stdin.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 type demoUser struct {

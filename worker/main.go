@@ -9,14 +9,25 @@
 // "off" for none) serves /metrics (Prometheus), /healthz and /readyz; traces and metrics are
 // exported over OTLP/gRPC when the standard OTEL_* variables ask for it; LOG_FORMAT=json and
 // LOG_LEVEL set logging.
+//
+// ACTIVATIONS_BIGQUERY_ENDPOINT (the REST API's base URL) and ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT
+// (host:port of the Storage Read and Write APIs, plaintext gRPC) point every BigQuery planner at
+// an emulator, without credentials; set both or neither. ACTIVATIONS_CPU_PROFILE and
+// ACTIVATIONS_MEM_PROFILE write a pprof CPU profile of the worker's life and a heap profile at
+// its exit to those files (benchmarks).
 package main
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +35,9 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/activation-engine/activations/activities"
 	"github.com/activation-engine/activations/internal/iterable"
@@ -52,6 +66,64 @@ func stopTimeoutFromEnv() (time.Duration, error) {
 	return d, nil
 }
 
+// bigQueryEmulator reads ACTIVATIONS_BIGQUERY_ENDPOINT and ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT:
+// the client options of the REST API and of the Storage APIs (gRPC) of a BigQuery emulator, used
+// without credentials; nil when neither is set.
+func bigQueryEmulator() (rest, storage []option.ClientOption, err error) {
+	restURL := strings.TrimSpace(os.Getenv("ACTIVATIONS_BIGQUERY_ENDPOINT"))
+	addr := strings.TrimSpace(os.Getenv("ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT"))
+	if restURL == "" && addr == "" {
+		return nil, nil, nil
+	}
+	if restURL == "" || addr == "" {
+		return nil, nil, fmt.Errorf("ACTIVATIONS_BIGQUERY_ENDPOINT and ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT: set both (an emulator's REST URL and gRPC host:port) or neither")
+	}
+	if u, err := url.Parse(restURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, nil, fmt.Errorf("ACTIVATIONS_BIGQUERY_ENDPOINT=%q: want a URL such as http://localhost:9050/", restURL)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, nil, fmt.Errorf("ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT=%q: want host:port", addr)
+	}
+	rest = []option.ClientOption{option.WithEndpoint(strings.TrimSuffix(restURL, "/") + "/"), option.WithoutAuthentication()}
+	storage = []option.ClientOption{option.WithEndpoint(addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials()))}
+	return rest, storage, nil
+}
+
+// startProfiles starts the CPU profile of ACTIVATIONS_CPU_PROFILE; stop ends it and writes the
+// heap profile of ACTIVATIONS_MEM_PROFILE.
+func startProfiles(logger *slog.Logger) (stop func()) {
+	var cpu *os.File
+	if path := os.Getenv("ACTIVATIONS_CPU_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			logger.Warn("CPU profile not started", "error", err)
+		} else {
+			cpu = f
+		}
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			_ = cpu.Close()
+		}
+		if path := os.Getenv("ACTIVATIONS_MEM_PROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err == nil {
+				runtime.GC()
+				err = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+			if err != nil {
+				logger.Warn("heap profile not written", "error", err)
+			}
+		}
+	}
+}
+
 // shutdownTimeout bounds the last telemetry flush and the HTTP server's shutdown.
 const shutdownTimeout = 10 * time.Second
 
@@ -66,6 +138,7 @@ func main() {
 func run(logger *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer startProfiles(logger)()
 
 	tel, err := telemetry.Setup(ctx, logger, serviceName)
 	if err != nil {
@@ -130,7 +203,17 @@ func run(logger *slog.Logger) error {
 		queue = workflows.TaskQueue
 	}
 	acts := activities.New(logger)
+	bqREST, bqStorage, err := bigQueryEmulator()
+	if err != nil {
+		return err
+	}
+	if pool, ok := acts.Planners.(*activities.PlannerPool); ok && bqREST != nil {
+		pool.BigQueryClientOptions, pool.BigQueryStorageClientOptions = bqREST, bqStorage
+		logger.Info("BigQuery planners use an emulator, without credentials", "endpoint", os.Getenv("ACTIVATIONS_BIGQUERY_ENDPOINT"),
+			"storage_endpoint", os.Getenv("ACTIVATIONS_BIGQUERY_STORAGE_ENDPOINT"))
+	}
 	acts.Temporal = c // pauses and unpauses schedules when runs pause and resume
+	acts.DataConverter = temporalclient.DataConverter(opts)
 	acts.Tracer = tel.Tracer()
 	acts.Metrics = tel.Metrics
 	acts.IterableObserver = tel.Metrics

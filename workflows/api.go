@@ -139,9 +139,13 @@ type PauseInfo struct {
 // RunInput is the single input of ActivationWorkflow (the UI's "Start workflow" form takes one
 // JSON payload). The spec carries secret references, never secret values.
 type RunInput struct {
-	Spec       spec.Activation `json:"spec"`
-	FullResync bool            `json:"fullResync,omitempty"`
-	DryRun     bool            `json:"dryRun,omitempty"`
+	// Spec is the activation to run. It may be left out when ActivationID is set: the run then
+	// takes the spec `starter apply` wrote into the activation's schedule (for the UI's Start
+	// Workflow form: {"activationId": "crm-users", "fullResync": true}).
+	Spec         spec.Activation `json:"spec"`
+	ActivationID string          `json:"activationId,omitempty"`
+	FullResync   bool            `json:"fullResync,omitempty"`
+	DryRun       bool            `json:"dryRun,omitempty"`
 	// RetryRejected sends again the rows that known rejections hold back (rejected before
 	// sending for a reason that has not changed): `starter run ID --retry-rejected`.
 	RetryRejected bool `json:"retryRejected,omitempty"`

@@ -110,6 +110,7 @@ type ending struct {
 
 func newRun(ctx workflow.Context, in RunInput) *run {
 	info := workflow.GetInfo(ctx)
+	in.Spec.ApplyDefaults()
 	r := &run{
 		in: in, act: in.Spec, runID: info.WorkflowExecution.RunID,
 		settings: in.Spec.Sync.WithDefaults(), limits: in.Spec.Limits(),
@@ -130,6 +131,9 @@ func newRun(ctx workflow.Context, in RunInput) *run {
 }
 
 func (r *run) execute(ctx workflow.Context) *ending {
+	if end := r.loadSpec(ctx); end != nil {
+		return end
+	}
 	if err := r.act.Validate(); err != nil {
 		r.setState(ctx, StatePlanning)
 		return r.fail(ctx, temporal.NewNonRetryableApplicationError(err.Error(), activities.ErrTypeInvalidSpec, nil))
@@ -141,6 +145,34 @@ func (r *run) execute(ctx workflow.Context) *ending {
 		return end
 	}
 	return r.sync(ctx)
+}
+
+// loadSpec takes the spec from the activation's schedule when the run was started by
+// activation id alone (the UI's Start Workflow form), and checks the two agree otherwise.
+func (r *run) loadSpec(ctx workflow.Context) *ending {
+	id := r.in.ActivationID
+	switch {
+	case id == "":
+		return nil
+	case r.in.Spec.ID != "" && r.in.Spec.ID != id:
+		r.setState(ctx, StatePlanning)
+		return r.fail(ctx, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"activationId %q and spec.id %q name different activations: give one of them", id, r.in.Spec.ID),
+			activities.ErrTypeInvalidSpec, nil))
+	case r.in.Spec.ID != "":
+		return nil
+	}
+	r.act.ID, r.rep.ActivationID = id, id
+	var act spec.Activation
+	err := workflow.ExecuteActivity(r.shortCtx, a.LoadSpec, activities.ScheduleInput{ActivationID: id, ScheduleID: ScheduleID(id)}).Get(ctx, &act)
+	if err != nil {
+		r.setState(ctx, StatePlanning)
+		return r.fail(ctx, err)
+	}
+	act.ApplyDefaults()
+	r.in.Spec, r.act = act, act
+	r.settings, r.limits = act.Sync.WithDefaults(), act.Limits()
+	return nil
 }
 
 // prepare takes the activation's lock, plans in the warehouse, applies the volume guard,

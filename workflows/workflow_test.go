@@ -274,3 +274,38 @@ func TestExistenceStrategy(t *testing.T) {
 		})
 	}
 }
+
+// The UI's Start Workflow form takes {"activationId": "users"}: the run takes its spec from the
+// activation's schedule, and says clearly when the activation was never applied.
+func TestRunByActivationID(t *testing.T) {
+	e := env(t)
+	act := testSpec()
+	var asked activities.ScheduleInput
+	e.OnActivity("LoadSpec", mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ScheduleInput) (spec.Activation, error) {
+		asked = in
+		return act, nil
+	})
+	var planned activities.PlanInput
+	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (warehouse.Plan, error) {
+		planned = in
+		return plan(0), nil
+	})
+	e.OnActivity("Finish", mock.Anything, mock.Anything).Return(activities.FinishResult{}, nil).Maybe()
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{ActivationID: act.ID, FullResync: true})
+	require.NoError(t, e.GetWorkflowError())
+	var rep workflows.RunReport
+	require.NoError(t, e.GetWorkflowResult(&rep))
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	require.Equal(t, act.ID, rep.ActivationID)
+	require.Equal(t, workflows.ScheduleID(act.ID), asked.ScheduleID)
+	require.Equal(t, act.ID, planned.Spec.ID, "the run uses the schedule's spec")
+	require.True(t, planned.FullResync)
+
+	e = env(t)
+	e.OnActivity("LoadSpec", mock.Anything, mock.Anything).Return(spec.Activation{},
+		temporal.NewNonRetryableApplicationError("activation nope is not applied: there is no schedule activation-nope", activities.ErrTypeInvalidSpec, nil))
+	e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{ActivationID: "nope"})
+	err := e.GetWorkflowError()
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "activation nope is not applied")
+}

@@ -21,11 +21,26 @@ const (
 	// DELETE /api/users/byUserId/{userId}: 100 requests/s each, per project.
 	EndpointDeleteByEmail  = "deleteByEmail"
 	EndpointDeleteByUserID = "deleteByUserId"
-	lookupRPS              = 100 // getByEmail and byUserId, per project
-	deleteRPS              = 100 // each delete endpoint, per project
-	getFieldsRPS           = 3
-	defaultBulkUpdateRPS   = 5
-	exportPerMinute        = 4 // GET /api/export/data.json, per project
+	// EndpointLists is GET /api/lists (100 requests/s per project); EndpointCreateList is
+	// POST /api/lists, EndpointSubscribe and EndpointUnsubscribe are POST /api/lists/subscribe and
+	// /api/lists/unsubscribe, for which Iterable documents no limit.
+	EndpointLists       = "getLists"
+	EndpointCreateList  = "createList"
+	EndpointSubscribe   = "listSubscribe"
+	EndpointUnsubscribe = "listUnsubscribe"
+	// EndpointListUsers and EndpointListSize are GET /api/lists/getUsers and
+	// GET /api/lists/{listId}/size: 5 requests/minute each, per project.
+	EndpointListUsers    = "listGetUsers"
+	EndpointListSize     = "listSize"
+	listReadsPerMinute   = 5
+	listsRPS             = 100
+	createListRPS        = 1   // creating a list is rare; a burst of creations is a bug
+	defaultSubscribeRPS  = 5   // each of subscribe and unsubscribe; undocumented, as bulkUpdate
+	lookupRPS            = 100 // getByEmail and byUserId, per project
+	deleteRPS            = 100 // each delete endpoint, per project
+	getFieldsRPS         = 3
+	defaultBulkUpdateRPS = 5
+	exportPerMinute      = 4 // GET /api/export/data.json, per project
 )
 
 // Budgets holds one token bucket per Iterable project and endpoint. A project is known by the

@@ -2,7 +2,9 @@
 // users into bulkUpdate bodies within Iterable's limits, sends them inside a per-project rate
 // budget with retries, splits rejected batches down to the guilty records, and maps every
 // failedUpdates category back to the caller's records, trusting only answers that account for
-// every record. It also looks users up, exports their identifiers and deletes them.
+// every record. It also looks users up, exports their identifiers and deletes them, and keeps
+// static lists: it finds and creates lists and subscribes and unsubscribes packed batches the
+// same way (lists.go).
 //
 // Nothing in this package puts user data (emails, userIds, field values) or the API key in an
 // error or a log line: errors end up in Temporal history, which is stored in plaintext.
@@ -20,6 +22,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -80,6 +83,15 @@ type Config struct {
 	// DeleteRPS is the budget of each user deletion endpoint (by email, by userId), per project
 	// (default 100, Iterable's limit). Negative = no client-side limit.
 	DeleteRPS float64
+	// SubscribeRPS and UnsubscribeRPS are the budgets of POST /api/lists/subscribe and of
+	// POST /api/lists/unsubscribe, each, per project (default 5). Iterable documents no limit for
+	// them; 5 is bulkUpdate's, whose bodies they resemble, and 429s adapt the rate either way.
+	// Negative = no client-side limit.
+	SubscribeRPS   float64
+	UnsubscribeRPS float64
+	// ListsRPS is the budget of GET /api/lists per project (default 100, Iterable's limit).
+	// Negative = no client-side limit.
+	ListsRPS float64
 	// LookupConcurrency is how many lookups Exists has in flight at once (default 16).
 	LookupConcurrency int
 	// ExportPerMinute is the budget of GET /api/export/data.json per project (default 4,
@@ -128,8 +140,11 @@ func Route(path string) string {
 	}
 	switch {
 	case rest == "/api/users/bulkUpdate", rest == "/api/users/getFields", rest == "/api/users/getByEmail",
-		rest == "/api/export/data.json":
+		rest == "/api/export/data.json", rest == "/api/lists", rest == "/api/lists/subscribe",
+		rest == "/api/lists/unsubscribe", rest == "/api/lists/getUsers":
 		return prefix + rest
+	case strings.HasPrefix(rest, "/api/lists/") && strings.HasSuffix(rest, "/size"):
+		return prefix + "/api/lists/{listId}/size"
 	case strings.HasPrefix(rest, "/api/users/byUserId/"):
 		return prefix + "/api/users/byUserId/{userId}"
 	}
@@ -154,6 +169,8 @@ type Client struct {
 
 	bulk, fields, byEmail, byUserID, export *Budget
 	deleteByEmail, deleteByUserID           *Budget
+	lists, createList, listUsers, listSize  *Budget
+	subscribe, unsubscribe                  *Budget
 }
 
 // New checks cfg and builds a Client.
@@ -214,9 +231,13 @@ func New(cfg Config) (*Client, error) {
 	getFields := float64(getFieldsRPS)
 	exports := float64(exportPerMinute)
 	deletes := float64(deleteRPS)
+	lists, createLists := float64(listsRPS), float64(createListRPS)
+	listReads := float64(listReadsPerMinute)
+	subscribes, unsubscribes := float64(defaultSubscribeRPS), float64(defaultSubscribeRPS)
 	if rps < 0 {
 		// Rate limiting disabled: disable it for every endpoint of this client.
 		lookups, getFields, exports, deletes = -1, -1, -1, -1
+		lists, createLists, listReads, subscribes, unsubscribes = -1, -1, -1, -1, -1
 	}
 	if cfg.LookupRPS != 0 {
 		lookups = cfg.LookupRPS
@@ -227,6 +248,15 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ExportPerMinute != 0 {
 		exports = cfg.ExportPerMinute
 	}
+	if cfg.ListsRPS != 0 {
+		lists = cfg.ListsRPS
+	}
+	if cfg.SubscribeRPS != 0 {
+		subscribes = cfg.SubscribeRPS
+	}
+	if cfg.UnsubscribeRPS != 0 {
+		unsubscribes = cfg.UnsubscribeRPS
+	}
 	c.bulk = budgets.Budget(cfg.APIKey, EndpointBulkUpdate, rps)
 	c.fields = budgets.Budget(cfg.APIKey, EndpointGetFields, getFields)
 	c.byEmail = budgets.Budget(cfg.APIKey, EndpointGetByEmail, lookups)
@@ -234,6 +264,12 @@ func New(cfg Config) (*Client, error) {
 	c.export = budgets.Budget(cfg.APIKey, EndpointExport, exports/60)
 	c.deleteByEmail = budgets.Budget(cfg.APIKey, EndpointDeleteByEmail, deletes)
 	c.deleteByUserID = budgets.Budget(cfg.APIKey, EndpointDeleteByUserID, deletes)
+	c.lists = budgets.Budget(cfg.APIKey, EndpointLists, lists)
+	c.createList = budgets.Budget(cfg.APIKey, EndpointCreateList, createLists)
+	c.listUsers = budgets.Budget(cfg.APIKey, EndpointListUsers, listReads/60)
+	c.listSize = budgets.Budget(cfg.APIKey, EndpointListSize, listReads/60)
+	c.subscribe = budgets.Budget(cfg.APIKey, EndpointSubscribe, subscribes)
+	c.unsubscribe = budgets.Budget(cfg.APIKey, EndpointUnsubscribe, unsubscribes)
 	return c, nil
 }
 
@@ -246,6 +282,10 @@ func cmpDefault[T int | time.Duration](v, def T) T {
 
 // BulkBudget is the shared bulkUpdate budget this client waits on.
 func (c *Client) BulkBudget() *Budget { return c.bulk }
+
+// SubscribeBudget and UnsubscribeBudget are the shared list budgets this client waits on.
+func (c *Client) SubscribeBudget() *Budget   { return c.subscribe }
+func (c *Client) UnsubscribeBudget() *Budget { return c.unsubscribe }
 
 // UsersPerRequest is the most users Pack puts in one body.
 func (c *Client) UsersPerRequest() int { return c.usersPerRequest }
@@ -297,13 +337,22 @@ type consumeFunc func(body io.Reader) (started bool, err error)
 // doStream is do with a 2xx body handed to consume instead of being read whole. A failure of
 // consume is retried like a transport failure only when it read nothing yet.
 func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path string, body []byte, st *attemptStats, consume consumeFunc) (*response, error) {
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(c.retryInitial),
-		backoff.WithMaxInterval(c.retryMax),
-		backoff.WithMaxElapsedTime(c.maxElapsed),
-		backoff.WithMultiplier(2),
-		backoff.WithRandomizationFactor(0.5),
-	)
+	return c.doWith(ctx, budget, method, op, path, body, st, callOpts{consume: consume})
+}
+
+// callOpts adjust doWith.
+type callOpts struct {
+	consume consumeFunc
+	// noResend: the request is not idempotent (it creates something), so it is sent again only
+	// after an answer proving it was not processed: a 429 or a refused connection. Any other
+	// failure (5xx, timeout, dropped connection) is returned for the caller to check first.
+	noResend bool
+}
+
+// doWith is do with options.
+func (c *Client) doWith(ctx context.Context, budget *Budget, method, op, path string, body []byte, st *attemptStats, o callOpts) (*response, error) {
+	consume := o.consume
+	bo := c.newBackOff()
 	for attempt := 1; ; attempt++ {
 		waitStart := time.Now()
 		epoch, err := budget.acquire(ctx)
@@ -334,7 +383,7 @@ func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path 
 				return nil, fmt.Errorf("iterable %s: %w", op, ctx.Err())
 			}
 			err = newTransportError(op, err)
-			if !retryableTransport(err) {
+			if !retryableTransport(err) || (o.noResend && !errors.Is(err, syscall.ECONNREFUSED)) {
 				return nil, err
 			}
 		case resp.status >= 200 && resp.status < 300:
@@ -342,7 +391,8 @@ func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path 
 			return resp, nil
 		default:
 			apiErr := parseAPIError(resp, op)
-			if resp.status == http.StatusTooManyRequests || apiErr.Code == "RateLimitExceeded" {
+			limited := resp.status == http.StatusTooManyRequests || apiErr.Code == "RateLimitExceeded"
+			if limited {
 				st.rateLimited++
 				budget.rateLimited(epoch, resp.retryAfter)
 				retryAfter = resp.retryAfter
@@ -350,7 +400,7 @@ func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path 
 				// Admitted within the limit, though refused: the rate may climb.
 				budget.Succeeded()
 			}
-			if !apiErr.Retryable() {
+			if !apiErr.Retryable() || (o.noResend && !limited) {
 				return resp, apiErr
 			}
 			err = apiErr
@@ -370,6 +420,17 @@ func (c *Client) doStream(ctx context.Context, budget *Budget, method, op, path 
 			return nil, fmt.Errorf("iterable %s: %w", op, err)
 		}
 	}
+}
+
+// newBackOff is the retry schedule of one request: exponential with jitter, until MaxElapsed.
+func (c *Client) newBackOff() *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(c.retryInitial),
+		backoff.WithMaxInterval(c.retryMax),
+		backoff.WithMaxElapsedTime(c.maxElapsed),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+	)
 }
 
 // errStreamIdle cuts a stream that delivered nothing for Config.ExportIdleTimeout. Its text says

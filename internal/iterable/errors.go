@@ -24,6 +24,9 @@ type APIError struct {
 	Op string
 
 	rawMsg string // Iterable's msg as sent, to redact again knowing the record (never printed)
+	// listFault: the refusal was found to concern the list of the request (see ListError), which
+	// no retry or split can fix.
+	listFault bool
 }
 
 func (e *APIError) Error() string {
@@ -44,9 +47,13 @@ func (e *APIError) Error() string {
 }
 
 // Fatal reports an error that retrying or splitting cannot fix: the key is wrong or lacks
-// permissions, or the project itself refuses (e.g. its field limit is reached). The activation
+// permissions, the project itself refuses (e.g. its field limit is reached), or a list request
+// names a list that does not exist or is not static. The activation
 // should pause rather than reject rows one by one.
 func (e *APIError) Fatal() bool {
+	if e.listFault {
+		return true
+	}
 	switch e.Status {
 	case 401, 403, 404, 405:
 		return true

@@ -23,6 +23,11 @@ func TestRoute(t *testing.T) {
 		{"/api/users/byUserId/user-42", "/api/users/byUserId/{userId}"},
 		{"/api/users/byUserId/a/b", "/api/users/byUserId/{userId}"},
 		{"/proxy/iterable/api/users/bulkUpdate", "/proxy/iterable/api/users/bulkUpdate"},
+		{"/api/lists", "/api/lists"},
+		{"/api/lists/subscribe", "/api/lists/subscribe"},
+		{"/api/lists/unsubscribe", "/api/lists/unsubscribe"},
+		{"/api/lists/getUsers", "/api/lists/getUsers"},
+		{"/api/lists/12345/size", "/api/lists/{listId}/size"},
 		{"/api/users/jane@example.com", "/{other}"},
 		{"/", "/{other}"},
 	}

@@ -4,20 +4,86 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
-// Batch is one bulkUpdate request: its records and the exact body that will be sent.
+// Batch is one request: its records and the exact body that will be sent. Pack makes bulkUpdate
+// batches (a Batch built by hand is one too); PackSubscribe and PackUnsubscribe make list batches.
 type Batch struct {
-	Records         []Record
-	Body            []byte
+	Records []Record
+	Body    []byte
+	// CreateNewFields is bulkUpdate's flag; list batches ignore it.
 	CreateNewFields bool
 
 	// spans[i] is where Records[i]'s user sits in Body, so a split reuses the encoding.
 	spans []span
+	// env is the request the body was packed for; the zero value is bulkUpdate.
+	env envelope
 }
 
 type span struct{ start, end int }
+
+// batchKind is the endpoint a body is packed for.
+type batchKind uint8
+
+const (
+	kindBulkUpdate batchKind = iota
+	kindSubscribe
+	kindUnsubscribe
+)
+
+// envelope is what a body carries besides its users: the endpoint and its parameters.
+type envelope struct {
+	kind   batchKind
+	listID int64 // subscribe, unsubscribe
+	// flag is createNewFields (bulkUpdate) or updateExistingUsersOnly (subscribe).
+	flag bool
+}
+
+func bulkEnvelope(createNewFields bool) envelope {
+	return envelope{kind: kindBulkUpdate, flag: createNewFields}
+}
+
+// envelope is the request b is packed for. A bulkUpdate batch follows its exported
+// CreateNewFields, which a caller may have set by hand.
+func (b Batch) envelope() envelope {
+	if b.env.kind == kindBulkUpdate {
+		return bulkEnvelope(b.CreateNewFields)
+	}
+	return b.env
+}
+
+// prefix is the body up to the first user. Parameters come before the array so that the suffix
+// is the same for every endpoint, and unsubscribe always says channelUnsubscribe false: leaving
+// a list must never unsubscribe the person from the list's channel (a global unsubscribe).
+func (e envelope) prefix() string {
+	switch e.kind {
+	case kindSubscribe:
+		return `{"listId":` + strconv.FormatInt(e.listID, 10) + `,"updateExistingUsersOnly":` +
+			strconv.FormatBool(e.flag) + `,"subscribers":[`
+	case kindUnsubscribe:
+		return `{"listId":` + strconv.FormatInt(e.listID, 10) + `,"channelUnsubscribe":false,"subscribers":[`
+	}
+	return bodyPrefix(e.flag)
+}
+
+// user is the user as this endpoint sends it: an unsubscribe names one identifier only.
+func (e envelope) user(u User) User {
+	if e.kind == kindUnsubscribe {
+		return unsubscriber(u)
+	}
+	return u
+}
+
+// unsubscriber keeps one identifier of u, as Iterable's Unsubscriber asks ("an email or a
+// userId, but not both"): the userId when u has no email or prefers its userId, else the email.
+func unsubscriber(u User) User {
+	if u.UserID != "" && (u.Email == "" || (u.PreferUserID != nil && *u.PreferUserID)) {
+		return User{UserID: u.UserID}
+	}
+	return User{Email: u.Email}
+}
 
 func bodyPrefix(createNewFields bool) string {
 	if createNewFields {
@@ -38,11 +104,13 @@ const bodySuffix = "]}"
 // a new one: Iterable's answer names identifiers, not positions, so within a batch each must name
 // one record; and the two updates then apply in order.
 func (c *Client) Pack(records []Record, createNewFields bool) (batches []Batch, oversize []int, err error) {
-	return pack(records, createNewFields, c.usersPerRequest, c.maxBodyBytes)
+	return pack(records, bulkEnvelope(createNewFields), c.usersPerRequest, c.maxBodyBytes)
 }
 
-func pack(records []Record, createNewFields bool, perRequest, maxBytes int) ([]Batch, []int, error) {
-	prefix := bodyPrefix(createNewFields)
+// pack packs records for env. The records of the batches are those given, except that their
+// User is the user as sent (env.user).
+func pack(records []Record, env envelope, perRequest, maxBytes int) ([]Batch, []int, error) {
+	prefix := env.prefix()
 	overhead := len(prefix) + len(bodySuffix)
 
 	var (
@@ -62,7 +130,7 @@ func pack(records []Record, createNewFields bool, perRequest, maxBytes int) ([]B
 			return
 		}
 		cur = append(cur, bodySuffix...)
-		batches = append(batches, Batch{Records: recs, Body: cur, CreateNewFields: createNewFields, spans: spans})
+		batches = append(batches, Batch{Records: recs, Body: cur, CreateNewFields: env.kind == kindBulkUpdate && env.flag, spans: spans, env: env})
 		capGuess = len(cur) + len(cur)/16
 		cur, recs, spans = nil, nil, nil
 		clear(emails)
@@ -70,16 +138,18 @@ func pack(records []Record, createNewFields bool, perRequest, maxBytes int) ([]B
 	}
 
 	for i := range records {
-		u, err := enc.appendUser(scratch[:0], &records[i].User)
+		rec := records[i]
+		rec.User = env.user(rec.User)
+		u, err := enc.appendUser(scratch[:0], &rec.User)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pack record %d: %w", records[i].Index, encodeError(err))
+			return nil, nil, fmt.Errorf("pack record %d: %w", rec.Index, encodeError(err))
 		}
 		scratch = u
 		if overhead+len(u) > maxBytes {
-			oversize = append(oversize, records[i].Index)
+			oversize = append(oversize, rec.Index)
 			continue
 		}
-		email, id := strings.ToLower(records[i].User.Email), records[i].User.UserID
+		email, id := strings.ToLower(rec.User.Email), rec.User.UserID
 		if len(recs) > 0 && (len(recs) >= perRequest || len(cur)+1+len(u)+len(bodySuffix) > maxBytes ||
 			has(emails, email) || has(userIDs, id)) {
 			flush()
@@ -107,7 +177,7 @@ func pack(records []Record, createNewFields bool, perRequest, maxBytes int) ([]B
 		start := len(cur)
 		cur = append(cur, u...)
 		spans = append(spans, span{start, len(cur)})
-		recs = append(recs, records[i])
+		recs = append(recs, rec)
 	}
 	flush()
 	return batches, oversize, nil
@@ -149,15 +219,20 @@ func (b Batch) halves() (Batch, Batch, error) {
 
 func (b Batch) sub(from, to int) (Batch, error) {
 	recs := b.Records[from:to]
+	env := b.envelope()
 	if len(b.spans) != len(b.Records) {
 		// A Batch built by hand has no spans: encode its users again.
-		bs, _, err := pack(recs, b.CreateNewFields, len(recs), int(^uint(0)>>1))
+		bs, _, err := pack(recs, env, len(recs), int(^uint(0)>>1))
 		if err != nil {
 			return Batch{}, err
 		}
+		if len(bs) != 1 {
+			// Two records name the same user: one body cannot tell their answers apart.
+			return Batch{}, fmt.Errorf("batch of %d records names a user twice and cannot be one request", len(recs))
+		}
 		return bs[0], nil
 	}
-	prefix := bodyPrefix(b.CreateNewFields)
+	prefix := env.prefix()
 	n := len(prefix) + len(bodySuffix)
 	for _, s := range b.spans[from:to] {
 		n += s.end - s.start + 1
@@ -174,5 +249,5 @@ func (b Batch) sub(from, to int) (Batch, error) {
 		spans = append(spans, span{start, len(body)})
 	}
 	body = append(body, bodySuffix...)
-	return Batch{Records: recs, Body: body, CreateNewFields: b.CreateNewFields, spans: spans}, nil
+	return Batch{Records: recs, Body: body, CreateNewFields: b.CreateNewFields, spans: spans, env: b.env}, nil
 }

@@ -44,8 +44,9 @@ const (
 	CategoryUnconfirmed = "unconfirmed"
 )
 
-// TooLargeReason is the Reason of records that Pack returned as oversize.
-const TooLargeReason = "the user's JSON exceeds Iterable's bulkUpdate body limit on its own and was not sent"
+// TooLargeReason is the Reason of records that Pack, PackSubscribe or PackUnsubscribe returned as
+// oversize.
+const TooLargeReason = "the user's JSON exceeds Iterable's request body limit on its own and was not sent"
 
 const opBulkUpdate = "POST /api/users/bulkUpdate"
 
@@ -63,26 +64,71 @@ const opBulkUpdate = "POST /api/users/bulkUpdate"
 // with Fatal() true, without retrying; use errors.As. On any error the result holds the counts
 // so far, and the batch as a whole must be treated as not sent.
 func (c *Client) SendBatch(ctx context.Context, b Batch) (BatchResult, error) {
-	var res BatchResult
 	if len(b.Records) == 0 {
-		return res, nil
+		return BatchResult{}, nil
+	}
+	if b.env.kind != kindBulkUpdate {
+		// Its body would go to bulkUpdate as a list request: a programming error.
+		return BatchResult{}, fmt.Errorf("bulkUpdate: the batch was packed for a list request; send it with Subscribe or Unsubscribe")
 	}
 	if b.Body == nil {
-		packed, over, err := pack(b.Records, b.CreateNewFields, len(b.Records), int(^uint(0)>>1))
+		packed, over, err := pack(b.Records, bulkEnvelope(b.CreateNewFields), len(b.Records), int(^uint(0)>>1))
 		if err != nil {
-			return res, fmt.Errorf("bulkUpdate: %w", err)
+			return BatchResult{}, fmt.Errorf("bulkUpdate: %w", err)
 		}
 		if len(over) > 0 || len(packed) != 1 {
-			return res, fmt.Errorf("bulkUpdate: batch could not be encoded as one body")
+			return BatchResult{}, fmt.Errorf("bulkUpdate: batch could not be encoded as one body")
 		}
 		b = packed[0]
 	}
-	created := map[string]struct{}{}
-	filtered := map[string]struct{}{}
-	err := c.send(ctx, b, 0, &res, created, filtered)
-	res.CreatedFields = sortedKeys(created)
-	res.FilteredOutFields = sortedKeys(filtered)
-	return res, err
+	s := c.newSender(c.endpointOf(b.envelope()))
+	err := s.send(ctx, b, 0)
+	return s.result(), err
+}
+
+// endpoint is what send needs to know of the endpoint a batch goes to.
+type endpoint struct {
+	name   string // for errors and logs: "bulkUpdate", "subscribe", "unsubscribe"
+	op     string // APIError.Op and Observer endpoint
+	path   string
+	budget *Budget
+	listID int64 // lists: the list the request names
+	// reason describes a failedUpdates category without naming the value.
+	reason func(cat string) string
+}
+
+func (c *Client) endpointOf(env envelope) endpoint {
+	switch env.kind {
+	case kindSubscribe:
+		return endpoint{name: "subscribe", op: opSubscribe, path: "/api/lists/subscribe", budget: c.subscribe,
+			listID: env.listID, reason: subscribeReason}
+	case kindUnsubscribe:
+		return endpoint{name: "unsubscribe", op: opUnsubscribe, path: "/api/lists/unsubscribe", budget: c.unsubscribe,
+			listID: env.listID, reason: unsubscribeReason}
+	}
+	return endpoint{name: "bulkUpdate", op: opBulkUpdate, path: "/api/users/bulkUpdate", budget: c.bulk, reason: CategoryReason}
+}
+
+// sender sends the batches of one call, splitting them as needed, and collects their answers.
+type sender struct {
+	c                 *Client
+	ep                endpoint
+	res               BatchResult
+	created, filtered map[string]struct{}
+	// listChecked: a list request was refused and the list was found to exist and accept
+	// members, so later refusals concern the records.
+	listChecked bool
+}
+
+func (c *Client) newSender(ep endpoint) *sender {
+	return &sender{c: c, ep: ep, created: map[string]struct{}{}, filtered: map[string]struct{}{}}
+}
+
+func (s *sender) result() BatchResult {
+	res := s.res
+	res.CreatedFields = sortedKeys(s.created)
+	res.FilteredOutFields = sortedKeys(s.filtered)
+	return res
 }
 
 func sortedKeys(m map[string]struct{}) []string {
@@ -99,7 +145,8 @@ func sortedKeys(m map[string]struct{}) []string {
 
 // send sends b, splitting it on a non-fatal 4xx or an answer that does not account for every
 // record. depth is the split level, for logs.
-func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult, created, filtered map[string]struct{}) error {
+func (s *sender) send(ctx context.Context, b Batch, depth int) error {
+	c, ep, res := s.c, s.ep, &s.res
 	switch {
 	case len(b.Body) > c.maxBodyBytes && len(b.Records) == 1:
 		res.Rejected = append(res.Rejected, RecordRejection{Index: b.Records[0].Index, Category: CategoryTooLarge, Reason: TooLargeReason})
@@ -108,11 +155,11 @@ func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult,
 		// Only a hand-built batch gets here: split it rather than earn a certain refusal.
 	default:
 		st := attemptStats{}
-		resp, err := c.do(ctx, c.bulk, "POST", opBulkUpdate, "/api/users/bulkUpdate", b.Body, &st)
+		resp, err := c.do(ctx, ep.budget, "POST", ep.op, ep.path, b.Body, &st)
 		res.Requests += st.requests
 		res.RateLimited += st.rateLimited
 		if err == nil {
-			gap, err := c.mapResponse(b, resp.body, res, created, filtered)
+			gap, err := s.mapResponse(b, resp.body)
 			if err != nil || gap == nil {
 				return err
 			}
@@ -121,9 +168,10 @@ func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult,
 					Category: CategoryUnconfirmed, Reason: gap.reason()})
 				return nil
 			}
-			// Re-sending is safe (bulkUpdate sets fields, it does not add to them), and smaller
-			// requests narrow down which records the answer failed to account for.
-			c.log.LogAttrs(ctx, slog.LevelWarn, "iterable's bulkUpdate answer does not account for every user; splitting it in halves",
+			// Re-sending is safe (bulkUpdate sets fields, it does not add to them; joining or
+			// leaving a list twice is joining or leaving it once), and smaller requests narrow
+			// down which records the answer failed to account for.
+			c.log.LogAttrs(ctx, slog.LevelWarn, "iterable's "+ep.name+" answer does not account for every user; splitting it in halves",
 				slog.Int("successCount", gap.successCount), slog.Int("failCount", gap.failCount),
 				slog.Int("accepted", gap.accepted), slog.Int("rejected", gap.rejected), slog.Int("unknownEntries", gap.unknownEntries()),
 				slog.String("unknownCategories", strings.Join(gap.unknownNames(), ",")),
@@ -131,25 +179,32 @@ func (c *Client) send(ctx context.Context, b Batch, depth int, res *BatchResult,
 			break
 		}
 		var apiErr *APIError
-		if !errors.As(err, &apiErr) || !apiErr.splittable() {
-			return fmt.Errorf("bulkUpdate of %d users: %w", len(b.Records), err)
+		if errors.As(err, &apiErr) && ep.listID != 0 && !s.listChecked && (apiErr.splittable() || apiErr.Status == 404) {
+			// A refused list request may be about the list, not the records: splitting would
+			// then reject every record one by one. Ask Iterable which lists exist first.
+			if lerr := s.checkList(ctx, apiErr); lerr != nil {
+				return fmt.Errorf("%s of %d users: %w", ep.name, len(b.Records), lerr)
+			}
+		}
+		if apiErr == nil || !apiErr.splittable() {
+			return fmt.Errorf("%s of %d users: %w", ep.name, len(b.Records), err)
 		}
 		if len(b.Records) == 1 {
 			res.Rejected = append(res.Rejected, singleRejection(b.Records[0], apiErr))
 			return nil
 		}
 		c.log.LogAttrs(ctx, slog.LevelInfo, "iterable refused a batch; splitting it in halves",
-			slog.Int("status", apiErr.Status), slog.String("code", apiErr.Code),
+			slog.String("endpoint", ep.name), slog.Int("status", apiErr.Status), slog.String("code", apiErr.Code),
 			slog.Int("users", len(b.Records)), slog.Int("depth", depth))
 	}
 	left, right, err := b.halves()
 	if err != nil {
-		return fmt.Errorf("bulkUpdate split: %w", err)
+		return fmt.Errorf("%s split: %w", ep.name, err)
 	}
-	if err := c.send(ctx, left, depth+1, res, created, filtered); err != nil {
+	if err := s.send(ctx, left, depth+1); err != nil {
 		return err
 	}
-	return c.send(ctx, right, depth+1, res, created, filtered)
+	return s.send(ctx, right, depth+1)
 }
 
 // singleRejection turns the refusal of a one-user request into that record's rejection.
@@ -272,10 +327,11 @@ func categoryName(s string) string {
 // mapResponse assigns every record of b to Accepted or to the failedUpdates list naming it, when
 // the answer accounts for every record; otherwise it changes nothing but the field lists and
 // returns how the answer falls short.
-func (c *Client) mapResponse(b Batch, body []byte, res *BatchResult, created, filtered map[string]struct{}) (*answerGap, error) {
+func (s *sender) mapResponse(b Batch, body []byte) (*answerGap, error) {
+	res, created, filtered := &s.res, s.created, s.filtered
 	var r bulkResponse
 	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("bulkUpdate: decoding the response: %w", jsonErr(err))
+		return nil, fmt.Errorf("%s: decoding the response: %w", s.ep.name, jsonErr(err))
 	}
 	for _, f := range r.CreatedFields {
 		created[f] = struct{}{}
@@ -372,7 +428,7 @@ func (c *Client) mapResponse(b Batch, body []byte, res *BatchResult, created, fi
 			accepted = append(accepted, rec.Index)
 			continue
 		}
-		rejected = append(rejected, RecordRejection{Index: rec.Index, Category: cat, Reason: CategoryReason(cat)})
+		rejected = append(rejected, RecordRejection{Index: rec.Index, Category: cat, Reason: s.ep.reason(cat)})
 	}
 	gap.accepted, gap.rejected = len(accepted), len(rejected)
 	if len(gap.unknown) > 0 || gap.unmatched > 0 || r.SuccessCount != len(accepted) || r.FailCount != len(rejected) {

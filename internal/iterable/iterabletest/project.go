@@ -20,8 +20,12 @@ type project struct {
 
 	bulkRL, getFieldsRL, byEmailRL, byUserIDRL, exportRL *limiter
 	deleteByEmailRL, deleteByUserIDRL                    *limiter
+	listsRL, subscribeRL, unsubscribeRL                  *limiter
+	listUsersRL, listSizeRL                              *limiter
 	stats                                                Stats
 	received                                             []StoredUser // with Options.KeepReceived
+
+	lists map[int64]*list
 }
 
 type user struct {
@@ -46,6 +50,12 @@ func newProject(t ProjectType, o Options) *project {
 		exportRL:         newBurstLimiter(o.ExportPerMinute/60, exportBurst, o.Unlimited),
 		deleteByEmailRL:  newLimiter(o.DeleteRPS, o.Unlimited),
 		deleteByUserIDRL: newLimiter(o.DeleteRPS, o.Unlimited),
+		listsRL:          newLimiter(o.ListsRPS, o.Unlimited),
+		subscribeRL:      newLimiter(o.SubscribeRPS, o.Unlimited),
+		unsubscribeRL:    newLimiter(o.UnsubscribeRPS, o.Unlimited),
+		listUsersRL:      newBurstLimiter(o.ListUsersPerMinute/60, o.ListUsersPerMinute, o.Unlimited),
+		listSizeRL:       newBurstLimiter(o.ListUsersPerMinute/60, o.ListUsersPerMinute, o.Unlimited),
+		lists:            make(map[int64]*list),
 	}
 }
 
@@ -101,6 +111,10 @@ func (p *project) remove(u *user) {
 	p.setEmail(u, "")
 	p.setUserID(u, "")
 	delete(p.all, u)
+	// A deleted profile leaves every list.
+	for _, l := range p.lists {
+		delete(l.members, u)
+	}
 }
 
 func (p *project) setEmail(u *user, email string) {
@@ -257,7 +271,7 @@ func (p *project) applyBulk(users []inUser, createNew bool) *bulkResponse {
 	created := map[string]bool{}
 	filtered := map[string]bool{}
 	for i := range users {
-		if list := p.apply(&users[i], createNew, resp, created, filtered); list != nil {
+		if _, list := p.apply(&users[i], createNew, false, resp, created, filtered); list != nil {
 			resp.FailCount++
 		} else {
 			resp.SuccessCount++
@@ -266,12 +280,15 @@ func (p *project) applyBulk(users []inUser, createNew bool) *bulkResponse {
 	return resp
 }
 
-// apply applies one user. It returns nil on success, or the failedUpdates list it was added to.
-func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created, filtered map[string]bool) *[]string {
+// apply applies one user. It returns the user updated on success, or the failedUpdates list it
+// was added to. mustExist (a subscribe's updateExistingUsersOnly, where the project honours it)
+// reports an unknown user in notFoundEmails, or notFoundUserIds when it has no email, instead
+// of creating it.
+func (p *project) apply(in *inUser, createNew, mustExist bool, resp *bulkResponse, created, filtered map[string]bool) (*user, *[]string) {
 	f := &resp.FailedUpdates
-	fail := func(list *[]string, id string) *[]string {
+	fail := func(list *[]string, id string) (*user, *[]string) {
 		*list = append(*list, id)
-		return list
+		return nil, list
 	}
 	email, uid := in.Email, in.UserID
 	switch {
@@ -343,6 +360,13 @@ func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created,
 				create = true
 			}
 		}
+	}
+
+	if create && mustExist {
+		if email != "" {
+			return fail(&f.NotFoundEmails, email)
+		}
+		return fail(&f.NotFoundUserIds, uid)
 	}
 
 	// Check types before changing anything: a mismatch rejects the whole user.
@@ -418,7 +442,7 @@ func (p *project) apply(in *inUser, createNew bool, resp *bulkResponse, created,
 		}
 		target.data[k] = c.val
 	}
-	return nil
+	return target, nil
 }
 
 // normalize converts a decoded JSON value (numbers as json.Number) to what is stored, and

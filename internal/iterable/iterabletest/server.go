@@ -3,10 +3,11 @@
 // per-project API keys, the bulkUpdate body limit and rate limits, email and userId validation,
 // email-based, userID-based and hybrid projects, field-type locking (sub-fields of objects
 // included), createNewFields, GDPR-forgotten users, the full failedUpdates answer, lookups, user
-// deletion and the user export. Emails are matched case-insensitively everywhere (updates,
-// lookups, notFound and conflict checks, forgotten users, deletes). Faults (latency, 5xx, 429
-// bursts, dropped connections, cut export streams, outages, answers that do not account for
-// every user) can be injected to test retries and the client's checks.
+// deletion, the user export, and static lists (see lists.go). Emails are matched
+// case-insensitively everywhere (updates, lookups, notFound and conflict checks, forgotten
+// users, deletes). Faults (latency, 5xx, 429 bursts, dropped connections, cut export streams,
+// outages, answers that do not account for every user) can be injected to test retries and the
+// client's checks.
 //
 // Choices where Iterable's documentation is silent (documented here, relied on by tests):
 //   - A body over MaxBodyBytes is answered 400 {"code":"BatchTooLarge"} (not 413), and so is a
@@ -90,6 +91,18 @@ type Options struct {
 	// DeleteRPS is the rate limit of DELETE /api/users/{email} and of
 	// DELETE /api/users/byUserId/{userId}, each, per project (default 100).
 	DeleteRPS float64
+	// ListsRPS is the rate limit of GET /api/lists per project (default 100).
+	ListsRPS float64
+	// SubscribeRPS and UnsubscribeRPS are the rate limits of POST /api/lists/subscribe and of
+	// POST /api/lists/unsubscribe, each, per project (default 5: Iterable documents none).
+	SubscribeRPS   float64
+	UnsubscribeRPS float64
+	// ListUsersPerMinute is the rate limit of GET /api/lists/getUsers and of
+	// GET /api/lists/{listId}/size, each, per project (default 5, with a burst of as many).
+	ListUsersPerMinute float64
+	// MaxSubscribers is the most subscribers one subscribe or unsubscribe may hold (default
+	// 1000); more is answered 400 BatchTooLarge.
+	MaxSubscribers int
 	// KeepReceived records every user object received, for Received (tests; costs memory).
 	KeepReceived bool
 	Logger       *slog.Logger
@@ -137,6 +150,9 @@ type Faults struct {
 	// UnknownCategory names that list (default "undocumentedEmails", or "undocumentedUserIds"
 	// when the user was sent without email).
 	UnknownCategory string
+	// List429 answers the next N subscribe and unsubscribe requests 429 RateLimitExceeded (with
+	// RetryAfter when set).
+	List429 int
 }
 
 // StoredUser is a user profile as stored by the emulator.
@@ -170,6 +186,17 @@ type Stats struct {
 	UnknownCategoryAnswers int
 	DeleteRequests         int // DELETE /api/users/{email} and /byUserId/{userId}, whatever the answer
 	UsersDeleted           int // users those requests removed
+
+	ListsRequests       int // GET /api/lists
+	ListsCreated        int // POST /api/lists answered 200
+	SubscribeRequests   int // POST /api/lists/subscribe, whatever the answer
+	UnsubscribeRequests int // POST /api/lists/unsubscribe, whatever the answer
+	MembersAdded        int // users subscribe made members of a list they were not in
+	MembersRemoved      int // members unsubscribe removed from a list
+	// ChannelUnsubscribes counts unsubscribe requests that said "channelUnsubscribe": true, a
+	// global unsubscribe from the list's channel: a list activation must never send one.
+	ChannelUnsubscribes int
+	ListUsersRequests   int // GET /api/lists/getUsers and /api/lists/{listId}/size
 }
 
 // Server is the emulator. It implements http.Handler.
@@ -183,6 +210,7 @@ type Server struct {
 	projects     map[string]*project
 	faults       Faults
 	rnd          *rand.Rand
+	nextListID   int64 // list ids are unique across projects, as Iterable's are
 	unauthorized int
 	burst        burstState // Faults.Burst429Every
 	outages      int        // requests answered by Faults.Outage
@@ -221,6 +249,21 @@ func NewHandler(opts Options) *Server {
 	if opts.DeleteRPS <= 0 {
 		opts.DeleteRPS = 100
 	}
+	if opts.ListsRPS <= 0 {
+		opts.ListsRPS = 100
+	}
+	if opts.SubscribeRPS <= 0 {
+		opts.SubscribeRPS = 5
+	}
+	if opts.UnsubscribeRPS <= 0 {
+		opts.UnsubscribeRPS = 5
+	}
+	if opts.ListUsersPerMinute <= 0 {
+		opts.ListUsersPerMinute = 5
+	}
+	if opts.MaxSubscribers <= 0 {
+		opts.MaxSubscribers = 1000
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -239,6 +282,12 @@ func NewHandler(opts Options) *Server {
 	s.mux.HandleFunc("GET /api/export/data.json", s.exportData)
 	s.mux.HandleFunc("DELETE /api/users/{email}", s.deleteByEmail)
 	s.mux.HandleFunc("DELETE /api/users/byUserId/{userId...}", s.deleteByUserID)
+	s.mux.HandleFunc("GET /api/lists", s.getLists)
+	s.mux.HandleFunc("POST /api/lists", s.createList)
+	s.mux.HandleFunc("POST /api/lists/subscribe", s.subscribe)
+	s.mux.HandleFunc("POST /api/lists/unsubscribe", s.unsubscribe)
+	s.mux.HandleFunc("GET /api/lists/getUsers", s.listUsers)
+	s.mux.HandleFunc("GET /api/lists/{listId}/size", s.listSize)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", "Endpoint not emulated")
 	})
