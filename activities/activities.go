@@ -265,6 +265,12 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	defer stop()
 
 	s.existence, s.conflicts, s.removalExistence = in.Existence, in.Conflicts, in.RemovalExistence
+	s.listID, s.listExistence = in.ListID, in.ListExistence
+	if act.Destination.List != nil && in.ListID == 0 {
+		return prog.Result, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("activation %s run %s chunk %d: a list activation's chunk needs its list id", act.ID, in.RunID, in.Chunk.Index),
+			ErrTypeInvalidSpec, nil)
+	}
 	err = planner.ReadChunk(ctx, warehouse.ChunkRequest{
 		ActivationID: act.ID, Table: in.Table, Fields: PlanRequest(act, in.RunID, false).Fields,
 		Chunk: in.Chunk, AfterSeq: prog.AfterSeq,
@@ -333,6 +339,13 @@ func (a *Activities) iterableClient(act spec.Activation, runID string, options .
 		BaseURL: base, APIKey: key, HTTPClient: a.HTTPClient, Budgets: a.Budgets,
 		UsersPerRequest: s.UsersPerRequest, RequestsPerSecond: s.RequestsPerSecond,
 		Logger: a.logger(act, runID), Observer: a.IterableObserver,
+	}
+	if l := act.Destination.List; l != nil {
+		rps := l.RequestsPerSecond
+		if rps <= 0 {
+			rps = spec.DefaultListRequestsPerSecond
+		}
+		cfg.SubscribeRPS, cfg.UnsubscribeRPS = rps, rps
 	}
 	for _, o := range options {
 		o(&cfg)

@@ -63,6 +63,10 @@ type SyncChunkInput struct {
 	// RemovalExistence is how removals (onRemoved clear or delete) avoid creating profiles,
 	// in any mode: RemovalExistenceStrategy.
 	RemovalExistence string `json:"removalExistence,omitempty"`
+	// ListID is a list activation's list (ResolveList); ListExistence how its subscribes avoid
+	// creating profiles in update mode (ListExistenceStrategy).
+	ListID        int64  `json:"listId,omitempty"`
+	ListExistence string `json:"listExistence,omitempty"`
 	// Conflicts maps a field whose Iterable type differs from the model's to the reason; rows
 	// that would send it are rejected with that reason.
 	Conflicts map[string]string `json:"conflicts,omitempty"`

@@ -40,6 +40,12 @@ type chunkSender struct {
 	held    []int                 // rows a known rejection holds back: neither sent nor recorded
 	deletes []int                 // removals to delete (onRemoved: delete)
 
+	// A list activation's list, how its subscribes avoid creating profiles (ListExistence*),
+	// and the window's members to subscribe and unsubscribe.
+	listID        int64
+	listExistence string
+	subs, unsubs  []iterable.Record
+
 	mu   sync.Mutex
 	prog ChunkProgress
 }
@@ -62,6 +68,9 @@ func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
 		s.held = append(s.held, idx)
 		return s.flushIfFull(ctx)
 	}
+	if s.act.Destination.List != nil && r.Op != warehouse.OpChange {
+		return s.addMember(ctx, idx, r)
+	}
 	user, rej := s.user(r)
 	if rej == nil && user != nil && s.existenceOf(r) == ExistenceExport && !r.Known {
 		rej = s.notInIterable(r, "not in the project's exported identifiers")
@@ -76,6 +85,45 @@ func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
 	default:
 		s.records = append(s.records, iterable.Record{Index: idx, User: *user})
 	}
+	return s.flushIfFull(ctx)
+}
+
+// addMember turns a list activation's add into a subscriber (with its mapped fields) and its
+// removal into an unsubscribe of the identifier it was last synced with. A removal whose person
+// another key now carries stays a member; with list.onLeave keep, every leaving row does.
+func (s *chunkSender) addMember(ctx context.Context, idx int, r warehouse.Row) error {
+	l := s.act.Destination.List
+	if r.Op == warehouse.OpRemove {
+		if !l.Unsubscribes() || r.KeepProfile {
+			s.noop = append(s.noop, idx)
+			return s.flushIfFull(ctx)
+		}
+		id, ok := identifierString(r.Identifier)
+		if !ok {
+			s.local = append(s.local, warehouse.Rejection{Key: r.Key, Op: warehouse.OpUnsubscribe, Outcome: warehouse.OutcomeSkipped,
+				Class:  warehouse.ClassNoIdentifier,
+				Reason: "skipped: the state holds no identifier for this leaving key (it was synced before identifiers were kept); not unsubscribed"})
+			return s.flushIfFull(ctx)
+		}
+		u := iterable.User{Email: id}
+		if s.act.Destination.Identifier.Field == "userId" {
+			u = iterable.User{UserID: id}
+		}
+		s.unsubs = append(s.unsubs, iterable.Record{Index: idx, User: u})
+		return s.flushIfFull(ctx)
+	}
+	user, rej := s.user(r)
+	if rej == nil && s.listExistence == ExistenceExport && !r.Known {
+		rej = s.notInIterable(r, "not in the project's exported identifiers")
+	}
+	if rej != nil {
+		if rej.Op == warehouse.OpAdd {
+			rej.Op = warehouse.OpSubscribe
+		}
+		s.local = append(s.local, *rej)
+		return s.flushIfFull(ctx)
+	}
+	s.subs = append(s.subs, iterable.Record{Index: idx, User: *user})
 	return s.flushIfFull(ctx)
 }
 
@@ -158,8 +206,8 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 			u.DataFields[name] = v
 		}
 	}
-	if len(u.DataFields) == 0 {
-		return nil, nil
+	if len(u.DataFields) == 0 && (d.List == nil || r.Op != warehouse.OpAdd) {
+		return nil, nil // a subscriber needs no field: joining the list is the update
 	}
 	return u, nil
 }
@@ -175,16 +223,16 @@ func (s *chunkSender) notInIterable(r warehouse.Row, why string) *warehouse.Reje
 }
 
 // dropUnknown removes, in lookup mode, the records whose user Iterable does not have.
-func (s *chunkSender) dropUnknown(ctx context.Context) ([]warehouse.Rejection, error) {
+func (s *chunkSender) dropUnknown(ctx context.Context, recs *[]iterable.Record, lookup func(warehouse.Row) bool, op warehouse.Op) ([]warehouse.Rejection, error) {
 	field := s.act.Destination.Identifier.Field
-	ids := make([]string, len(s.records))
+	ids := make([]string, len(*recs))
 	var ask []string
-	for i, rec := range s.records {
+	for i, rec := range *recs {
 		ids[i] = rec.User.Email
 		if field == "userId" {
 			ids[i] = rec.User.UserID
 		}
-		if s.existenceOf(s.rows[rec.Index]) == ExistenceLookup {
+		if lookup(s.rows[rec.Index]) {
 			ask = append(ask, ids[i])
 		}
 	}
@@ -196,15 +244,19 @@ func (s *chunkSender) dropUnknown(ctx context.Context) ([]warehouse.Rejection, e
 		return nil, fmt.Errorf("look up %d users: %w", len(ask), err)
 	}
 	var skipped []warehouse.Rejection
-	kept := s.records[:0]
-	for i, rec := range s.records {
-		if s.existenceOf(s.rows[rec.Index]) != ExistenceLookup || found[ids[i]] {
+	kept := (*recs)[:0]
+	for i, rec := range *recs {
+		if !lookup(s.rows[rec.Index]) || found[ids[i]] {
 			kept = append(kept, rec)
 			continue
 		}
-		skipped = append(skipped, *s.notInIterable(s.rows[rec.Index], "lookup found no such user"))
+		rj := *s.notInIterable(s.rows[rec.Index], "lookup found no such user")
+		if op != "" {
+			rj.Op = op
+		}
+		skipped = append(skipped, rj)
 	}
-	s.records = kept
+	*recs = kept
 	return skipped, nil
 }
 
@@ -216,7 +268,14 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	var res ChunkResult
 	rejections := append([]warehouse.Rejection(nil), s.local...)
 	if len(s.records) > 0 && (s.existence == ExistenceLookup || s.removalExistence == ExistenceLookup) {
-		skipped, err := s.dropUnknown(ctx)
+		skipped, err := s.dropUnknown(ctx, &s.records, func(r warehouse.Row) bool { return s.existenceOf(r) == ExistenceLookup }, "")
+		if err != nil {
+			return err
+		}
+		rejections = append(rejections, skipped...)
+	}
+	if len(s.subs) > 0 && s.listExistence == ExistenceLookup {
+		skipped, err := s.dropUnknown(ctx, &s.subs, func(warehouse.Row) bool { return true }, warehouse.OpSubscribe)
 		if err != nil {
 			return err
 		}
@@ -275,6 +334,14 @@ func (s *chunkSender) flush(ctx context.Context) error {
 			res.FilteredOutFields = mergeNames(res.FilteredOutFields, br.FilteredOutFields)
 		}
 	}
+	for _, g := range []struct {
+		op   warehouse.Op
+		recs []iterable.Record
+	}{{warehouse.OpSubscribe, s.subs}, {warehouse.OpUnsubscribe, s.unsubs}} {
+		if err := s.sendMembers(ctx, g.op, g.recs, &res, &rejections); err != nil {
+			return err
+		}
+	}
 	s.count(&res, rejections)
 	if len(rejections) > 0 {
 		if err := s.planner.RecordRejections(ctx, s.act.ID, s.runID, rejections); err != nil {
@@ -292,6 +359,71 @@ func (s *chunkSender) flush(ctx context.Context) error {
 		activity.RecordHeartbeat(ctx, p)
 	}
 	s.rows, s.records, s.local, s.noop, s.held, s.deletes = s.rows[:0], s.records[:0], s.local[:0], s.noop[:0], s.held[:0], s.deletes[:0]
+	s.subs, s.unsubs = s.subs[:0], s.unsubs[:0]
+	return nil
+}
+
+// sendMembers subscribes or unsubscribes the window's members (at most 1,000 per request and 4
+// MB, each endpoint on its own budget) and maps Iterable's answer per member, as for bulkUpdate.
+// A subscriber Iterable does not know (update mode) is skipped and looked at again next run; a
+// leaving member it does not know is skipped and done (nobody to unsubscribe).
+func (s *chunkSender) sendMembers(ctx context.Context, op warehouse.Op, recs []iterable.Record, res *ChunkResult, rejections *[]warehouse.Rejection) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	existingOnly := s.listExistence == ListExistenceFlag
+	var (
+		batches  []iterable.Batch
+		oversize []int
+		err      error
+	)
+	if op == warehouse.OpSubscribe {
+		batches, oversize, err = s.client.PackSubscribe(recs, s.listID, existingOnly)
+	} else {
+		batches, oversize, err = s.client.PackUnsubscribe(recs, s.listID)
+	}
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", op, err)
+	}
+	for _, i := range oversize {
+		r := s.rows[i]
+		*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeRejected,
+			Class: warehouse.ClassOversize, Reason: "subscriber is larger than Iterable's 4 MB request limit on its own", RowHash: r.RowHash})
+	}
+	for bi, b := range batches {
+		var br iterable.BatchResult
+		if op == warehouse.OpSubscribe {
+			br, err = s.client.Subscribe(ctx, s.listID, b, existingOnly)
+		} else {
+			br, err = s.client.Unsubscribe(ctx, s.listID, b)
+		}
+		res.Requests += int64(br.Requests)
+		res.RateLimited += int64(br.RateLimited)
+		if err != nil {
+			s.addStats(res.Requests, res.RateLimited)
+			return fmt.Errorf("%s batch %d of window after seq %d: %w", op, bi, s.prog.AfterSeq, err)
+		}
+		res.Attempted.inc(op, int64(len(br.Accepted)))
+		res.Succeeded.inc(op, int64(len(br.Accepted)))
+		for _, rj := range br.Rejected {
+			r := s.rows[rj.Index]
+			if strings.HasPrefix(rj.Category, "notFound") && (op == warehouse.OpUnsubscribe || s.act.Destination.Mode == spec.ModeUpdate) {
+				skip := *s.notInIterable(r, "failedUpdates."+rj.Category)
+				skip.Op = op
+				*rejections = append(*rejections, skip)
+				continue
+			}
+			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeRejected,
+				Class: warehouse.ClassIterable, Reason: rj.Reason, RowHash: r.RowHash})
+		}
+		for _, u := range br.Unconfirmed {
+			r := s.rows[u.Index]
+			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeUnconfirmed,
+				Class: warehouse.ClassUnconfirmed, Reason: u.Reason, RowHash: r.RowHash})
+		}
+		res.CreatedFields = mergeNames(res.CreatedFields, br.CreatedFields)
+		res.FilteredOutFields = mergeNames(res.FilteredOutFields, br.FilteredOutFields)
+	}
 	return nil
 }
 

@@ -36,7 +36,7 @@ func taskQueue() string {
 func cmdValidate(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("validate")
 	file := fs.String("f", "", "activation spec file or folder")
-	offline := fs.Bool("offline", false, "skip the models' BigQuery dry runs and DuckDB DESCRIBEs")
+	offline := fs.Bool("offline", false, "skip the models' BigQuery dry runs and DuckDB DESCRIBEs, and the check of lists given by id")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -48,7 +48,7 @@ func cmdValidate(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "ok  %s (%s)\n", a.ID, a.File)
 	}
 	if !*offline {
-		err = errors.Join(err, dryRunModels(ctx, acts, out))
+		err = errors.Join(err, dryRunModels(ctx, acts, out), checkLists(ctx, acts, out))
 	}
 	return err
 }
@@ -222,7 +222,12 @@ func printReport(out io.Writer, r workflows.RunReport) {
 	fmt.Fprintf(w, "\nrun report: %s  run %s  state %s  took %s\n", r.ActivationID, r.RunID, r.State, r.Duration.Round(time.Millisecond))
 	fmt.Fprintf(w, "  model rows\t%d\tunchanged %d, NULL keys %d, duplicate-key rows %d, rows sharing an identifier %d (never sent)\n",
 		r.ModelRows, r.Unchanged, r.NullKeys, r.DuplicateKeys, r.DuplicateIdentifiers)
-	fmt.Fprintf(w, "  \tadded\tchanged\tremoved\n")
+	if r.List != nil {
+		fmt.Fprintf(w, "  list\t%s\tid %d (members entering are subscribed, leaving ones unsubscribed)\n", r.List.Name, r.List.ID)
+		fmt.Fprintf(w, "  \tsubscribe\tupdate\tunsubscribe\n")
+	} else {
+		fmt.Fprintf(w, "  \tadded\tchanged\tremoved\n")
+	}
 	for _, row := range []struct {
 		name string
 		c    interface{ Total() int64 }

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"slices"
 	"strings"
+	"time"
 
+	"github.com/activation-engine/activations/internal/iterable"
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse/bigquery"
 	"github.com/activation-engine/activations/internal/warehouse/duckdb"
@@ -140,4 +144,49 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// checkLists asks Iterable, when the activation's API key is available here, whether the list a
+// list activation names by id exists and is static (GET /api/lists; a list named by name is
+// found, or created, by the run). Without the key it says it skipped the check.
+func checkLists(ctx context.Context, acts []spec.Activation, out io.Writer) error {
+	var errs []error
+	for _, a := range acts {
+		l := a.Destination.List
+		if l == nil || l.ID == 0 {
+			continue
+		}
+		it := a.Destination.Iterable
+		key, err := it.APIKey.Resolve()
+		if err != nil {
+			fmt.Fprintf(out, "    %s: list %d not checked: the API key (%s) is not available here\n", a.ID, l.ID, it.APIKey)
+			continue
+		}
+		base, err := iterable.BaseURL(it.Region, it.BaseURL)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: activation %s: %w", a.File, a.ID, err))
+			continue
+		}
+		c, err := iterable.New(iterable.Config{BaseURL: base, APIKey: key, HTTPClient: &http.Client{Timeout: 30 * time.Second}})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: activation %s: %w", a.File, a.ID, err))
+			continue
+		}
+		lists, err := c.Lists(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: activation %s: destination.list.id: list the project's lists: %w", a.File, a.ID, err))
+			continue
+		}
+		i := slices.IndexFunc(lists, func(x iterable.List) bool { return x.ID == l.ID })
+		switch {
+		case i < 0:
+			errs = append(errs, fmt.Errorf("%s: activation %s: destination.list.id: the project has no list %d", a.File, a.ID, l.ID))
+		case !lists[i].Static():
+			errs = append(errs, fmt.Errorf("%s: activation %s: destination.list.id: list %d is a %s list; only static (Standard) lists can be kept equal to a model",
+				a.File, a.ID, l.ID, lists[i].Type))
+		default:
+			fmt.Fprintf(out, "    %s: list %d (%s) is a static list\n", a.ID, l.ID, lists[i].Name)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse/bigquery"
 	"github.com/activation-engine/activations/internal/warehouse/duckdb"
@@ -141,4 +142,29 @@ func TestValidateDuckDBModels(t *testing.T) {
 	err = dryRunModels(context.Background(), acts[:1], &out)
 	require.Error(t, err)
 	require.True(t, strings.Contains(err.Error(), "activation "+acts[0].ID+": DuckDB DESCRIBE: describe model: invalid model:"), err.Error())
+}
+
+// validate asks Iterable whether a list given by id exists and is static, when the key is here.
+func TestValidateListsByID(t *testing.T) {
+	emu := iterabletest.NewServer(iterabletest.Options{})
+	defer emu.Close()
+	emu.AddProject("list-key", iterabletest.ProjectHybrid)
+	static := emu.AddList("list-key", "VIP", false)
+	dynamic := emu.AddList("list-key", "Dyn", true)
+	t.Setenv("VALIDATE_LIST_KEY", "list-key")
+	act := func(id int64, env string) spec.Activation {
+		return spec.Activation{ID: fmt.Sprintf("l%d", id), File: "a.yaml", Destination: spec.Destination{
+			Iterable: spec.Iterable{Region: "us", BaseURL: emu.URL(), APIKey: spec.SecretRef{Env: env}},
+			List:     &spec.List{ID: id}}}
+	}
+	var out bytes.Buffer
+	require.NoError(t, checkLists(context.Background(), []spec.Activation{act(static, "VALIDATE_LIST_KEY")}, &out))
+	require.Contains(t, out.String(), "is a static list")
+	err := checkLists(context.Background(), []spec.Activation{act(dynamic, "VALIDATE_LIST_KEY"), act(static+dynamic+7, "VALIDATE_LIST_KEY")}, &out)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "is a Dynamic list")
+	require.Contains(t, err.Error(), "has no list")
+	out.Reset()
+	require.NoError(t, checkLists(context.Background(), []spec.Activation{act(static, "NO_SUCH_KEY_VAR")}, &out))
+	require.Contains(t, out.String(), "not checked: the API key")
 }

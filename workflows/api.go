@@ -173,6 +173,7 @@ type Continuation struct {
 	Tables []string                           `json:"tables"`
 	Fields activities.CheckFieldsResult       `json:"fields"`
 	Known  activities.ExportIdentifiersResult `json:"known"`
+	List   activities.ListInfo                `json:"list"`
 	Report RunReport                          `json:"report"`
 	// Committed lists the chunks committed so far (for resume --skip-rejected); Held the rows
 	// their commits kept out of the state.
@@ -222,6 +223,12 @@ type RunReport struct {
 	Existence string `json:"existence,omitempty"`
 	// RemovalExistence is how removals that clear fields kept from creating profiles.
 	RemovalExistence string `json:"removalExistence,omitempty"`
+	// List is a list activation's list; in its report, added rows were subscribed, removed rows
+	// unsubscribed and changed rows updated (bulkUpdate). ListExistence is how subscribing kept
+	// from creating profiles in update mode (flag: Iterable's updateExistingUsersOnly; lookup;
+	// export).
+	List          *activities.ListInfo `json:"list,omitempty"`
+	ListExistence string               `json:"listExistence,omitempty"`
 
 	Requests    int64 `json:"requests"`
 	RateLimited int64 `json:"rateLimited"`

@@ -42,12 +42,13 @@ const (
 //
 //	go test -tags integration -run '^$' -bench BigQueryWorker -benchtime 1x -timeout 30m ./workflows/
 func BenchmarkBigQueryWorker(b *testing.B) {
+	bin := buildWorker(b)
 	for _, rows := range benchSizes([]int{1_000_000}) {
-		b.Run(sizeName(rows), func(b *testing.B) { benchBigQueryWorker(b, rows) })
+		b.Run(sizeName(rows), func(b *testing.B) { benchBigQueryWorker(b, bin, rows) })
 	}
 }
 
-func benchBigQueryWorker(b *testing.B, rows int) {
+func benchBigQueryWorker(b *testing.B, bin string, rows int) {
 	for i := 0; i < b.N; i++ {
 		fake := bqfake.New(b)
 		storageAddr := fake.StartStorage(b)
@@ -64,7 +65,7 @@ func benchBigQueryWorker(b *testing.B, rows int) {
 				env = append(env, p.worker+"="+path+"."+sizeName(rows))
 			}
 		}
-		w := startBigQueryWorker(b, queue, keyEnv, key, env...)
+		w := startBigQueryWorker(b, bin, queue, keyEnv, key, env...)
 		pid := w.cmd.Process.Pid
 		samples := sampleProcess(pid, 100*time.Millisecond)
 		rep := runBench(b, bigQuerySpec(emu.URL(), keyEnv), queue)
@@ -130,12 +131,19 @@ func bigQuerySpec(url, keyEnv string) spec.Activation {
 	return act
 }
 
-// startBigQueryWorker is startWorkerProcess with more environment (the BigQuery emulator).
-func startBigQueryWorker(b *testing.B, queue, keyEnv, key string, env ...string) *workerProcess {
+// buildWorker builds the worker program once for the benchmark's sizes.
+func buildWorker(b *testing.B) string {
 	b.Helper()
 	bin := filepath.Join(b.TempDir(), "worker")
 	out, err := exec.Command("go", "build", "-o", bin, "../worker").CombinedOutput()
 	require.NoError(b, err, string(out))
+	return bin
+}
+
+// startBigQueryWorker is startWorkerProcess of the binary bin, with more environment (the
+// BigQuery emulator).
+func startBigQueryWorker(b *testing.B, bin, queue, keyEnv, key string, env ...string) *workerProcess {
+	b.Helper()
 	w := &workerProcess{cmd: exec.Command(bin)}
 	w.cmd.Env = append(append(os.Environ(), "TEMPORAL_ADDRESS="+dev.HostPort, "ACTIVATIONS_TASK_QUEUE="+queue,
 		keyEnv+"="+key, "LOG_LEVEL=warn"), env...)

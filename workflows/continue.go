@@ -41,7 +41,7 @@ func (r *run) continueAsNew(ctx workflow.Context) *ending {
 	}
 	c := &Continuation{
 		RunID: r.runID, Executions: r.executions + 1, Plan: r.plan, Next: r.next, Redo: r.redo, Tables: r.tables,
-		Fields: r.fields, Known: r.known, Report: r.rep, Committed: r.committed, Held: r.held,
+		Fields: r.fields, Known: r.known, List: r.list, Report: r.rep, Committed: r.committed, Held: r.held,
 		WindowAttempted: r.window.attempted, WindowRejected: r.window.rejected,
 		SyncActive: r.syncActive, TransientSince: r.transientSince, SchedulePaused: r.schedulePaused,
 		Lock: r.lockReq,
@@ -69,6 +69,7 @@ func (r *run) restore(c *Continuation) {
 	r.tables = c.Tables
 	r.fields = c.Fields
 	r.known = c.Known
+	r.list = c.List
 	r.rep = c.Report
 	r.rep.Executions = c.Executions
 	r.committed = c.Committed

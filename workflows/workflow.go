@@ -58,6 +58,7 @@ type run struct {
 	tables []string
 	fields activities.CheckFieldsResult
 	known  activities.ExportIdentifiersResult
+	list   activities.ListInfo // a list activation's list
 	// next is the first chunk never started; redo the chunks to send again first (they
 	// failed), in order. Chunk ranges come from the plan (ChunkAt): nothing lists them all.
 	next int
@@ -234,7 +235,26 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 		}
 		rep.Warnings = append(rep.Warnings, r.fields.Warnings...)
 	}
-	rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Total())
+	if act.Destination.List != nil {
+		// Entering members are subscribed, leaving ones unsubscribed: only the changed members
+		// go through bulkUpdate, and only subscribing could create a profile.
+		rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Changed)
+		if rep.Planned.Changed == 0 {
+			rep.Existence = activities.ExistenceNone
+		}
+		rep.ListExistence = activities.ListExistenceStrategy(act, rep.Planned.Added)
+		if rep.Planned.Total() > 0 {
+			if end := r.untilDone(ctx, iterableStep, "find the list", func() error {
+				return workflow.ExecuteActivity(r.shortCtx, a.ResolveList, activities.ListInput{Spec: act, RunID: r.runID, DryRun: r.in.DryRun}).Get(ctx, &r.list)
+			}); end != nil {
+				return end
+			}
+			list := r.list
+			rep.List = &list
+		}
+	} else {
+		rep.Existence = activities.ExistenceStrategy(act, rep.Planned.Total())
+	}
 	rep.RemovalExistence = activities.RemovalExistenceStrategy(act, rep.Existence, rep.Planned.Removed)
 
 	if r.in.DryRun {
@@ -248,7 +268,8 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 	}
 
 	r.setState(ctx, StateRunning)
-	if rep.Existence == activities.ExistenceExport || rep.RemovalExistence == activities.ExistenceExport {
+	if rep.Existence == activities.ExistenceExport || rep.RemovalExistence == activities.ExistenceExport ||
+		rep.ListExistence == activities.ExistenceExport {
 		exportCtx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 2 * time.Hour,
 			HeartbeatTimeout:    time.Minute,
@@ -368,7 +389,8 @@ func (r *run) syncChunks(ctx workflow.Context) *stop {
 			f := workflow.ExecuteActivity(chunkCtx, a.SyncChunk, activities.SyncChunkInput{
 				Spec: r.act, RunID: r.runID, Table: r.plan.Table, Chunk: ch,
 				Existence: r.rep.Existence, KnownTable: r.known.Table, Conflicts: r.fields.Conflicts,
-				RemovalExistence: r.rep.RemovalExistence, Resume: r.cursors[ch.Index]})
+				RemovalExistence: r.rep.RemovalExistence, ListID: r.list.ID, ListExistence: r.rep.ListExistence,
+				Resume: r.cursors[ch.Index]})
 			sel.AddFuture(f, func(f workflow.Future) {
 				inflight--
 				var res activities.ChunkResult
