@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	bq "google.golang.org/api/bigquery/v2"
@@ -48,6 +49,10 @@ type Result struct {
 	BytesProcessed int64
 	// StatementType is reported in the job's statistics, e.g. SELECT or SCRIPT.
 	StatementType string
+
+	// synthetic generates the rows on the fly instead of Rows, for the Storage Read API only
+	// (see ServeSyntheticPlan).
+	synthetic *syntheticRows
 }
 
 // Job is a recorded query or load job.
@@ -90,6 +95,7 @@ type Request struct {
 type rule struct {
 	match   string
 	results []Result
+	fn      func(*Job) Result
 	served  int
 }
 
@@ -116,6 +122,8 @@ type Server struct {
 	appended map[string][]map[string]any // rows appended through the Storage Write API, by "dataset.table"
 	appends  []Append                    // AppendRows requests received
 	failApp  []appendFailure             // failures of the next AppendRows requests
+
+	syntheticRead atomic.Int64 // synthetic rows sent through the Storage Read API
 }
 
 // New starts a fake; it stops at the end of the test.
@@ -136,6 +144,15 @@ func (s *Server) Handle(match string, results ...Result) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rules = append([]*rule{{match: match, results: results}}, s.rules...)
+}
+
+// HandleFunc answers the queries whose SQL contains match with fn's result, computed from the
+// job (its SQL, parameters, dry run flag). fn runs with the server's lock held: it must not call
+// the Server's methods. Later rules take precedence over earlier ones.
+func (s *Server) HandleFunc(match string, fn func(j *Job) Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rules = append([]*rule{{match: match, fn: fn}}, s.rules...)
 }
 
 // FailNext answers the next times requests with method whose path contains path with err.
@@ -199,10 +216,14 @@ func (s *Server) Count(method, path string) int {
 	return n
 }
 
-// result picks the canned result of a query; unmatched queries succeed with no rows.
-func (s *Server) result(sql string) Result {
+// result picks the canned result of a query job; unmatched queries succeed with no rows.
+func (s *Server) result(j *Job) Result {
 	for _, r := range s.rules {
-		if strings.Contains(sql, r.match) && len(r.results) > 0 {
+		if r.fn != nil && strings.Contains(j.SQL, r.match) {
+			r.served++
+			return r.fn(j)
+		}
+		if strings.Contains(j.SQL, r.match) && len(r.results) > 0 {
 			i := min(r.served, len(r.results)-1)
 			r.served++
 			return r.results[i]
@@ -268,7 +289,7 @@ func (s *Server) jobsQuery(w http.ResponseWriter, r *http.Request, project strin
 	j := s.newJob(req.Query)
 	j.FastPath, j.DryRun, j.Labels, j.Location = true, req.DryRun, req.Labels, req.Location
 	j.MaxBytesBilled, j.Params = req.MaximumBytesBilled, req.QueryParameters
-	j.result = s.result(req.Query)
+	j.result = s.result(j)
 	if j.result.Err != nil {
 		writeError(w, *j.result.Err)
 		return
@@ -417,14 +438,14 @@ func (s *Server) jobsInsert(w http.ResponseWriter, r *http.Request, project stri
 	j.DryRun, j.Labels = spec.Configuration.DryRun, spec.Configuration.Labels
 	if q := spec.Configuration.Query; q != nil {
 		j.MaxBytesBilled, j.Params = q.MaximumBytesBilled, q.QueryParameters
-		j.result = s.result(sql)
+		j.result = s.result(j)
 		if j.DryRun && j.result.Err != nil {
 			writeError(w, *j.result.Err)
 			return
 		}
 		if !j.DryRun && j.result.Schema != nil {
 			// Query results land in an anonymous table, which the Storage Read API reads.
-			s.tables["_anon."+j.ID] = &bq.Table{Schema: j.result.Schema, NumRows: uint64(len(j.result.Rows)),
+			s.tables["_anon."+j.ID] = &bq.Table{Schema: j.result.Schema, NumRows: uint64(j.result.numRows()),
 				TableReference: &bq.TableReference{ProjectId: project, DatasetId: "_anon", TableId: j.ID}}
 		}
 	}

@@ -92,6 +92,9 @@ func (r *readServer) ReadRows(req *storagepb.ReadRowsRequest, stream storagepb.B
 	if err != nil {
 		return err
 	}
+	if j.result.synthetic != nil {
+		return r.s.readSynthetic(j.result, req.GetOffset(), stream)
+	}
 	if req.GetOffset() >= int64(len(j.result.Rows)) {
 		return nil
 	}
