@@ -25,6 +25,8 @@ import (
 	"github.com/activation-engine/activations/internal/devserver"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/internal/schedules"
+	"golang.org/x/term"
+
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/telemetry"
 	"github.com/activation-engine/activations/workflows"
@@ -32,7 +34,9 @@ import (
 
 const (
 	demoActivation = "users-to-iterable"
-	demoAPIKey     = "demo-project-api-key"
+	// demoListActivation keeps the static list of the demo's VIP users.
+	demoListActivation = "vip-users"
+	demoAPIKey         = "demo-project-api-key"
 )
 
 // cmdDemo runs the main job on the embedded default: the Temporal dev server with its UI, the
@@ -138,6 +142,20 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	}
 	firstStats := emu.Stats(demoAPIKey)
 
+	vip, err := spec.LoadOne(filepath.Join(*dir, demoListActivation+".yaml"), demoListActivation)
+	if err != nil {
+		return err
+	}
+	vip.Destination.Iterable.BaseURL = emu.URL()
+	fmt.Fprintln(out, "\n6b. list activation: the static list \"VIP users\" (pro and enterprise plans), created on the first run")
+	vipRep, err := startAndWatch(ctx, c, out, workflows.RunInput{Spec: vip}, true)
+	if err != nil {
+		return err
+	}
+	if vipRep.List != nil {
+		fmt.Fprintf(out, "\n   list %q (id %d) now has %d members\n", vipRep.List.Name, vipRep.List.ID, len(emu.ListMembers(demoAPIKey, vipRep.List.ID)))
+	}
+
 	changed := mutate(users, 0.02)
 	if err := writeUsers(csvPath, users); err != nil {
 		return err
@@ -152,6 +170,17 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	fmt.Fprintf(out, "\n   Iterable received in the second run: %d requests, %d users, %d field values (%.2f per user); %d rows rejected last run before sending are still rejected (unchanged, not sent again), %d rejected again (%d known)\n",
 		second.BulkRequests-firstStats.BulkRequests, users2, fields2, float64(fields2)/float64(max(1, users2)),
 		rep.StillRejected.Total(), rep.Rejected.Total(), rep.KnownRejected.Total())
+
+	fmt.Fprintln(out, "\n7b. the VIP list again: users whose plan changed enter or leave it")
+	vipRep, err = startAndWatch(ctx, c, out, workflows.RunInput{Spec: vip}, true)
+	if err != nil {
+		return err
+	}
+	if vipRep.List != nil {
+		st := emu.Stats(demoAPIKey)
+		fmt.Fprintf(out, "\n   %d users entered the list (subscribed), %d left it (unsubscribed, %d channel unsubscribes); it has %d members\n",
+			vipRep.Succeeded.Added, vipRep.Succeeded.Removed, st.ChannelUnsubscribes, len(emu.ListMembers(demoAPIKey, vipRep.List.ID)))
+	}
 
 	fmt.Fprintln(out, "\n8. a sample of what Iterable now holds")
 	stored := emu.Users(demoAPIKey)
@@ -186,10 +215,10 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer, logger *slog.Log
 	return nil
 }
 
-// interactive reports whether a person may be watching: standard input is a terminal.
+// interactive reports whether a person may be watching: standard input is a terminal (a
+// character device that answers a terminal ioctl: /dev/null is a character device too).
 func interactive() bool {
-	fi, err := os.Stdin.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return term.IsTerminal(int(os.Stdin.Fd()))
 }
 
 type demoUser struct {
@@ -225,7 +254,7 @@ func generateUsers(n int) []demoUser {
 	}
 	if n >= 10 {
 		for _, i := range []int{n / 3, n / 2, n - 1} {
-			users[i].email = fmt.Sprintf("broken-address-%d", i) // rejected by Iterable, retried every run
+			users[i].email = fmt.Sprintf("broken-address-%d", i) // rejected before sending; held until it changes
 		}
 		dup := users[n/4]
 		dup.email = "duplicate-" + dup.email

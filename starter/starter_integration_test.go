@@ -270,14 +270,16 @@ func TestDemo(t *testing.T) {
 	cli, ok := devserver.FindCLI("../bin")
 	require.True(t, ok, "integration tests need the Temporal CLI")
 	dir := t.TempDir()
-	b, err := os.ReadFile("../examples/users-to-iterable.yaml")
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "users-to-iterable.yaml"), b, 0o600))
+	for _, name := range []string{"users-to-iterable.yaml", "vip-users.yaml"} {
+		b, err := os.ReadFile("../examples/" + name)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o600))
+	}
 	t.Setenv("TEMPORAL_CLI", cli)
 	t.Setenv("ACTIVATIONS_TASK_QUEUE", "demo-it")
 
 	var out bytes.Buffer
-	err = run(context.Background(), []string{"demo", "--rows", "3000", "--dir", dir,
+	err := run(context.Background(), []string{"demo", "--rows", "3000", "--dir", dir,
 		"--port", freePort(t), "--ui-port", freePort(t), "--codec-port", freePort(t)}, &out, slog.New(slog.DiscardHandler))
 	require.NoError(t, err, out.String())
 	s := out.String()
@@ -291,6 +293,10 @@ func TestDemo(t *testing.T) {
 	require.Contains(t, s, "3 rows still rejected: refused before sending by an earlier run and unchanged since")
 	// 3000 users minus 3 malformed emails minus the duplicated key (both rows).
 	require.Contains(t, s, "2996 profiles in the project")
+	// The VIP list: created, then users whose plan changed enter and leave it.
+	require.Regexp(t, `list "VIP users" \(id \d+\) now has \d+ members`, s)
+	require.Regexp(t, `\n   [1-9]\d* users entered the list \(subscribed\), [1-9]\d* left it \(unsubscribed, 0 channel unsubscribes\); it has \d+ members`, s)
+	require.Contains(t, s, "The dev server and its UI stop with the demo", "no link to a stopped UI")
 }
 
 func freePort(t *testing.T) string {
