@@ -11,7 +11,7 @@ ZETASQL_NPM_VERSION := 1.13.0
 ZETASQL_NPM_SHA512 := c97f40a5af7af27a764dcf87adfe017fa1b3efb91054b2032da370a2f33dd55070c834c31750baa20954aa6954e857b9fd3542131b2722e79688f6a1ad81084d
 ZETASQL_SERVER ?= $(BIN)/zetasql-$(ZETASQL_NPM_VERSION)/remote_server.so
 
-.PHONY: demo test unit integration temporal-cli zetasql bench bench-planner bench-iterable bench-worker bench-bigquery bench-rate lint worker starter clean
+.PHONY: demo test unit integration temporal-cli zetasql bench-lists bench bench-planner bench-iterable bench-worker bench-bigquery bench-rate lint worker starter clean
 
 ## demo: the main job on the embedded default (Temporal dev server + UI, Iterable emulator, DuckDB)
 demo: $(TEMPORAL)
@@ -45,7 +45,7 @@ $(BIN)/zetasql-$(ZETASQL_NPM_VERSION)/remote_server.so:
 	touch $@
 
 ## bench: every benchmark of docs/benchmarks.md (about 20 minutes on 2 idle cores); bench-* run one part
-bench: bench-planner bench-iterable bench-worker bench-bigquery bench-rate
+bench: bench-planner bench-iterable bench-worker bench-bigquery bench-rate bench-lists
 ## bench-planner: the DuckDB planner on 1,000,000 and 10,000,000 rows (time, CPU, peak memory)
 bench-planner:
 	go test -run '^$$' -bench 'BenchmarkPlan$$' -benchtime 1x -timeout 90m ./internal/warehouse/duckdb/
@@ -60,6 +60,9 @@ bench-worker: $(TEMPORAL)
 ## 1,000,000 added rows), unlimited emulator: worker CPU per 1,000,000 records and peak memory
 bench-bigquery: $(TEMPORAL)
 	TEMPORAL_CLI=$(TEMPORAL) go test -tags integration -run '^$$' -bench BigQueryWorker -benchtime 1x -timeout 30m ./workflows/
+## bench-lists: a list activation subscribing 100,000 entering members at the default 5 subscribe requests/s
+bench-lists: $(TEMPORAL)
+	TEMPORAL_CLI=$(TEMPORAL) go test -tags integration -run '^$$' -bench ListSubscribeAtTheBudget -benchtime 1x -timeout 30m ./workflows/
 ## bench-rate: the whole engine on 1,000,000 users at Iterable's 5 bulkUpdate requests/s
 bench-rate: $(TEMPORAL)
 	TEMPORAL_CLI=$(TEMPORAL) go test -tags integration -run '^$$' -bench SyncAtTheRateLimit -benchtime 1x -timeout 30m ./workflows/

@@ -252,3 +252,26 @@ func (a *Activities) SkipRejected(ctx context.Context, in CommitInput) (warehous
 		"upserted", res.Upserted, "deleted", res.Deleted)
 	return res, nil
 }
+
+// RecordRunInput writes one record of the run log (a pause starting, a run ending).
+type RecordRunInput struct {
+	Spec   spec.Activation     `json:"spec"`
+	Record warehouse.RunRecord `json:"record"`
+}
+
+// RecordRun writes a record of the run log into the activation's state (the `runs` table). It is
+// idempotent, so a retried activity does not add a row.
+func (a *Activities) RecordRun(ctx context.Context, in RecordRunInput) error {
+	planner, err := a.Planners.Planner(ctx, in.Spec)
+	if err != nil {
+		return err
+	}
+	log, ok := planner.(warehouse.RunLog)
+	if !ok {
+		return nil // a planner without a run log (test doubles)
+	}
+	if err := log.RecordRun(ctx, in.Record); err != nil {
+		return fmt.Errorf("activation %s run %s: record the run (%s): %w", in.Spec.ID, in.Record.RunID, in.Record.Event, err)
+	}
+	return nil
+}

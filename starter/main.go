@@ -42,7 +42,7 @@ const usage = `usage: starter <command> [flags]
 commands:
   validate -f PATH                     check activation specs (a file or a folder)
   apply -f PATH [--prune] [--dry-run]  create/update one Temporal Schedule per activation
-  run ID -f PATH [--full-resync] [--dry-run] [--wait]
+  run ID -f PATH [--full-resync] [--retry-rejected] [--dry-run] [--wait]
                                        start a run now; --wait shows progress
                                        (exit 0 completed, 3 paused, 1 failed)
   status [ID] [--json]                 schedules, last runs and state of activations (paused: why)
@@ -52,6 +52,7 @@ commands:
                                        --skip-rejected commits the rows it rejected so far as if accepted
   abort ID --reason TEXT               end the live run after its in-flight chunks (state Aborted)
   trigger ID                           run it now through its schedule
+  notify-test ID -f PATH               send a sample event to the activation's webhooks (spec notify)
   demo [--keep-running] [--rows N]     the whole thing on the embedded default
   codec-server [--addr A] [--allowed-origin URL]  decrypt payloads for the Temporal UI/CLI (docs/security.md)
 
@@ -101,6 +102,8 @@ func run(ctx context.Context, args []string, out io.Writer, logger *slog.Logger)
 		return cmdAbort(ctx, rest, out, logger)
 	case "trigger":
 		return cmdTrigger(ctx, rest, out, logger)
+	case "notify-test":
+		return cmdNotifyTest(ctx, rest, out, logger)
 	case "demo":
 		return cmdDemo(ctx, rest, out, logger)
 	case "codec-server":

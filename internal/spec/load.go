@@ -229,6 +229,9 @@ func (a *Activation) resolvePaths() {
 		a.State.DuckDB.Path = abs(a.State.DuckDB.Path)
 	}
 	a.Destination.Iterable.APIKey.File = abs(a.Destination.Iterable.APIKey.File)
+	for i := range a.Notify {
+		a.Notify[i].Webhook.URL.File = abs(a.Notify[i].Webhook.URL.File)
+	}
 }
 
 // checkKeys reports keys the schema does not know, and records the line of every key path.

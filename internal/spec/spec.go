@@ -20,6 +20,8 @@ type Activation struct {
 	Destination Destination  `yaml:"destination" json:"destination"`
 	Schedule    *Schedule    `yaml:"schedule,omitempty" json:"schedule,omitempty"`
 	Sync        SyncSettings `yaml:"sync,omitempty" json:"sync,omitempty"`
+	// Notify lists the webhooks told about run events (a pause at once, a failure, …).
+	Notify []Notify `yaml:"notify,omitempty" json:"notify,omitempty"`
 	// Thresholds say when a run pauses (nil = every default; see thresholds.go).
 	Thresholds *Thresholds `yaml:"thresholds,omitempty" json:"thresholds,omitempty"`
 
@@ -121,6 +123,49 @@ func (a *Activation) ApplyDefaults() {
 	if a.Destination.List != nil && a.Destination.Mode == "" {
 		a.Destination.Mode = ModeUpdate
 	}
+}
+
+// Notify sends run events to a webhook (Slack's incoming webhooks, or any JSON receiver).
+type Notify struct {
+	Webhook Webhook `yaml:"webhook" json:"webhook"`
+	// Format is "json" (default: the event document) or "slack" (Block Kit text).
+	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+	// On lists the events sent (default NotifyDefaultEvents).
+	On []string `yaml:"on,omitempty" json:"on,omitempty"`
+}
+
+// Webhook's URL is a secret reference (a Slack webhook URL is a credential), like an API key.
+type Webhook struct {
+	URL SecretRef `yaml:"url" json:"url"`
+}
+
+// Run events a notification may be sent for.
+const (
+	EventPaused                  = "paused"
+	EventFailed                  = "failed"
+	EventResumed                 = "resumed"
+	EventCompletedWithRejections = "completed-with-rejections"
+)
+
+// NotifyEvents are the events a webhook can ask for; NotifyDefaultEvents those it gets when it
+// names none.
+var (
+	NotifyEvents        = []string{EventPaused, EventFailed, EventResumed, EventCompletedWithRejections}
+	NotifyDefaultEvents = []string{EventPaused, EventFailed}
+)
+
+// Wants reports whether the webhook asked for the event.
+func (n Notify) Wants(event string) bool {
+	on := n.On
+	if len(on) == 0 {
+		on = NotifyDefaultEvents
+	}
+	for _, e := range on {
+		if e == event {
+			return true
+		}
+	}
+	return false
 }
 
 // Modes of a destination.

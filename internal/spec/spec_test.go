@@ -112,6 +112,10 @@ func TestProblemsNameFileLineAndPath(t *testing.T) {
 		{"list with onRemoved", func(s string) string {
 			return strings.Replace(s, "mode: upsert", "mode: upsert\n  onRemoved: clear\n  list: {name: VIP}", 1)
 		}, []string{"destination.onRemoved", "list.onLeave"}},
+		{"notify url inline", func(s string) string {
+			return s + "notify:\n  - webhook: {url: {}}\n    format: teams\n    on: [paused, exploded]\n"
+		}, []string{"notify[0].webhook.url", "never the URL itself", `notify[0].format: "teams" is not allowed (one of: json, slack)`,
+			`notify[0].on[1]: "exploded" is not allowed`}},
 		{"userId project with email", func(s string) string { return strings.Replace(s, "projectType: hybrid", "projectType: userId", 1) },
 			[]string{"destination.identifier.field", "userId-based projects"}},
 	}

@@ -218,6 +218,21 @@ func (a Activation) validate() Problems {
 	if hb := a.Sync.HeartbeatTimeout; hb != 0 && time.Duration(hb) < 2*time.Second {
 		add("sync.heartbeatTimeout", "%s is too short (at least 2s)", time.Duration(hb))
 	}
+	for i, n := range a.Notify {
+		p := fmt.Sprintf("notify[%d]", i)
+		switch u := n.Webhook.URL; {
+		case u.Env == "" && u.File == "":
+			add(p+".webhook.url", "is required: {env: VAR} or {file: /path}; never the URL itself (it is a credential)")
+		case u.Env != "" && u.File != "":
+			add(p+".webhook.url", "set either env or file, not both")
+		}
+		if n.Format != "" {
+			oneOf(p+".format", n.Format, []string{"json", "slack"})
+		}
+		for j, e := range n.On {
+			oneOf(fmt.Sprintf("%s.on[%d]", p, j), e, NotifyEvents)
+		}
+	}
 	ps = append(ps, a.Thresholds.problems()...)
 	return ps
 }

@@ -20,6 +20,7 @@ const (
 	MetricCommitDuration        = "activations.commit.duration"
 	MetricIterableRequest       = "activations.iterable.request.duration"
 	MetricIterableRateLimitWait = "activations.iterable.ratelimit.wait"
+	MetricNotifications         = "activations.notifications"
 )
 
 // Attribute keys of the metrics. Values are an activation id (validated: [a-z0-9-]), a fixed
@@ -30,6 +31,7 @@ const (
 	AttrOutcome    = "outcome"   // records: succeeded | rejected | skipped; steps: succeeded | failed | stopped | canceled
 	AttrEndpoint   = "endpoint"  // "POST /api/users/bulkUpdate", "GET /api/users/byUserId", …
 	AttrStatusCode = "status_code"
+	AttrEvent      = "event" // notifications: paused | failed | resumed | completed-with-rejections | test
 )
 
 // secondsBuckets are the histogram bounds of durations in seconds, from 5 ms to an hour.
@@ -40,7 +42,7 @@ func secondsBuckets() []float64 {
 // Metrics are the engine's instruments. Its methods implement activities.Metrics and
 // iterable.Observer; a nil *Metrics records nothing.
 type Metrics struct {
-	records, chunks                   metric.Int64Counter
+	records, chunks, notifications    metric.Int64Counter
 	plan, chunk, commit               metric.Float64Histogram
 	iterableRequest, iterableRateWait metric.Float64Histogram
 }
@@ -67,6 +69,8 @@ func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
 		"Plan rows answered, by activation, operation (added, changed, removed) and outcome (succeeded, rejected, skipped).")
 	counter(&out.chunks, MetricChunks, "{chunk}",
 		"SyncChunk attempts that ended, by activation and outcome (succeeded, failed, stopped, canceled).")
+	counter(&out.notifications, MetricNotifications, "{notification}",
+		"Webhook notifications of run events, by activation, event and outcome (sent, failed: every retry failed).")
 	histogram(&out.plan, MetricPlanDuration, "Duration of Plan (the diff in the warehouse), by activation and outcome.", secondsBuckets())
 	histogram(&out.chunk, MetricChunkDuration, "Duration of one SyncChunk attempt, by activation and outcome.", secondsBuckets())
 	histogram(&out.commit, MetricCommitDuration, "Duration of Commit, by activation and outcome.", secondsBuckets())
@@ -89,6 +93,15 @@ func (m *Metrics) Records(ctx context.Context, activationID, operation, outcome 
 	}
 	m.records.Add(ctx, n, metric.WithAttributes(attribute.String(AttrActivation, activationID),
 		attribute.String(AttrOperation, operation), attribute.String(AttrOutcome, outcome)))
+}
+
+// Notification counts one webhook notification of an event and how it ended (sent, failed).
+func (m *Metrics) Notification(ctx context.Context, activationID, event, outcome string) {
+	if m == nil {
+		return
+	}
+	m.notifications.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrActivation, activationID),
+		attribute.String(AttrEvent, event), attribute.String(AttrOutcome, outcome)))
 }
 
 // PlanDone records how long a Plan took and how it ended.
