@@ -1,9 +1,10 @@
 // Package duckdb implements warehouse.Planner on an embedded DuckDB database.
 //
 // One state database file holds, per activation, a state table (what was last synced) and the
-// plan tables of its runs, plus one rejections table for all activations. The model may run in
-// that database or in a separate source database attached read-only. Every step of the diff is
-// SQL that DuckDB executes; only the changed rows of a plan ever reach Go, chunk by chunk.
+// plan tables of its runs, plus one rejections table and one runs table (the run log) for all
+// activations. The model may run in that database or in a separate source database attached
+// read-only. Every step of the diff is SQL that DuckDB executes; only the changed rows of a plan
+// ever reach Go, chunk by chunk.
 package duckdb
 
 import (
@@ -140,6 +141,9 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 			` ADD COLUMN IF NOT EXISTS `+col+` VARCHAR`); err != nil {
 			return fmt.Errorf("add column %s to %s: %w", col, RejectionsTable, err)
 		}
+	}
+	if _, err := p.db.ExecContext(ctx, p.createRunsTableSQL()); err != nil {
+		return fmt.Errorf("create %s table: %w", RunsTable, err)
 	}
 	return nil
 }
