@@ -61,6 +61,7 @@ func (c *chain) execute(in workflows.RunInput, p warehouse.Plan) (workflows.RunR
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(nil).Maybe() // the run log: a warehouse write
 	idx := len(c.signals)
 	c.signals = append(c.signals, nil)
 	e.OnActivity("RequestLock", mock.Anything, mock.Anything).Return(func(context.Context, activities.RequestLockInput) error {
@@ -289,6 +290,7 @@ func queuedWorld(t *testing.T) (*world, *[]string) {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(nil).Maybe() // the run log: a warehouse write
 	w.e = e
 	var mu sync.Mutex
 	var released []string

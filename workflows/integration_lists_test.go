@@ -3,14 +3,26 @@
 package workflows_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/activation-engine/activations/activities"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
 	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/workflows"
@@ -114,4 +126,208 @@ func TestListRunPausesAtTheRejectionThreshold(t *testing.T) {
 	require.Equal(t, workflows.CauseRejections, p.Pause.Cause)
 	require.True(t, strings.Contains(p.Pause.Reason, "rejected"), p.Pause.Reason)
 	require.NoError(t, h.c.CancelWorkflow(context.Background(), run.GetID(), run.GetRunID()))
+}
+
+// listSubscribeCounter serves the emulator and counts, per identifier, the subscribe requests
+// answered 200 that carried it: how many times each member was subscribed.
+type listSubscribeCounter struct {
+	emu   *iterabletest.Server
+	mu    sync.Mutex
+	times map[string]int
+}
+
+func (c *listSubscribeCounter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != "/api/lists/subscribe" {
+		c.emu.ServeHTTP(w, r)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	sw := &listStatusWriter{ResponseWriter: w, status: http.StatusOK}
+	c.emu.ServeHTTP(sw, r)
+	if sw.status != http.StatusOK {
+		return
+	}
+	var req struct {
+		Subscribers []struct {
+			Email  string `json:"email"`
+			UserID string `json:"userId"`
+		} `json:"subscribers"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range req.Subscribers {
+		id := s.Email
+		if id == "" {
+			id = s.UserID
+		}
+		c.times[id]++
+	}
+}
+
+// counts returns a copy of how many times each identifier was subscribed.
+func (c *listSubscribeCounter) counts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.times))
+	for k, v := range c.times {
+		out[k] = v
+	}
+	return out
+}
+
+type listStatusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *listStatusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// buildListWorker builds the worker program for a test.
+func buildListWorker(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "worker")
+	out, err := exec.Command("go", "build", "-o", bin, "../worker").CombinedOutput()
+	require.NoError(t, err, string(out))
+	return bin
+}
+
+// startListWorker runs the worker program on the harness's task queue until the test ends;
+// its logs are shown when the test fails.
+func (h *harness) startListWorker(bin string) *exec.Cmd {
+	h.t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+dev.HostPort, "ACTIVATIONS_TASK_QUEUE="+h.queue,
+		apiKeyEnv+"="+h.key, "LOG_LEVEL=warn")
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	require.NoError(h.t, cmd.Start())
+	h.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		if h.t.Failed() {
+			h.t.Logf("worker %d logs:\n%s", cmd.Process.Pid, logs.String())
+		}
+	})
+	return cmd
+}
+
+// TestListCrashMidRunLeavesTheListExact is TestWorkerKilledMidSyncAnotherFinishes for a list
+// activation (update mode, the list default; the profiles exist in Iterable beforehand): a worker
+// process is killed with SIGKILL while the list's first 8,000 members are being subscribed at 4
+// requests/s, another worker finishes the run, and the list's members equal the model, each
+// member subscribed at most a heartbeat's worth of windows twice. A second run, in which 5% of
+// the members leave, 5% enter and 1% change, leaves the list exact again. No channel unsubscribe
+// is ever sent.
+func TestListCrashMidRunLeavesTheListExact(t *testing.T) {
+	subscribeRPS := 4.0
+	h := newHarness(t, iterabletest.Options{SubscribeRPS: subscribeRPS, UnsubscribeRPS: subscribeRPS})
+	counter := &listSubscribeCounter{emu: h.emu, times: map[string]int{}}
+	proxy := httptest.NewServer(counter)
+	t.Cleanup(proxy.Close)
+	bin := buildListWorker(t)
+
+	all := users(8400)
+	h.seed(all, false) // every profile exists: update mode subscribes them, creating none
+	profiles := len(h.emu.Users(h.key))
+	require.Equal(t, len(all), profiles)
+	model := all[:8000]
+	h.writeModel(model)
+	seeded := h.emu.Stats(h.key)
+
+	act := h.listSpec()
+	act.Destination.Iterable.BaseURL = proxy.URL
+	act.Destination.List.RequestsPerSecond = subscribeRPS
+	// Two chunks of 4,000 rows at once, windows (and subscribe requests) of 100 members, 4
+	// subscribe requests/s: 400 members/s, 20 s; the kill comes when about 3,000 are members.
+	act.Sync = spec.SyncSettings{ChunkRows: 4000, UsersPerRequest: 100, RequestsPerSecond: 5, Concurrency: 2,
+		HeartbeatTimeout: spec.Duration(3 * time.Second)}
+
+	first := h.startListWorker(bin)
+	run := h.start(act)
+	require.Eventually(t, func() bool { return h.emu.Stats(h.key).MembersAdded >= 3000 }, 2*time.Minute, 50*time.Millisecond)
+	require.NoError(t, first.Process.Signal(syscall.SIGKILL))
+	_, _ = first.Process.Wait()
+	membersAtKill := h.emu.Stats(h.key).MembersAdded
+	require.Less(t, membersAtKill, len(model), "the kill happened mid-run")
+
+	h.startListWorker(bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var rep workflows.RunReport
+	require.NoError(t, run.Get(ctx, &rep))
+	require.Equal(t, workflows.StateCompleted, rep.State, "%+v", rep.Pauses)
+	require.NotNil(t, rep.List)
+	id, ok := h.emu.ListIDByName(h.key, "VIP users")
+	require.True(t, ok)
+	require.Equal(t, id, rep.List.ID)
+	require.Equal(t, activities.ListExistenceFlag, rep.ListExistence)
+	require.Equal(t, emailsOf(model), h.emu.ListMembers(h.key, id), "the list's members equal the model")
+	require.Len(t, h.emu.Users(h.key), profiles, "update mode creates no profile")
+	require.Equal(t, 2, rep.ResumedChunks, "both running chunks were taken over mid-way")
+	require.Equal(t, int64(len(model)), rep.Succeeded.Added, "each member counted once, however often it was sent")
+	st := h.emu.Stats(h.key)
+	require.Equal(t, len(model), st.MembersAdded)
+	require.Zero(t, st.UnsubscribeRequests, "nobody left")
+	require.Zero(t, st.ChannelUnsubscribes)
+
+	// Every member was subscribed, nobody else was; some twice, within a heartbeat's reach.
+	times := counter.counts()
+	twice, membersTwice := 0, 0
+	for _, u := range model {
+		n := times[u.email]
+		require.Positive(t, n, "member %s never subscribed", u.email)
+		if n > 1 {
+			twice += n - 1
+			membersTwice++
+		}
+		delete(times, u.email)
+	}
+	require.Empty(t, times, "subscribed but not in the model")
+	// The SDK sends heartbeats at most every 0.8 × heartbeatTimeout, so the windows answered in
+	// the last 2.4 s before the kill (≤ 9 requests at 4/s, plus the one in flight per chunk) are
+	// subscribed again. Restarting the chunks from their start would subscribe about 3,000 again.
+	maxTwice := (int(0.8*3*subscribeRPS) + act.Sync.Concurrency) * act.Sync.UsersPerRequest
+	require.LessOrEqual(t, twice, maxTwice, "a retried chunk resumes at its heartbeat cursor")
+	t.Logf("members at the kill: %d, subscribed twice: %d (%d members; bound %d); %d subscribe requests, %d answered 429",
+		membersAtKill, twice, membersTwice, maxTwice, st.SubscribeRequests, st.RateLimited-seeded.RateLimited)
+	require.Zero(t, h.run(act).Planned.Total(), "everything was committed")
+
+	// 5% leave, 5% enter, 1% of the staying members' scores change.
+	next := append([]user(nil), all[400:8400]...)
+	changed := 0
+	for i := 0; i < len(next); i += 100 {
+		next[i].score += 7
+		if i < len(next)-400 {
+			changed++
+		}
+	}
+	h.writeModel(next)
+	before := h.emu.Stats(h.key)
+	rep = h.runInput(workflows.RunInput{Spec: act})
+	require.Equal(t, workflows.StateCompleted, rep.State, "%+v", rep.Pauses)
+	require.Equal(t, int64(400), rep.Succeeded.Removed, "unsubscribed")
+	require.Equal(t, int64(400), rep.Succeeded.Added, "subscribed")
+	require.Equal(t, int64(changed), rep.Succeeded.Changed)
+	require.Equal(t, emailsOf(next), h.emu.ListMembers(h.key, id), "the list's members equal the model again")
+	require.Len(t, h.emu.Users(h.key), profiles, "still no profile created")
+	st = h.emu.Stats(h.key)
+	require.Equal(t, 400, st.MembersRemoved-before.MembersRemoved)
+	require.Equal(t, 400, st.MembersAdded-before.MembersAdded)
+	require.Zero(t, st.ChannelUnsubscribes, "leaving a list never unsubscribes from a channel")
+	for _, u := range []user{next[0], next[len(next)-1]} {
+		s, _ := h.emu.User(h.key, u.email, "")
+		require.EqualValues(t, u.score, s.DataFields["score"], "user %s", u.id)
+	}
+	require.Zero(t, h.run(act).Planned.Total(), "nothing left to do")
 }

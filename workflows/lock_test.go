@@ -31,6 +31,7 @@ func newLockWorld(t *testing.T) *lockWorld {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.LockWorkflow, workflow.RegisterOptions{Name: workflows.LockWorkflowName})
 	e.RegisterActivity(&activities.Activities{})
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(nil).Maybe() // the run log: a warehouse write
 	w := &lockWorld{e: e, grantedAt: map[string]time.Time{}}
 	e.OnSignalExternalWorkflow(mock.Anything, mock.Anything, mock.Anything, mock.Anything, mock.Anything).Return(
 		func(_, wfID, _, signal string, arg any) error {

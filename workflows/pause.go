@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/activation-engine/activations/activities"
+	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse"
 )
 
@@ -192,6 +193,8 @@ func (r *run) pauseFor(ctx workflow.Context, cause, reason string) *ending {
 	r.addPause(*p)
 	r.setState(ctx, StatePaused)
 	r.logger.Warn("run paused", "cause", cause, "reason", reason, "deadline", deadline)
+	r.recordRun(ctx, warehouse.RunEventPaused, p)
+	r.notify(ctx, spec.EventPaused, p)
 	return r.waitWhilePaused(ctx, p)
 }
 
@@ -336,6 +339,7 @@ func (r *run) resume(ctx workflow.Context, p *PauseInfo, req *ResumeInput) {
 	r.window.attempted, r.window.rejected = 0, 0 // fresh threshold window
 	r.setState(ctx, StateRunning)
 	r.logger.Info("run resumed", "how", how, "chunks_left", r.left())
+	r.notify(ctx, spec.EventResumed, nil)
 }
 
 // skipRejected commits the rows the run held back in its committed chunks as if they had been

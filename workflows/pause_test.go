@@ -43,6 +43,7 @@ type world struct {
 	probeErrs []error // answers of the successive probes; nil once exhausted
 	updates   []*sent
 	finished  bool
+	runLog    []warehouse.RunRecord // what RecordRun was given
 }
 
 // chunkFunc answers SyncChunk; call is the 1-based number of calls for this chunk so far.
@@ -66,6 +67,12 @@ func newWorld(t *testing.T, p warehouse.Plan, sync chunkFunc) *world {
 	e.RegisterActivity(&activities.Activities{})
 	grantLock(e)
 	w := &world{t: t, e: e}
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RecordRunInput) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.runLog = append(w.runLog, in.Record)
+		return nil
+	}).Maybe()
 	calls := map[int]int{}
 	e.OnActivity("Plan", mock.Anything, mock.Anything).Return(
 		func(ctx context.Context, in activities.PlanInput) (warehouse.Plan, error) {
@@ -786,4 +793,32 @@ func TestPausedProgressShowsThePlan(t *testing.T) {
 	for _, c := range got {
 		require.Equal(t, conflicts, c)
 	}
+}
+
+// The run log gets one record when a pause starts and one when the run ends, with the counts
+// so far and how the run was started.
+func TestRunLogRecordsPausesAndTheEnd(t *testing.T) {
+	w := newWorld(t, chunks10(6, 1000), rejecting(3))
+	// Nobody resumes: the run fails at its pause's deadline, and that is its end.
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{
+		Spec: serial(&spec.Thresholds{MaxRejectedPercent: pct(10), MinAttempted: 30, PauseTimeout: spec.Duration(time.Hour)})})
+	require.Error(t, w.e.GetWorkflowError())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	require.NotEmpty(t, w.runLog)
+	first, last := w.runLog[0], w.runLog[len(w.runLog)-1]
+	require.Equal(t, warehouse.RunEventPaused, first.Event)
+	require.Equal(t, workflows.StatePaused, first.State)
+	require.Contains(t, first.PauseReason, "rejections")
+	require.Equal(t, []string{workflows.CauseRejections}, first.PauseCauses)
+	require.Equal(t, int64(9), first.Rejected.Added, "the counts when the pause started")
+	require.Equal(t, warehouse.TriggerManual, first.Trigger)
+	require.True(t, first.EndedAt.IsZero())
+	require.Equal(t, warehouse.RunEventEnded, last.Event)
+	require.Equal(t, workflows.StateFailed, last.State)
+	require.Equal(t, int64(9), last.Rejected.Added)
+	require.Equal(t, first.RunID, last.RunID)
+	require.Len(t, w.runLog, 2)
+	require.False(t, last.EndedAt.IsZero())
+	require.NotEmpty(t, last.PauseCauses)
 }

@@ -39,6 +39,7 @@ func ActivationWorkflow(ctx workflow.Context, in RunInput) (RunReport, error) {
 	}()
 	end := r.execute(ctx)
 	r.ended = true
+	end = r.notifyEnd(ctx, end)
 	return end.rep, end.err
 }
 
@@ -101,6 +102,7 @@ type run struct {
 	startedHere int
 	continuing  bool
 	autoResumes int // automatic resumes since the last progress (see pauseFor)
+	notifying   int // notifications under way (see notify.go)
 }
 
 // ending is how a run ends: its report and its error.

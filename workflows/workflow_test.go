@@ -57,6 +57,7 @@ func env(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(nil).Maybe() // the run log: a warehouse write
 	// Most tests are not about field types: no conflicts unless a test says otherwise.
 	e.OnActivity("CheckFields", mock.Anything, mock.Anything).Return(activities.CheckFieldsResult{}, nil).Maybe()
 	grantLock(e)
@@ -214,6 +215,7 @@ func TestUpdateModeExportsIdentifiersAndPassesConflicts(t *testing.T) {
 	e := s.NewTestWorkflowEnvironment()
 	e.RegisterWorkflowWithOptions(workflows.ActivationWorkflow, workflowRegisterOptions())
 	e.RegisterActivity(&activities.Activities{})
+	e.OnActivity("RecordRun", mock.Anything, mock.Anything).Return(nil).Maybe() // the run log: a warehouse write
 	grantLock(e)
 	sp := testSpec()
 	sp.Destination.Mode = "update"
