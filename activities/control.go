@@ -271,6 +271,10 @@ func (a *Activities) RecordRun(ctx context.Context, in RecordRunInput) error {
 		return nil // a planner without a run log (test doubles)
 	}
 	if err := log.RecordRun(ctx, in.Record); err != nil {
+		if errors.Is(err, warehouse.ErrInvalidRunRecord) {
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("activation %s run %s: record the run (%s): %v",
+				in.Spec.ID, in.Record.RunID, in.Record.Event, err), ErrTypeInvalidSpec, nil)
+		}
 		return fmt.Errorf("activation %s run %s: record the run (%s): %w", in.Spec.ID, in.Record.RunID, in.Record.Event, err)
 	}
 	return nil

@@ -5,6 +5,7 @@
 //	starter apply    -f PATH [--prune] [--dry-run]
 //	starter run ID   -f PATH [--full-resync] [--dry-run] [--wait]
 //	starter status [ID] [--json]
+//	starter history ID -f PATH [-n 20] [--json]
 //	starter pause ID --reason TEXT
 //	starter resume ID --reason TEXT [--skip-rejected]
 //	starter abort ID --reason TEXT
@@ -46,6 +47,7 @@ commands:
                                        start a run now; --wait shows progress
                                        (exit 0 completed, 3 paused, 1 failed)
   status [ID] [--json]                 schedules, last runs and state of activations (paused: why)
+  history ID -f PATH [-n 20] [--json]  the activation's run log from its warehouse state (runs table)
   pause ID --reason TEXT               pause the schedule; the live run pauses after its in-flight chunks
   resume ID --reason TEXT [--skip-rejected]
                                        resume the paused run (update "resume") and unpause the schedule;
@@ -94,6 +96,8 @@ func run(ctx context.Context, args []string, out io.Writer, logger *slog.Logger)
 		return cmdRun(ctx, rest, out, logger)
 	case "status":
 		return cmdStatus(ctx, rest, out, logger)
+	case "history":
+		return cmdHistory(ctx, rest, out, logger)
 	case "pause":
 		return cmdPause(ctx, rest, out, logger)
 	case "resume":

@@ -2,6 +2,7 @@ package warehouse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -131,8 +132,13 @@ const DefaultRunsLimit = 20
 // MaxRunsLimit bounds the records one Runs call returns.
 const MaxRunsLimit = 10000
 
-// MaxPauseReasonBytes bounds RunRecord.PauseReason.
+// MaxPauseReasonBytes bounds RunRecord.PauseReason: a longer reason is cut (at a character
+// boundary, ending with "…").
 const MaxPauseReasonBytes = 2000
+
+// ErrInvalidRunRecord marks the errors of a record that cannot be written as it is (a missing
+// field, an unknown event, trigger or state): writing it again will not help.
+var ErrInvalidRunRecord = errors.New("invalid run record")
 
 // maxPauseCauses bounds RunRecord.PauseCauses.
 const maxPauseCauses = 1000
@@ -156,46 +162,61 @@ func RunsLimit(limit int) int {
 }
 
 // CheckRunRecord validates a record and returns it as the warehouses store it: times in UTC
-// truncated to RunTimePrecision (zero times stay zero).
+// truncated to RunTimePrecision (zero times stay zero), a pause reason cut to
+// MaxPauseReasonBytes. Its errors wrap ErrInvalidRunRecord.
 func CheckRunRecord(r RunRecord) (RunRecord, error) {
 	if err := CheckActivationID(r.ActivationID); err != nil {
-		return r, err
+		return r, fmt.Errorf("%w: %w", ErrInvalidRunRecord, err)
 	}
-	what := fmt.Sprintf("run %s of %s", r.RunID, r.ActivationID)
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: run %s of %s: %s", ErrInvalidRunRecord, r.RunID, r.ActivationID, fmt.Sprintf(format, args...))
+	}
 	switch {
 	case r.RunID == "":
-		return r, fmt.Errorf("run record of %s: run id is empty", r.ActivationID)
+		return r, fmt.Errorf("%w of %s: run id is empty", ErrInvalidRunRecord, r.ActivationID)
 	case !utf8.ValidString(r.RunID) || !utf8.ValidString(r.WorkflowID) || !utf8.ValidString(r.PauseReason):
-		return r, fmt.Errorf("%s: run id, workflow id and pause reason must be valid UTF-8", what)
+		return r, bad("run id, workflow id and pause reason must be valid UTF-8")
 	case !slices.Contains(runEvents, r.Event):
-		return r, fmt.Errorf("%s: event %q is not one of %v", what, r.Event, runEvents)
+		return r, bad("event %q is not one of %v", r.Event, runEvents)
 	case r.At.IsZero():
-		return r, fmt.Errorf("%s: the time of the %s event is not set", what, r.Event)
+		return r, bad("the time of the %s event is not set", r.Event)
 	case !slices.Contains(runTriggers, r.Trigger):
-		return r, fmt.Errorf("%s: trigger %q is not one of %v", what, r.Trigger, runTriggers)
+		return r, bad("trigger %q is not one of %v", r.Trigger, runTriggers)
 	case r.Event == RunEventPaused && r.State != RunStatePaused:
-		return r, fmt.Errorf("%s: a pause has state %q, want %s", what, r.State, RunStatePaused)
+		return r, bad("a pause has state %q, want %s", r.State, RunStatePaused)
 	case r.Event == RunEventPaused && !r.EndedAt.IsZero():
-		return r, fmt.Errorf("%s: a pause has no end time", what)
+		return r, bad("a pause has no end time")
 	case r.Event == RunEventEnded && !slices.Contains(endStates, r.State):
-		return r, fmt.Errorf("%s: an ended run has state %q, want one of %v", what, r.State, endStates)
-	case len(r.PauseReason) > MaxPauseReasonBytes:
-		return r, fmt.Errorf("%s: the pause reason has %d bytes, more than %d", what, len(r.PauseReason), MaxPauseReasonBytes)
+		return r, bad("an ended run has state %q, want one of %v", r.State, endStates)
 	case len(r.PauseCauses) > maxPauseCauses:
-		return r, fmt.Errorf("%s: %d pause causes, more than %d", what, len(r.PauseCauses), maxPauseCauses)
+		return r, bad("%d pause causes, more than %d", len(r.PauseCauses), maxPauseCauses)
 	case r.PlanSeconds < 0 || r.SyncSeconds < 0 || r.BytesBilled < 0:
-		return r, fmt.Errorf("%s: durations and bytes billed cannot be negative", what)
+		return r, bad("durations and bytes billed cannot be negative")
 	}
 	for _, c := range r.PauseCauses {
 		if !pauseCausePattern.MatchString(c) {
-			return r, fmt.Errorf("%s: pause cause %q must match %s", what, c, pauseCausePattern)
+			return r, bad("pause cause %q must match %s", c, pauseCausePattern)
 		}
 	}
 	r.At = RunTime(r.At)
 	r.StartedAt = RunTime(r.StartedAt)
 	r.EndedAt = RunTime(r.EndedAt)
 	r.PauseCauses = slices.Clone(r.PauseCauses)
+	r.PauseReason = cutText(r.PauseReason, MaxPauseReasonBytes)
 	return r, nil
+}
+
+// cutText cuts s to at most n bytes at a character boundary, ending with "…" when cut.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	end := n - len(ellipsis)
+	for end > 0 && !utf8.RuneStart(s[end]) {
+		end--
+	}
+	return s[:end] + ellipsis
 }
 
 // RunTime is t as the run log stores it: UTC, truncated to RunTimePrecision; zero stays zero.

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/require"
@@ -218,6 +219,10 @@ func zsRunCase(t *testing.T, zs *zetasqltest.Server, tc zsCase, stats *zsStats) 
 	rej := h.fake.Table(zsDataset + "." + RejectionsTable)
 	require.NotNil(t, rej, "Open creates the rejections table")
 	h.cat.AddTable([]string{zsProject, zsDataset, RejectionsTable}, zsColumns(t, rej.Schema.Fields)...)
+	// and the runs table (the run log)
+	runs := h.fake.Table(zsDataset + "." + RunsTable)
+	require.NotNil(t, runs, "Open creates the runs table")
+	h.cat.AddTable([]string{zsProject, zsDataset, RunsTable}, zsColumns(t, runs.Schema.Fields)...)
 
 	req := tc.req
 	req.IdentifierLowerCase = tc.email
@@ -302,6 +307,20 @@ func zsRunCase(t *testing.T, zs *zetasqltest.Server, tc zsCase, stats *zsStats) 
 	}
 	h.run("commit", func() error {
 		_, err := h.p.Commit(ctx, warehouse.CommitRequest{ActivationID: id, RunID: run, Table: plan, Chunks: []int{0, 1}})
+		return err
+	})
+	// the run log: a pause (NULL end, list id and workflow id) and an end with every column set
+	pause := warehouse.RunRecord{ActivationID: id, RunID: run, Event: warehouse.RunEventPaused, At: time.Now(),
+		Trigger: warehouse.TriggerSchedule, StartedAt: time.Now(), State: warehouse.RunStatePaused}
+	end := warehouse.RunRecord{ActivationID: id, RunID: run, WorkflowID: "activation-" + id + "-manual-1",
+		Event: warehouse.RunEventEnded, At: time.Now(), Trigger: warehouse.TriggerManual, StartedAt: time.Now(),
+		EndedAt: time.Now(), State: warehouse.RunStateCompleted, ModelRows: 3, Planned: warehouse.OpCounts{Added: 1},
+		PauseCauses: []string{"rejections"}, PauseReason: "too many rejections", PlanSeconds: 1.5, BytesBilled: 1, ListID: 7}
+	for _, r := range []warehouse.RunRecord{pause, end} {
+		h.run("record run", func() error { return h.p.RecordRun(ctx, r) })
+	}
+	h.run("runs", func() error {
+		_, err := h.p.Runs(ctx, id, 0)
 		return err
 	})
 	h.run("dry run", func() error {

@@ -1,18 +1,18 @@
 // Package bigquery implements warehouse.Planner on Google BigQuery.
 //
-// The diff runs inside BigQuery, as in the DuckDB planner: one state dataset holds, per
-// activation, a state table (what was last synced, clustered by key) and the plan tables of its
-// runs (clustered by seq, with an expiration), plus one rejections table for all activations
-// (partitioned by DATE(at)). Plan dry-runs the model (free: it validates the SQL and yields the
-// column types), then runs one multi-statement script that snapshots the model into a temporary
-// table, records duplicate keys and shared identifiers, joins each key's latest earlier
-// rejection, writes the plan table, refreshes state rows that only lost an unmapped field and
-// prunes old rejections. Only counts come back. The plan rows are numbered per bucket of their
-// key's fingerprint, never by one global sort (see planScript). ReadChunk reads a seq range of
-// the plan (never OFFSET), through the REST API or the Storage Read API; RecordRejections
-// appends to the rejections table through the Storage Write API's default stream (or with DML
-// jobs, see rejections.go); and Commit applies finished chunks minus the run's rejections and
-// the rows known rejections hold back with one MERGE.
+// The diff runs inside BigQuery, as in the DuckDB planner: one state dataset holds, per activation,
+// a state table (what was last synced, clustered by key) and the plan tables of its runs (clustered
+// by seq, with an expiration), plus one rejections table and one runs table (the run log, see
+// runs.go) for all activations (both partitioned by DATE(at)). Plan dry-runs the model (free: it
+// validates the SQL and yields the column types), then runs one multi-statement script that
+// snapshots the model into a temporary table, records duplicate keys and shared identifiers, joins
+// each key's latest earlier rejection, writes the plan table, refreshes state rows that only lost
+// an unmapped field and prunes old rejections. Only counts come back. The plan rows are numbered
+// per bucket of their key's fingerprint, never by one global sort (see planScript). ReadChunk reads
+// a seq range of the plan (never OFFSET), through the REST API or the Storage Read API;
+// RecordRejections appends to the rejections table through the Storage Write API's default stream
+// (or with DML jobs, see rejections.go); and Commit applies finished chunks minus the run's
+// rejections and the rows known rejections hold back with one MERGE.
 //
 // Row values travel only in result sets, query parameters and Storage Write API rows: never in
 // SQL text, errors or logs.
@@ -125,6 +125,8 @@ type Planner struct {
 	newBackOff                 func() backoff.BackOff // tests shorten the waits
 
 	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
+
+	billed *billedRuns // bytes billed per run, for the run log (see RecordRun)
 }
 
 var _ warehouse.Planner = (*Planner)(nil)
@@ -135,8 +137,9 @@ var (
 	projectPattern = regexp.MustCompile(`^([a-z0-9.-]+:)?[a-z][a-z0-9-]{0,62}$`)
 )
 
-// Open connects to BigQuery, creates the state dataset and the rejections table when missing,
-// and checks that the credentials may run jobs, so that a missing IAM role shows at startup.
+// Open connects to BigQuery, creates the state dataset and the rejections and runs tables when
+// missing, and checks that the credentials may run jobs, so that a missing IAM role shows at
+// startup.
 func Open(ctx context.Context, opts Options) (*Planner, error) {
 	if !projectPattern.MatchString(opts.Project) {
 		return nil, fmt.Errorf("open BigQuery: project %q is not a project id", opts.Project)
@@ -161,7 +164,7 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 	p := &Planner{
 		log: log, project: opts.Project, dataset: opts.Dataset, location: opts.Location,
 		maxBytes: opts.MaximumBytesBilled, expiration: expiration.Truncate(time.Second),
-		newBackOff: defaultBackOff,
+		newBackOff: defaultBackOff, billed: &billedRuns{},
 	}
 	sopts := opts.ClientOptions
 	if len(opts.StorageClientOptions) > 0 {
@@ -265,7 +268,7 @@ func labelValue(s string) string {
 	return b.String()
 }
 
-// init checks (or creates) the dataset and the rejections table, and that jobs may run.
+// init checks (or creates) the dataset, the rejections and runs tables, and that jobs may run.
 func (p *Planner) init(ctx context.Context) error {
 	p.bq.Location = p.location
 	ds := p.bq.Dataset(p.dataset)
@@ -311,6 +314,9 @@ func (p *Planner) init(ctx context.Context) error {
 	existed := isConflict(err)
 	if err != nil && !existed {
 		return fmt.Errorf("create table %s: %w", RejectionsTable, p.explain(err))
+	}
+	if err := ds.Table(RunsTable).Create(ctx, runsTableMetadata()); err != nil && !isConflict(err) {
+		return fmt.Errorf("create table %s: %w", RunsTable, p.explain(err))
 	}
 
 	// A dry run is free and needs bigquery.jobs.create: a missing roles/bigquery.jobUser shows now.

@@ -158,6 +158,13 @@ func TestRealConformance(t *testing.T) {
 			})
 		})
 	}
+	t.Run("run_log", func(t *testing.T) {
+		n := 0
+		warehousetest.RunLogSuite(t, func(t *testing.T) warehouse.RunLog {
+			n++
+			return env.open(t, fmt.Sprintf("activations_test_%s_state_runs_%d", env.suffix, n), false)
+		})
+	})
 }
 
 // TestRealTypes plans a model of every BigQuery type: the values reach the Row as plain Go

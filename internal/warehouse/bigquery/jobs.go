@@ -58,6 +58,7 @@ func (p *Planner) query(ctx context.Context, j job, fn rowFunc) error {
 		if err != nil {
 			return err
 		}
+		p.tally(ctx, j, it.SourceJob(), nil) // the job is done (and billed) once Read returns
 		return iterate(it, func(row []bigquery.Value, schema bigquery.Schema) error {
 			delivered = true
 			return fn(row, schema)
@@ -130,6 +131,7 @@ func (p *Planner) runJob(ctx context.Context, c *bigquery.Client, j job) (*bigqu
 	if err := status.Err(); err != nil {
 		return nil, err
 	}
+	p.tally(ctx, j, bj, status)
 	return bj, nil
 }
 

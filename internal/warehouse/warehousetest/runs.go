@@ -3,8 +3,10 @@ package warehousetest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -191,9 +193,6 @@ func testRunInvalid(t *testing.T, l warehouse.RunLog) {
 		{"end of a pause", func(r *warehouse.RunRecord) { r.Event, r.State = warehouse.RunEventPaused, warehouse.RunStatePaused },
 			"a pause has no end time"},
 		{"pause cause", func(r *warehouse.RunRecord) { r.PauseCauses = []string{"rejections, too many"} }, "pause cause"},
-		{"pause reason", func(r *warehouse.RunRecord) {
-			r.PauseReason = string(make([]byte, warehouse.MaxPauseReasonBytes+1))
-		}, "pause reason has"},
 		{"negative duration", func(r *warehouse.RunRecord) { r.SyncSeconds = -1 }, "negative"},
 	}
 	for _, tc := range tests {
@@ -201,8 +200,20 @@ func testRunInvalid(t *testing.T, l warehouse.RunLog) {
 			r := ok
 			tc.mod(&r)
 			err := l.RecordRun(context.Background(), r)
+			require.ErrorIs(t, err, warehouse.ErrInvalidRunRecord)
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
 	require.Empty(t, runs(t, l, "runs-g", 0), "nothing was written")
+
+	// A pause reason too long is cut, at a character boundary, rather than refused.
+	long := pauseRecord("runs-g", "run-2")
+	long.PauseReason = strings.Repeat("é", warehouse.MaxPauseReasonBytes)
+	record(t, l, long)
+	got := runs(t, l, "runs-g", 0)
+	require.Len(t, got, 1)
+	require.LessOrEqual(t, len(got[0].PauseReason), warehouse.MaxPauseReasonBytes)
+	require.True(t, utf8.ValidString(got[0].PauseReason))
+	require.True(t, strings.HasSuffix(got[0].PauseReason, "é…"), "cut whole characters, marked")
+	require.Equal(t, stored(t, long), got[0])
 }

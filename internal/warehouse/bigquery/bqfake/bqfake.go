@@ -47,6 +47,8 @@ type Result struct {
 	Err *Error
 	// BytesProcessed is reported by dry runs (and as the job's statistics).
 	BytesProcessed int64
+	// BytesBilled is reported as the job's statistics (jobs.get, and jobs.insert's answer).
+	BytesBilled int64
 	// StatementType is reported in the job's statistics, e.g. SELECT or SCRIPT.
 	StatementType string
 
@@ -496,7 +498,7 @@ func (s *Server) jobResource(project string, j *Job) *bq.Job {
 		}
 		res.Configuration.Query = q
 		res.Statistics.Query = &bq.JobStatistics2{TotalBytesProcessed: j.result.BytesProcessed,
-			Schema: j.result.Schema, StatementType: j.result.StatementType}
+			TotalBytesBilled: j.result.BytesBilled, Schema: j.result.Schema, StatementType: j.result.StatementType}
 	}
 	if e := j.result.Err; e != nil {
 		res.Status.ErrorResult = &bq.ErrorProto{Reason: e.Reason, Message: e.Message}
