@@ -68,7 +68,7 @@ func (s *chunkSender) add(ctx context.Context, r warehouse.Row) error {
 		s.held = append(s.held, idx)
 		return s.flushIfFull(ctx)
 	}
-	if s.act.Destination.List != nil && r.Op != warehouse.OpChange {
+	if l := s.act.Destination.List; l != nil && (r.Op != warehouse.OpChange || r.PreviousIdentifier != nil) {
 		return s.addMember(ctx, idx, r)
 	}
 	user, rej := s.user(r)
@@ -105,13 +105,11 @@ func (s *chunkSender) addMember(ctx context.Context, idx int, r warehouse.Row) e
 				Reason: "skipped: the state holds no identifier for this leaving key (it was synced before identifiers were kept); not unsubscribed"})
 			return s.flushIfFull(ctx)
 		}
-		u := iterable.User{Email: id}
-		if s.act.Destination.Identifier.Field == "userId" {
-			u = iterable.User{UserID: id}
-		}
-		s.unsubs = append(s.unsubs, iterable.Record{Index: idx, User: u})
+		s.unsubs = append(s.unsubs, iterable.Record{Index: idx, User: s.identityOf(id)})
 		return s.flushIfFull(ctx)
 	}
+	// An add, or a member whose identifier changed (another profile now: it moves, with every
+	// field, and its old profile leaves the list unless another key carries it).
 	user, rej := s.user(r)
 	if rej == nil && s.listExistence == ExistenceExport && !r.Known {
 		rej = s.notInIterable(r, "not in the project's exported identifiers")
@@ -123,8 +121,25 @@ func (s *chunkSender) addMember(ctx context.Context, idx int, r warehouse.Row) e
 		s.local = append(s.local, *rej)
 		return s.flushIfFull(ctx)
 	}
+	if user == nil { // a change without fields to send still moves its member
+		user = &iterable.User{}
+		if id, ok := identifierString(r.Identifier); ok {
+			*user = s.identityOf(id)
+		}
+	}
 	s.subs = append(s.subs, iterable.Record{Index: idx, User: *user})
+	if old, ok := identifierString(r.PreviousIdentifier); ok && r.Op == warehouse.OpChange && l.Unsubscribes() && !r.KeepProfile {
+		s.unsubs = append(s.unsubs, iterable.Record{Index: idx, User: s.identityOf(old)})
+	}
 	return s.flushIfFull(ctx)
+}
+
+// identityOf is a user that only names itself, by the activation's identifier field.
+func (s *chunkSender) identityOf(id string) iterable.User {
+	if s.act.Destination.Identifier.Field == "userId" {
+		return iterable.User{UserID: id}
+	}
+	return iterable.User{Email: id}
 }
 
 func (s *chunkSender) flushIfFull(ctx context.Context) error {
@@ -403,10 +418,19 @@ func (s *chunkSender) sendMembers(ctx context.Context, op warehouse.Op, recs []i
 			s.addStats(res.Requests, res.RateLimited)
 			return fmt.Errorf("%s batch %d of window after seq %d: %w", op, bi, s.prog.AfterSeq, err)
 		}
-		res.Attempted.inc(op, int64(len(br.Accepted)))
-		res.Succeeded.inc(op, int64(len(br.Accepted)))
+		for _, i := range br.Accepted {
+			r := s.rows[i]
+			if op == warehouse.OpUnsubscribe && r.Op == warehouse.OpChange {
+				continue // a moved member: its subscribe is what counts
+			}
+			res.Attempted.inc(r.Op, 1)
+			res.Succeeded.inc(r.Op, 1)
+		}
 		for _, rj := range br.Rejected {
 			r := s.rows[rj.Index]
+			if strings.HasPrefix(rj.Category, "notFound") && op == warehouse.OpUnsubscribe && r.Op == warehouse.OpChange {
+				continue // a moved member's old profile is gone: nothing to unsubscribe
+			}
 			if strings.HasPrefix(rj.Category, "notFound") && (op == warehouse.OpUnsubscribe || s.act.Destination.Mode == spec.ModeUpdate) {
 				skip := *s.notInIterable(r, "failedUpdates."+rj.Category)
 				skip.Op = op

@@ -331,3 +331,30 @@ func TestListCrashMidRunLeavesTheListExact(t *testing.T) {
 	}
 	require.Zero(t, h.run(act).Planned.Total(), "nothing left to do")
 }
+
+// A member whose identifier changes (same key, another email) moves: the new profile is
+// subscribed and the old one unsubscribed, unless another key now carries it.
+func TestListMemberWhoseEmailChangesMoves(t *testing.T) {
+	h := newHarness(t, iterabletest.Options{})
+	h.startWorker()
+	us := users(100)
+	moved := user{id: "6", email: "renamed6@example.com", name: us[5].name, score: us[5].score}
+	h.seed(append(append([]user(nil), us...), moved), false) // every profile exists
+	h.writeModel(us)
+	act := h.listSpec()
+	rep := h.runInput(workflows.RunInput{Spec: act})
+	require.Equal(t, workflows.StateCompleted, rep.State, "%+v", rep.Pauses)
+	id := rep.List.ID
+	require.Equal(t, emailsOf(us), h.emu.ListMembers(h.key, id))
+
+	// User 6 changes email; user 8's email moves to key 500 (the person stays a member).
+	next := append([]user(nil), us...)
+	next[5] = moved
+	next[7] = user{id: "500", email: us[7].email, name: us[7].name, score: us[7].score}
+	h.writeModel(next)
+	rep = h.runInput(workflows.RunInput{Spec: act})
+	require.Equal(t, workflows.StateCompleted, rep.State, "%+v", rep.Pauses)
+	require.Equal(t, emailsOf(next), h.emu.ListMembers(h.key, id), "the list's members equal the model")
+	require.Zero(t, h.emu.Stats(h.key).ChannelUnsubscribes)
+	require.Zero(t, h.runInput(workflows.RunInput{Spec: act}).Planned.Total(), "committed: nothing left to do")
+}

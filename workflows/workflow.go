@@ -244,7 +244,7 @@ func (r *run) prepare(ctx workflow.Context) *ending {
 		if rep.Planned.Changed == 0 {
 			rep.Existence = activities.ExistenceNone
 		}
-		rep.ListExistence = activities.ListExistenceStrategy(act, rep.Planned.Added)
+		rep.ListExistence = activities.ListExistenceStrategy(act, rep.Planned.Added+rep.Planned.Changed)
 		if rep.Planned.Total() > 0 {
 			if end := r.untilDone(ctx, iterableStep, "find the list", func() error {
 				return workflow.ExecuteActivity(r.shortCtx, a.ResolveList, activities.ListInput{Spec: act, RunID: r.runID, DryRun: r.in.DryRun}).Get(ctx, &r.list)

@@ -210,8 +210,12 @@ type Row struct {
 	Identifier any
 	// RowHash is the plan's hash of the row (recorded with its rejections); "" for OpRemove.
 	RowHash string
-	// KeepProfile is set on an OpRemove whose identifier a current model row carries (the
-	// primary key changed, the person did not): the profile must be neither cleared nor deleted.
+	// PreviousIdentifier is, on an OpChange whose identifier changed, the identifier the key
+	// was last synced with (a list activation unsubscribes it); nil otherwise.
+	PreviousIdentifier any
+	// KeepProfile is set on an OpRemove (or an OpChange with a PreviousIdentifier) whose old
+	// identifier a current model row carries (the primary key changed, the person did not): the
+	// profile must be neither cleared, deleted nor unsubscribed.
 	KeepProfile bool
 	// Prior is the key's latest rejection by an earlier run, when it was made with the same
 	// row hash (nil otherwise).

@@ -582,7 +582,7 @@ func TestReadChunkStorageRead(t *testing.T) {
 	require.Len(t, jobs, 1)
 	require.False(t, jobs[0].FastPath, "a job whose result table the Storage Read API reads")
 	require.Contains(t, jobs[0].SQL, "LEFT JOIN `test-proj`.`activations`.`"+warehouse.KnownTable("crm-users", "run-1")+"` AS k")
-	require.Contains(t, jobs[0].SQL, "k.id = LOWER(COALESCE(plan.old_ident, CAST(plan.ident AS STRING)))",
+	require.Contains(t, jobs[0].SQL, "k.id = LOWER(IF(plan.op = 'remove', plan.old_ident, CAST(plan.ident AS STRING)))",
 		"a removal is known by the identifier it was last synced with")
 	require.Equal(t, "EU", jobs[0].Location)
 	require.Equal(t, maxBill, jobs[0].MaxBytesBilled)

@@ -285,7 +285,7 @@ WITH held_out AS (
       WHEN 'diff' THEN ` + diffList + `
       WHEN 'ident' THEN ` + allList + `
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident, old_ident` + valueList + `
+    row_hash, field_hashes, ident_hash, ident, IF(kind IN ('remove', 'ident'), old_ident, NULL) AS old_ident` + valueList + `
   FROM parsed
 )
 SELECT * EXCEPT (kind, op),
@@ -322,8 +322,8 @@ CLUSTER BY seq
 AS
 SELECT q.seq, DIV(q.seq - 1, ` + fmt.Sprint(chunkRows) + `) AS chunk, n.key, n.op, n.changed_fields,
   n.row_hash, n.field_hashes, n.ident_hash, n.ident,
-  IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
-  n.op = 'remove' AND n.old_ident IS NOT NULL AND ` + normIdent("n.old_ident", lower) + ` IN (
+  n.old_ident,
+  n.old_ident IS NOT NULL AND ` + normIdent("n.old_ident", lower) + ` IN (
     SELECT ` + normIdent("s.ident", lower) + ` FROM ` + snapshotTable + ` AS s
     WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
@@ -395,7 +395,7 @@ func readChunkSQL(plan, known string, lowerCase bool, fields []warehouse.Field) 
 		// neither drops nor repeats plan rows. A removal is known by the identifier it was
 		// last synced with.
 		cols = append(cols, "k.id IS NOT NULL AS known")
-		ident := "COALESCE(plan.old_ident, CAST(plan.ident AS STRING))"
+		ident := "IF(plan.op = 'remove', plan.old_ident, CAST(plan.ident AS STRING))"
 		if lowerCase {
 			ident = "LOWER(" + ident + ")"
 		}

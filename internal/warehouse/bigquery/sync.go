@@ -159,6 +159,9 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 			r.Identifier = old
 		}
 	} else {
+		if old, ok := row[colOldIdent].(string); ok {
+			r.PreviousIdentifier = old // the identifier changed: another profile
+		}
 		for i, f := range fields {
 			r.Values[f.Field] = normalize(row[colValues+i], at(colValues+i))
 		}

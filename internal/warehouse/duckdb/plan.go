@@ -433,9 +433,10 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 // changes every field, a removal none), which keeps the sorts behind seq light. A row whose
 // hash moved only because a field left the mapping is written with op 'refresh' and no seq
 // (see refresh). Each row carries its key's latest earlier rejection when it was made with the
-// same row hash (prior_*), and hold when that rejection holds it back. A removal carries the
-// identifier it was last synced with (old_ident), and keep_profile when a current model row
-// carries that identifier (the key changed, the person did not). Rows are written in seq
+// same row hash (prior_*), and hold when that rejection holds it back. A removal, and a change
+// of identifier, carries the identifier the key was last synced with (old_ident), and
+// keep_profile when a current model row carries that identifier (the key changed, the person
+// did not). Rows are written in seq
 // order so that a chunk's seq range reads few row groups.
 func planSQL(plan, state string, fields []warehouse.Field, req warehouse.PlanRequest, hold bool, chunkRows int) string {
 	var names, paths, values, hashes []string
@@ -497,7 +498,7 @@ WITH out AS (
     CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
     CASE kind WHEN 'diff' THEN ` + diffList + `
               WHEN 'ident' THEN ` + allList + ` END AS changed_fields,
-    row_hash, ident_hash, ident, old_ident` + valueList + `
+    row_hash, ident_hash, ident, CASE WHEN kind IN ('remove', 'ident') THEN old_ident END AS old_ident` + valueList + `
   FROM joined WHERE kind <> 'same'
 ), planned AS (
   -- a row whose hash moved only because a field left the mapping has nothing to send: it
@@ -511,8 +512,8 @@ WITH out AS (
 )
 SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, n.key, op, changed_fields, n.row_hash,
   CASE WHEN op <> 'remove' THEN ` + newHashes + ` END AS field_hashes,
-  ident_hash, ident, CASE WHEN op = 'remove' THEN old_ident END AS old_ident,
-  op = 'remove' AND old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (
+  ident_hash, ident, old_ident,
+  old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (
     SELECT ` + normIdent("ident", lower) + ` FROM ` + snapshotTable + ` WHERE key IS NOT NULL AND ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
   op IN ('add', 'change') AND ` + holdExpr + ` AS hold` + valueList + `

@@ -43,7 +43,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
 		// neither drops nor repeats plan rows.
 		cols[len(cols)-1] = "known.id IS NOT NULL AS known"
-		ident := "coalesce(plan.old_ident, CAST(plan.ident AS VARCHAR))"
+		ident := "CASE WHEN plan.op = 'remove' THEN plan.old_ident ELSE CAST(plan.ident AS VARCHAR) END"
 		if req.KnownLowerCase {
 			ident = "lower(" + ident + ")"
 		}
@@ -104,6 +104,9 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 				r.Identifier = oldIdent.String
 			}
 		} else {
+			if oldIdent.Valid {
+				r.PreviousIdentifier = oldIdent.String // the identifier changed: another profile
+			}
 			r.Identifier = conv.value(len(fields), ident)
 			for i, f := range fields {
 				r.Values[f.Field] = conv.value(i, values[i])

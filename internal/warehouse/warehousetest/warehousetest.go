@@ -281,6 +281,7 @@ func testOneChangedField(t *testing.T, s *suite) {
 	require.Equal(t, []string{"firstName"}, got[0].Changed)
 	require.Equal(t, map[string]any{"firstName": "Renamed", "age": int64(22), "plan": "free"}, got[0].Values)
 	require.Equal(t, "user2@example.com", got[0].Identifier)
+	require.Nil(t, got[0].PreviousIdentifier, "the identifier did not change")
 }
 
 func testIdentifierChange(t *testing.T, s *suite) {
@@ -297,6 +298,8 @@ func testIdentifierChange(t *testing.T, s *suite) {
 	require.Equal(t, warehouse.OpChange, got[0].Op)
 	require.Equal(t, allFields, got[0].Changed)
 	require.Equal(t, "new@example.com", got[0].Identifier)
+	require.Equal(t, "user3@example.com", got[0].PreviousIdentifier, "the profile it was synced with (a list unsubscribes it)")
+	require.False(t, got[0].KeepProfile)
 }
 
 func testRemovedRow(t *testing.T, s *suite) {

@@ -103,7 +103,7 @@ WITH held_out AS (
       ]) AS f WITH OFFSET AS i WHERE f.new_hash IS DISTINCT FROM f.old_hash ORDER BY i)
       WHEN 'ident' THEN ['a/b~c\"d\'e', 'age', 'firstName', '\u00fcn\u00ef c\u00f6d\u00e9']
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident, old_ident, `v_929c68b729ccfe21`, `v_013f54400c82da08`, `v_9cf22fd0154cc2a3`, `v_642174ef3d893ee6`
+    row_hash, field_hashes, ident_hash, ident, IF(kind IN ('remove', 'ident'), old_ident, NULL) AS old_ident, `v_929c68b729ccfe21`, `v_013f54400c82da08`, `v_9cf22fd0154cc2a3`, `v_642174ef3d893ee6`
   FROM parsed
 )
 SELECT * EXCEPT (kind, op),
@@ -140,8 +140,8 @@ OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 6048
 AS
 SELECT q.seq, DIV(q.seq - 1, 500) AS chunk, n.key, n.op, n.changed_fields,
   n.row_hash, n.field_hashes, n.ident_hash, n.ident,
-  IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
-  n.op = 'remove' AND n.old_ident IS NOT NULL AND LOWER(CAST(n.old_ident AS STRING)) IN (
+  n.old_ident,
+  n.old_ident IS NOT NULL AND LOWER(CAST(n.old_ident AS STRING)) IN (
     SELECT LOWER(CAST(s.ident AS STRING)) FROM activation_snapshot AS s
     WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,

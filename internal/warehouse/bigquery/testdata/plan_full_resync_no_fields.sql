@@ -91,7 +91,7 @@ WITH held_out AS (
       WHEN 'diff' THEN CAST([] AS ARRAY<STRING>)
       WHEN 'ident' THEN CAST([] AS ARRAY<STRING>)
       ELSE CAST([] AS ARRAY<STRING>) END AS changed_fields,
-    row_hash, field_hashes, ident_hash, ident, old_ident
+    row_hash, field_hashes, ident_hash, ident, IF(kind IN ('remove', 'ident'), old_ident, NULL) AS old_ident
   FROM parsed
 )
 SELECT * EXCEPT (kind, op),
@@ -128,8 +128,8 @@ OPTIONS (expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 6048
 AS
 SELECT q.seq, DIV(q.seq - 1, 10000) AS chunk, n.key, n.op, n.changed_fields,
   n.row_hash, n.field_hashes, n.ident_hash, n.ident,
-  IF(n.op = 'remove', n.old_ident, NULL) AS old_ident,
-  n.op = 'remove' AND n.old_ident IS NOT NULL AND CAST(n.old_ident AS STRING) IN (
+  n.old_ident,
+  n.old_ident IS NOT NULL AND CAST(n.old_ident AS STRING) IN (
     SELECT CAST(s.ident AS STRING) FROM activation_snapshot AS s
     WHERE s.key IS NOT NULL AND s.ident IS NOT NULL) AS keep_profile,
   pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
