@@ -50,6 +50,8 @@ var knownValues = map[string][]string{
 	"operation":     {"added", "changed", "removed", "PollWorkflowTaskQueue", "PollActivityTaskQueue"},
 	"workflow_type": {"ActivationWorkflow", "ActivationLockWorkflow"},
 	"poller_type":   {"workflow_task", "workflow_sticky_task", "activity_task"},
+	// How a run ended (activations_runs_total, activations_run_duration_seconds).
+	"state": {"Completed", "Failed", "Aborted", "DryRun"},
 	// Iterable's HTTP status (the Temporal SDK's status_code is a gRPC code).
 	"activations_*/status_code": {"0", "200", "400", "401", "403", "404", "408", "409", "413", "429", "500", "502", "503", "504"},
 }
@@ -449,16 +451,18 @@ func TestMonitoringDashboard(t *testing.T) {
 		all.WriteString(q.Expr + "\n")
 	}
 	for topic, metric := range map[string]string{
-		"runs":                      "temporal_workflow_failed_total",
-		"records by outcome":        "activations_records_total",
-		"Iterable latency":          "activations_iterable_request_duration_seconds_bucket",
-		"Iterable 429s":             `status_code="429"`,
-		"rate-budget waits":         "activations_iterable_ratelimit_wait_seconds_sum",
-		"plan duration":             "activations_plan_duration_seconds_bucket",
-		"chunk duration":            "activations_chunk_duration_seconds_bucket",
-		"commit duration":           "activations_commit_duration_seconds_bucket",
-		"worker pollers":            "temporal_num_pollers",
-		"rejection rate (rejected)": `outcome="rejected"`,
+		"runs":                       "temporal_workflow_failed_total",
+		"runs by activation and end": "activations_runs_total",
+		"run duration":               "activations_run_duration_seconds_",
+		"records by outcome":         "activations_records_total",
+		"Iterable latency":           "activations_iterable_request_duration_seconds_bucket",
+		"Iterable 429s":              `status_code="429"`,
+		"rate-budget waits":          "activations_iterable_ratelimit_wait_seconds_sum",
+		"plan duration":              "activations_plan_duration_seconds_bucket",
+		"chunk duration":             "activations_chunk_duration_seconds_bucket",
+		"commit duration":            "activations_commit_duration_seconds_bucket",
+		"worker pollers":             "temporal_num_pollers",
+		"rejection rate (rejected)":  `outcome="rejected"`,
 	} {
 		if !strings.Contains(all.String(), metric) {
 			t.Errorf("the dashboard does not show %s (%s)", topic, metric)

@@ -92,6 +92,9 @@ func (r *run) event(ctx workflow.Context, event string, p *PauseInfo) activities
 // notifyEnd tells the webhooks how the run ended, then waits for the notifications still under
 // way, and puts their warnings in the report it returns.
 func (r *run) notifyEnd(ctx workflow.Context, end *ending) *ending {
+	if !r.continuing {
+		recordRunMetrics(ctx, end.rep)
+	}
 	if !r.continuing && end.rep.State != StateQueued {
 		r.recordRun(ctx, warehouse.RunEventEnded, nil)
 		end.rep.Warnings = r.rep.Warnings
@@ -109,6 +112,31 @@ func (r *run) notifyEnd(ctx workflow.Context, end *ending) *ending {
 	_ = workflow.Await(ctx, func() bool { return r.notifying == 0 })
 	end.rep.Warnings = r.rep.Warnings
 	return end
+}
+
+// Run metrics (docs/telemetry.md): recorded once per run, when it ends (not when an execution
+// continues as new), on the workflow's metrics handler. That handler is the worker's Temporal
+// client's (the SDK's OpenTelemetry handler, meter temporal-sdk-go) with the SDK's tags
+// (namespace, task_queue, workflow_type), and it records nothing while a workflow task replays
+// history, so a run is counted by the worker that ends it, and not again by one that replays it.
+// Metrics are no commands: the run's history is the same with or without them.
+const (
+	// metricRuns counts runs by how they ended (Prometheus: activations_runs_total).
+	metricRuns = "activations_runs"
+	// metricRunDuration is a run's duration, from its start to its end, across its executions
+	// (Prometheus: activations_run_duration_seconds).
+	metricRunDuration = "activations_run_duration"
+	// Their tags: the activation's id and the run's end state (Completed, Failed, Aborted,
+	// DryRun).
+	metricTagActivation = "activation"
+	metricTagState      = "state"
+)
+
+func recordRunMetrics(ctx workflow.Context, rep RunReport) {
+	h := workflow.GetMetricsHandler(ctx).WithTags(map[string]string{
+		metricTagActivation: rep.ActivationID, metricTagState: rep.State})
+	h.Counter(metricRuns).Inc(1)
+	h.Timer(metricRunDuration).Record(rep.Duration)
 }
 
 // scheduledByKey is the search attribute Temporal sets on runs a schedule started.

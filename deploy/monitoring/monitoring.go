@@ -54,6 +54,10 @@ var Metrics = []Metric{
 	{"activations_commit_duration_seconds", "histogram", []string{"activation", "outcome"}},
 	{"activations_iterable_request_duration_seconds", "histogram", []string{"endpoint", "status_code"}},
 	{"activations_iterable_ratelimit_wait_seconds", "histogram", []string{"endpoint"}},
+	// The engine's, recorded by the workflow when a run ends (workflows/notify.go) on the
+	// workflow's metrics handler: the Temporal SDK's meter, with the SDK's tags besides these.
+	{"activations_runs_total", "counter", []string{"activation", "state"}},
+	{"activations_run_duration_seconds", "histogram", []string{"activation", "state"}},
 	// The Temporal SDK's (meter temporal-sdk-go). Their `namespace` label is left out on
 	// purpose: Kubernetes service discovery renames it to exported_namespace.
 	{"temporal_workflow_completed_total", "counter", []string{"workflow_type", "task_queue"}},

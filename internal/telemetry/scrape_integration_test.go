@@ -38,7 +38,9 @@ import (
 // Temporal worker with the real workflows and activities), drives it — a run that sends rows to
 // the Iterable emulator (429s included), rejects one and continues as new, a run that fails, a
 // stopped chunk recorded through telemetry.Metrics as SyncChunk records it, then Temporal going
-// away under the polling worker — and scrapes /metrics over HTTP. Every series of
+// away under the polling worker — and scrapes /metrics over HTTP. The two runs' ends are what the
+// workflow records on the SDK's handler: activations_runs_total and
+// activations_run_duration_seconds, once per run (Completed, Failed), not per execution. Every series of
 // deploy/monitoring's allow-list must be there with its labels, and every metric the alerting
 // rules and the Grafana dashboard select, with the labels and label values they match on.
 func TestScrapeHasWhatAlertsAndDashboardUse(t *testing.T) {
@@ -145,6 +147,24 @@ func TestScrapeHasWhatAlertsAndDashboardUse(t *testing.T) {
 		return fams["temporal_long_request_failure_total"] != nil
 	}, time.Minute, 500*time.Millisecond, "no failed long poll after the dev server stopped")
 
+	// The run metrics: one run per activation and end state, however many executions it took.
+	runs := map[string]float64{}
+	for _, m := range fams["activations_runs_total"].GetMetric() {
+		runs[ptrValue(labelValue(m, "activation"))+"/"+ptrValue(labelValue(m, "state"))] += m.GetCounter().GetValue()
+		require.Equal(t, workflows.WorkflowName, ptrValue(labelValue(m, "workflow_type")), "%v", m.GetLabel())
+		require.Equal(t, queue, ptrValue(labelValue(m, "task_queue")), "%v", m.GetLabel())
+	}
+	require.Equal(t, map[string]float64{"scrape-it/" + workflows.StateCompleted: 1, "not-applied/" + workflows.StateFailed: 1}, runs)
+	var durations int
+	for _, m := range fams["activations_run_duration_seconds"].GetMetric() {
+		if ptrValue(labelValue(m, "activation")) == "scrape-it" && ptrValue(labelValue(m, "state")) == workflows.StateCompleted {
+			durations++
+			require.Equal(t, uint64(1), m.GetHistogram().GetSampleCount())
+			require.InDelta(t, rep.Duration.Seconds(), m.GetHistogram().GetSampleSum(), 1e-6, "the run's whole duration")
+		}
+	}
+	require.Equal(t, 1, durations, "activations_run_duration_seconds of the completed run")
+
 	// Series name → family, with a histogram's _bucket, _sum and _count.
 	byName := map[string]*dto.MetricFamily{}
 	for name, f := range fams {
@@ -210,7 +230,7 @@ func TestScrapeHasWhatAlertsAndDashboardUse(t *testing.T) {
 				}
 				// Values the worker itself decides (not the task queue or activation names).
 				switch m.Label {
-				case "outcome", "status_code", "workflow_type", "poller_type", "operation":
+				case "outcome", "status_code", "workflow_type", "poller_type", "operation", "state":
 				default:
 					continue
 				}
@@ -246,6 +266,13 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	fams, err := parser.TextToMetricFamilies(resp.Body)
 	require.NoError(t, err)
 	return fams
+}
+
+func ptrValue(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
 }
 
 func labelValue(m *dto.Metric, name string) *string {
