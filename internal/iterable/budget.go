@@ -114,15 +114,30 @@ func (b *Budgets) Wait(ctx context.Context, apiKey, endpoint string, rps float64
 //     is ~15 s away, and faster the longer none comes, so that a process left alone takes the
 //     whole limit back within about two minutes. The probe's slope is jittered by ±20% at each
 //     decrease so that processes hit by the same overload do not probe in step;
-//  4. after 30 s without a request, starts again at step 1 (see idleRestart);
+//  4. after 30 s without a request, starts again at step 1, from step 6's good rate when one was
+//     learnt (see idleRestart);
 //  5. counts one decrease per overload: a 429 answered to a request sent before the last
 //     decrease changes nothing (epoch). There is no cool-down besides: the retried request waits
-//     for the decreased rate's next token anyway, and simulations showed none helped.
+//     for the decreased rate's next token anyway, and simulations showed none helped;
+//  6. remembers the project's good rate: the last rate held for 5 s without a 429 (calm). A run
+//     after an idle restart (step 4) starts there instead of at 40%: a worker's next sync of the
+//     project is at the limit from its first request (issue 14). It lives as long as the
+//     process's *Budgets;
+//  7. tells another client's share from an overshoot by how the 429s cluster. An episode is the
+//     429s between two calm periods. An overshoot earns one or two decreases: the decreased rate
+//     fits. When the episode reaches 3 decreases, even the decreased rates were refused: another
+//     client took the limit for a while. Once no 429 has come for 2 s, the rate goes back to the
+//     good rate of before the episode within 3 s, instead of probing for minutes. A restore that
+//     earns a 429 (the other client is still there) is tried again after a quiet period twice as
+//     long (4 s, 8 s, …), so a client that keeps a steady share costs a 429 now and then, not a
+//     storm.
 //
 // Measured with BenchmarkThreeProcessesTwoActivations (three processes, two activations each, at
 // Iterable's real limit, no Retry-After): ≥ 0.99 of the limit with 2.5–3% of the requests
 // answered 429, most of them while the processes start together; a lone process: 0.97 of the
-// limit, no 429. TestBudgetSimulation checks the same on a simulated clock, for more cases.
+// limit, no 429. TestBudgetSimulation checks the same on a simulated clock, for more cases;
+// TestBudgetSimulationAnotherClientsBurst, ...SteadyShare and ...RemembersAcrossRuns check steps
+// 6 and 7, and BenchmarkOneProcessAnotherClientsBurst measures step 7 (docs/benchmarks.md).
 type controlParams struct {
 	target    float64 // of the ceiling: the highest paced rate
 	start     float64 // of the ceiling: the first rate
@@ -134,12 +149,18 @@ type controlParams struct {
 	probe     float64 // of the ceiling per second since the last decrease
 	accel     float64 // of the ceiling per second², added to probe as time passes
 	jitter    float64 // probe and accel × (1 ± this), drawn at each decrease
+	// Another client's share (see the rate control comment, steps 6 and 7).
+	calm        float64 // seconds without a 429 after which the rate is the project's good rate
+	clusterHits int     // decreases in one episode that say another client took the share
+	quiet       float64 // seconds without a 429 before the first restore; doubles per failure
+	restoreIn   float64 // seconds to regain the good rate, linearly
 }
 
 // defaultControl is the tuning described above (immutable; tests simulate variants).
 var defaultControl = controlParams{
 	target: 0.98, start: 0.4, slowStart: 0.25, first: 0.6, decrease: 0.5,
 	recover: 0.7, recoverIn: 2, probe: 0.002, accel: 0.00005, jitter: 0.2,
+	calm: 5, clusterHits: 3, quiet: 2, restoreIn: 3,
 }
 
 // Floor of the decreased rate: half a request per second keeps a paused-looking but live sync.
@@ -172,10 +193,18 @@ type Budget struct {
 	grown       time.Time      // last slow-start increase
 	used        time.Time      // last token taken
 	random      func() float64 // [0, 1), for the jitter
+
+	// The project's good rate and the episodes of 429s (steps 6 and 7).
+	good      float64   // the last rate held calm (no 429 for ctl.calm): kept across runs
+	calmSince time.Time // creation or the last decrease
+	pre       float64   // good when this episode began
+	hits      int       // decreases in this episode
+	restores  int       // restores of this episode that earned a 429
+	restoring bool      // the rate is being restored to pre
 }
 
 func newBudget(rps float64, now time.Time, random func() float64, ctl controlParams) *Budget {
-	b := &Budget{ctl: ctl, ceiling: rps, rate: rps, tokens: 1, last: now, grown: now, used: now, random: random}
+	b := &Budget{ctl: ctl, ceiling: rps, rate: rps, tokens: 1, last: now, grown: now, used: now, random: random, calmSince: now}
 	if !math.IsInf(rps, 1) {
 		b.rate = b.startRate()
 	}
@@ -251,8 +280,9 @@ func (b *Budget) reserve(now time.Time) (epoch uint64, wait time.Duration, ok bo
 	}
 	if now.Sub(b.used) >= idleRestart {
 		// What the budget learnt is stale: start again as a new process would, gently.
+		// The project's last good rate is where this run starts, when it was learnt.
 		b.refill(now)
-		b.rate = math.Min(b.rate, b.startRate())
+		b.rate = math.Min(b.rate, math.Max(b.startRate(), math.Min(b.good, b.target())))
 		b.tokens = math.Min(b.tokens, 1)
 		b.limited, b.grown = false, now
 	}
@@ -304,6 +334,16 @@ func (b *Budget) rateLimitedAt(now time.Time, epoch uint64, retryAfter time.Dura
 		// An unlimited budget learns nothing from a 429: the caller asked for no limit.
 		return
 	}
+	if now.Sub(b.calmSince).Seconds() >= b.ctl.calm {
+		// A new episode: the rate that was calm until now is what a restore goes back to.
+		b.pre, b.hits, b.restores = b.good, 0, 0
+	}
+	if b.restoring {
+		b.restores++
+		b.restoring = false
+	}
+	b.hits++
+	b.calmSince = now
 	factor := b.ctl.decrease
 	b.before = b.rate
 	if !b.limited {
@@ -329,6 +369,9 @@ func (b *Budget) Succeeded() {
 // succeededAt raises the rate along the slow start, or the recovery and the probe after a
 // decrease. Call with b.mu held.
 func (b *Budget) succeededAt(now time.Time) {
+	if now.Sub(b.calmSince).Seconds() >= b.ctl.calm {
+		b.good = b.rate
+	}
 	if math.IsInf(b.rate, 1) || b.rate >= b.target() {
 		b.grown = now
 		return
@@ -341,6 +384,12 @@ func (b *Budget) succeededAt(now time.Time) {
 		next = b.decreased + b.ceiling*b.slope*(b.ctl.probe*u+b.ctl.accel*u*u)
 		if goal := b.before * b.ctl.recover; goal > b.decreased {
 			next = math.Max(next, math.Min(goal, b.decreased+(goal-b.decreased)*u/b.ctl.recoverIn))
+		}
+		// Another client took the share: back to the good rate once its 429s have stopped.
+		quiet := b.ctl.quiet * math.Pow(2, float64(b.restores))
+		if b.hits >= b.ctl.clusterHits && b.pre > b.decreased && u >= quiet {
+			b.restoring = b.rate < b.pre
+			next = math.Max(next, b.decreased+(b.pre-b.decreased)*math.Min(1, (u-quiet)/b.ctl.restoreIn))
 		}
 	}
 	b.grown = now

@@ -106,12 +106,16 @@ func TestBudgetRestartsAfterIdle(t *testing.T) {
 
 	_, _, ok = b.reserve(t0.Add(11 * time.Minute))
 	require.True(t, ok)
-	require.InDelta(t, 4.0, b.rate, 1e-9, "back to 40%")
-	require.False(t, b.limited, "slow start again")
+	require.InDelta(t, 9.8, b.rate, 1e-9, "at the project's last good rate (issue 14), not 40%")
+	require.False(t, b.limited, "slow start again: the first 429 keeps 60%")
 	_, _, ok = b.reserve(t0.Add(11 * time.Minute))
 	require.False(t, ok, "with one token")
-	b.succeededAt(t0.Add(11*time.Minute + time.Second))
-	require.InDelta(t, 6.5, b.rate, 1e-9)
+
+	// A budget that never learnt a good rate (never calm for 5 s) restarts at 40% at most.
+	c := newBudget(10, t0, half, defaultControl)
+	_, _, ok = c.reserve(t0.Add(time.Minute))
+	require.True(t, ok)
+	require.InDelta(t, 4.0, c.rate, 1e-9, "40%")
 }
 
 // TestBudgetSmallCeilings: a ceiling of one request or less (the export's 4 per minute) starts at
@@ -256,5 +260,68 @@ func TestClientBudgets(t *testing.T) {
 			require.InDelta(t, tt.exportPM, c.export.Ceiling()*60, 1e-9)
 			require.NotSame(t, c.byEmail, c.byUserID)
 		})
+	}
+}
+
+// simRate is the utilization of a scenario over seeds: the worst and the mean, and the worst
+// share of requests answered 429.
+func simRate(seeds uint64, c func(seed uint64) simConfig) (minU, meanU, maxL float64) {
+	minU = math.Inf(1)
+	for seed := range seeds {
+		cfg := c(seed)
+		r := simulate(cfg)
+		u := r.utilization(cfg)
+		minU, meanU, maxL = math.Min(minU, u), meanU+u/float64(seeds), math.Max(maxL, r.limitedRatio())
+	}
+	return minU, meanU, maxL
+}
+
+// Another client of the project sends at the full limit for 10 s, 20 s into a lone process's
+// run: from 15 s after that burst, the process is back at the limit (issue 14). Against a token
+// bucket and a strict one-second window.
+func TestBudgetSimulationAnotherClientsBurst(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		minU, meanU, _ := simRate(20, func(seed uint64) simConfig {
+			return simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: 120 * time.Second, seed: seed,
+				strict: strict, measureFrom: 45 * time.Second, others: []simTraffic{{from: 20 * time.Second, to: 30 * time.Second, rps: 5}}}
+		})
+		t.Logf("strict window %v: from 15 s after the burst, utilization min %.3f mean %.3f", strict, minU, meanU)
+		require.GreaterOrEqual(t, minU, 0.95, "strict window %v", strict)
+	}
+}
+
+// Another client keeps a fifth of the limit for the whole run: the process takes most of the
+// rest without a storm of 429s (restores back off).
+func TestBudgetSimulationAnotherClientsSteadyShare(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		minU, meanU, maxL := simRate(20, func(seed uint64) simConfig {
+			return simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: 180 * time.Second, seed: seed,
+				strict: strict, measureFrom: 20 * time.Second, others: []simTraffic{{from: 10 * time.Second, to: time.Hour, rps: 1}}}
+		})
+		t.Logf("strict window %v: utilization (ours) min %.3f mean %.3f, 429s at most %.3f", strict, minU, meanU, maxL)
+		require.GreaterOrEqual(t, minU, 0.55, "strict window %v", strict)
+		require.LessOrEqual(t, maxL, 0.05, "strict window %v", strict)
+	}
+}
+
+// A lone worker's runs of 100,000 users (100 requests) a minute apart: the second starts at the
+// project's good rate learnt by the first, not at 40% (issue 14), against both kinds of limit.
+func TestBudgetSimulationRemembersAcrossRuns(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		var first, second, limited float64 = math.Inf(1), math.Inf(1), 0
+		for seed := range uint64(20) {
+			c := simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: time.Hour, seed: seed, strict: strict, requestsTotal: 100}
+			r := simulate(c)
+			first = math.Min(first, 100/(5*r.finished.Seconds()))
+			c.budgets, c.base, c.seed = r.budgets, c.base.Add(r.finished+time.Minute), seed+100
+			if c.base.IsZero() || c.base.Unix() < 1_700_000_000 {
+				c.base = time.Unix(1_700_000_000, 0).Add(r.finished + time.Minute)
+			}
+			r2 := simulate(c)
+			second = math.Min(second, 100/(5*r2.finished.Seconds()))
+			limited = math.Max(limited, r2.limitedRatio())
+		}
+		t.Logf("strict window %v: 100 requests, first run %.3f of the limit, second run %.3f (429s %.3f)", strict, first, second, limited)
+		require.GreaterOrEqual(t, second, 0.98, "strict window %v", strict)
 	}
 }

@@ -22,11 +22,24 @@ type simConfig struct {
 	ctl                controlParams
 	stopAt             map[int]time.Duration // process → when it stops sending
 	measureFrom        time.Duration         // utilization counts responses from then on
+	strict             bool                  // the project's limit is a strict window, not a bucket
+	others             []simTraffic          // another client's requests on the project
+	requestsTotal      int                   // > 0: each process stops after this many accepted
+	budgets            []*Budget             // reused (a later run of the same workers)
+	base               time.Time             // of the virtual clock (default 1,700,000,000)
+}
+
+// simTraffic is another client sending rps requests/s from from to to (sent once, no retry).
+type simTraffic struct {
+	from, to time.Duration
+	rps      float64
 }
 
 type simResult struct {
 	accepted, requests, rateLimited int
 	perProcess                      []int
+	finished                        time.Duration // when the last process reached requestsTotal
+	budgets                         []*Budget
 }
 
 func (r simResult) utilization(c simConfig) float64 {
@@ -47,6 +60,7 @@ const (
 	simAcquire
 	simArrive
 	simResponse
+	simOther
 )
 
 type simEvent struct {
@@ -82,14 +96,22 @@ func simulate(c simConfig) simResult {
 		c.ctl = defaultControl
 	}
 	rnd := rand.New(rand.NewPCG(c.seed, 7))
-	base := time.Unix(1_700_000_000, 0)
-	budgets := make([]*Budget, c.processes)
+	base := c.base
+	if base.IsZero() {
+		base = time.Unix(1_700_000_000, 0)
+	}
+	budgets := c.budgets
+	if budgets == nil {
+		budgets = make([]*Budget, c.processes)
+		for p := range budgets {
+			budgets[p] = newBudget(c.ceiling, base.Add(time.Duration(p)*c.stagger), rnd.Float64, c.ctl)
+		}
+	}
 	attempts := make([][]int, c.processes)
-	for p := range budgets {
-		budgets[p] = newBudget(c.ceiling, base.Add(time.Duration(p)*c.stagger), rnd.Float64, c.ctl)
+	for p := range attempts {
 		attempts[p] = make([]int, c.senders)
 	}
-	res := simResult{perProcess: make([]int, c.processes)}
+	res := simResult{perProcess: make([]int, c.processes), budgets: budgets}
 	var q simQueue
 	seq := 0
 	push := func(e *simEvent) {
@@ -102,7 +124,18 @@ func simulate(c simConfig) simResult {
 	}
 	// The server: a token bucket of c.limit requests/s with a burst of as many.
 	tokens, last := c.limit, time.Duration(-1)
+	var window []time.Duration // strict: the accepted requests of the last second
 	allow := func(at time.Duration) bool {
+		if c.strict {
+			for len(window) > 0 && at-window[0] >= time.Second {
+				window = window[1:]
+			}
+			if len(window) >= int(c.limit) {
+				return false
+			}
+			window = append(window, at)
+			return true
+		}
 		if last >= 0 {
 			tokens = math.Min(c.limit, tokens+(at-last).Seconds()*c.limit)
 		}
@@ -119,8 +152,23 @@ func simulate(c simConfig) simResult {
 			push(&simEvent{at: start, kind: simPack, proc: p, sender: s})
 		}
 	}
+	for _, o := range c.others {
+		for at := o.from; at < o.to; at += time.Duration(float64(time.Second) / o.rps) {
+			push(&simEvent{at: at, kind: simOther, proc: -1})
+		}
+	}
+	done := 0
 	for q.Len() > 0 {
 		e := heap.Pop(&q).(*simEvent)
+		if e.kind == simOther {
+			if e.at < c.duration {
+				allow(e.at)
+			}
+			continue
+		}
+		if c.requestsTotal > 0 && res.perProcess[e.proc] >= c.requestsTotal {
+			continue
+		}
 		if stop, ok := c.stopAt[e.proc]; e.at >= c.duration || (ok && e.at >= stop) {
 			continue
 		}
@@ -164,6 +212,13 @@ func simulate(c simConfig) simResult {
 			}
 			res.accepted++
 			res.perProcess[e.proc]++
+			if c.requestsTotal > 0 && res.perProcess[e.proc] == c.requestsTotal {
+				done++
+				res.finished = max(res.finished, e.at)
+				if done == c.processes {
+					return res
+				}
+			}
 			push(&simEvent{at: e.at, kind: simPack, proc: e.proc, sender: e.sender})
 		}
 	}

@@ -55,7 +55,9 @@ type senderResult struct {
 	EndNanos    int64 `json:"end"`
 	// LimitedAt holds, for every 429, the seconds since StartNanos when its batch finished.
 	LimitedAt []float64 `json:"limitedAt,omitempty"`
-	Err       string    `json:"err,omitempty"`
+	// AcceptedAt holds, for every accepted request, the seconds since StartNanos of its answer.
+	AcceptedAt []float64 `json:"acceptedAt,omitempty"`
+	Err        string    `json:"err,omitempty"`
 }
 
 // TestHelperSenderProcess is a worker process of the benchmarks below; it does nothing unless
@@ -124,6 +126,7 @@ func runSenders(cfg senderConfig) senderResult {
 					}
 					if err == nil {
 						res.Accepted += len(br.Accepted)
+						res.AcceptedAt = append(res.AcceptedAt, time.Since(time.Unix(0, res.StartNanos)).Seconds())
 					} else if ctx.Err() == nil && res.Err == "" {
 						res.Err = err.Error()
 					}
@@ -162,7 +165,14 @@ func runProcesses(b *testing.B, processes, senders int, minRatio, maxLimited flo
 	defer emu.Close()
 	const key = "bench-project-key"
 	emu.AddProject(key, iterabletest.ProjectEmail)
+	results := startProcesses(b, emu.URL(), key, processes, senders, duration)
 
+	report(b, emu, key, results, duration, processes, senders, minRatio, maxLimited)
+}
+
+// startProcesses runs processes worker processes of senders senders each and returns their results.
+func startProcesses(b *testing.B, url, key string, processes, senders int, duration time.Duration) []senderResult {
+	b.Helper()
 	// A worker process that hangs is killed: the benchmark always ends.
 	ctx, cancel := context.WithTimeout(context.Background(), duration+time.Minute)
 	defer cancel()
@@ -170,7 +180,7 @@ func runProcesses(b *testing.B, processes, senders int, minRatio, maxLimited flo
 	errs := make([]error, processes)
 	var wg sync.WaitGroup
 	for p := range processes {
-		cfg, err := json.Marshal(senderConfig{BaseURL: emu.URL(), APIKey: key, Process: p, Senders: senders, Duration: duration})
+		cfg, err := json.Marshal(senderConfig{BaseURL: url, APIKey: key, Process: p, Senders: senders, Duration: duration})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -193,6 +203,11 @@ func runProcesses(b *testing.B, processes, senders int, minRatio, maxLimited flo
 	if err := errors.Join(errs...); err != nil {
 		b.Fatal(err)
 	}
+	return results
+}
+
+func report(b *testing.B, emu *iterabletest.Server, key string, results []senderResult, duration time.Duration, processes, senders int, minRatio, maxLimited float64) {
+	b.Helper()
 
 	var start, end int64
 	var shares []float64
@@ -262,4 +277,57 @@ func BenchmarkThreeProcessesTwoActivations(b *testing.B) {
 // Target: ≥ 0.95 of the limit, ≤ 2% of the requests answered 429.
 func BenchmarkOneProcessAtTheLimit(b *testing.B) {
 	runProcesses(b, 1, 2, 0.95, 0.02)
+}
+
+// BenchmarkOneProcessAnotherClientsBurst: one worker process with two activations alone on the
+// project, until another client of the project sends bulkUpdate at the full limit (5
+// requests/s) for 10 s, 20 s into the run (issue 14). Reported: the ratio to the limit from 15 s
+// after the burst to the end of the run (target ≥ 0.95), against the emulator's token bucket and
+// against its strict one-second window. ITERABLE_BENCH_DURATION defaults to 90s here (at least 60s).
+func BenchmarkOneProcessAnotherClientsBurst(b *testing.B) {
+	duration := 90 * time.Second
+	if os.Getenv(benchDurationEnv) != "" {
+		duration = benchDuration(b)
+	}
+	if duration < time.Minute {
+		b.Fatalf("%s: at least 60s for this benchmark", benchDurationEnv)
+	}
+	for _, mode := range []struct {
+		name string
+		mode iterabletest.RateLimitMode
+	}{{"token-bucket", iterabletest.RateLimitTokenBucket}, {"strict-window", iterabletest.RateLimitStrictWindow}} {
+		b.Run(mode.name, func(b *testing.B) {
+			emu := iterabletest.NewServer(iterabletest.Options{BulkUpdateRPS: benchLimitRPS, RateLimit: mode.mode})
+			defer emu.Close()
+			const key = "bench-project-key"
+			emu.AddProject(key, iterabletest.ProjectEmail)
+			const burstAt, burstFor, after = 20 * time.Second, 10 * time.Second, 15 * time.Second
+			emu.InjectTraffic(key, iterabletest.Traffic{After: burstAt, RPS: benchLimitRPS, For: burstFor})
+			r := startProcesses(b, emu.URL(), key, 1, 2, duration)[0]
+			if r.Err != "" {
+				b.Fatal(r.Err)
+			}
+			from := (burstAt + burstFor + after).Seconds()
+			end := time.Duration(r.EndNanos - r.StartNanos).Seconds()
+			var n, before int
+			for _, at := range r.AcceptedAt {
+				if at >= from {
+					n++
+				} else if at < burstAt.Seconds() {
+					before++
+				}
+			}
+			ratio := float64(n) / (benchLimitRPS * (end - from))
+			st, other := emu.Stats(key), emu.TrafficStats(key)
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(ratio, "ratio-after-burst")
+			b.ReportMetric(float64(before)/(benchLimitRPS*burstAt.Seconds()), "ratio-before-burst")
+			b.ReportMetric(float64(st.RateLimited), "429s")
+			b.Logf("%s: before the burst %.3f of the limit; from %.0f s to %.1f s: %d requests, %.3f of the limit; our 429s %d of %d requests; the other client's %d requests: %d accepted, %d answered 429",
+				mode.name, float64(before)/(benchLimitRPS*burstAt.Seconds()), from, end, n, ratio, st.RateLimited, st.BulkRequests, other.Requests, other.Accepted, other.RateLimited)
+			if ratio < 0.95 {
+				b.Errorf("target missed: want ≥ 0.95 of the limit from %s after the burst", after)
+			}
+		})
+	}
 }

@@ -23,6 +23,7 @@ type project struct {
 	listsRL, subscribeRL, unsubscribeRL                  *limiter
 	listUsersRL, listSizeRL                              *limiter
 	stats                                                Stats
+	traffic                                              TrafficStats // InjectTraffic's requests
 	received                                             []StoredUser // with Options.KeepReceived
 
 	lists map[int64]*list
@@ -35,6 +36,12 @@ type user struct {
 }
 
 func newProject(t ProjectType, o Options) *project {
+	newLimiter := func(rps float64, unlimited bool) *limiter {
+		return newLimiter(rps, unlimited).mode(o.RateLimit)
+	}
+	newBurstLimiter := func(rps, burst float64, unlimited bool) *limiter {
+		return newBurstLimiter(rps, burst, unlimited).mode(o.RateLimit)
+	}
 	return &project{
 		typ:              t,
 		all:              make(map[*user]struct{}),
@@ -537,11 +544,14 @@ func validUserID(id string) bool {
 	return true
 }
 
-// limiter is a token bucket.
+// limiter is a token bucket, or a strict window (RateLimitStrictWindow: at most burst
+// requests accepted in any burst/rate seconds).
 type limiter struct {
 	rate, burst, tokens float64
 	last                time.Time
 	unlimited           bool
+	window              []time.Time // RateLimitStrictWindow: the accepted requests of the window
+	strict              bool
 }
 
 func newLimiter(rps float64, unlimited bool) *limiter {
@@ -557,6 +567,9 @@ func newBurstLimiter(rps, burst float64, unlimited bool) *limiter {
 func (l *limiter) allow(now time.Time) bool {
 	if l.unlimited {
 		return true
+	}
+	if l.strict {
+		return l.allowWindow(now)
 	}
 	if !l.last.IsZero() {
 		l.tokens = math.Min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)

@@ -74,6 +74,8 @@ type Options struct {
 	BulkUpdateRPS float64
 	// Unlimited disables every rate limit.
 	Unlimited bool
+	// RateLimit is how every rate limit counts (default RateLimitTokenBucket; see traffic.go).
+	RateLimit RateLimitMode
 	// GetFieldsRPS is the getFields rate limit per project (default 3).
 	GetFieldsRPS float64
 	// LookupRPS is the rate limit of getByEmail and of byUserId, each, per project (default 100).
@@ -212,8 +214,9 @@ type Server struct {
 	rnd          *rand.Rand
 	nextListID   int64 // list ids are unique across projects, as Iterable's are
 	unauthorized int
-	burst        burstState // Faults.Burst429Every
-	outages      int        // requests answered by Faults.Outage
+	burst        burstState    // Faults.Burst429Every
+	outages      int           // requests answered by Faults.Outage
+	trafficStop  chan struct{} // closed to stop InjectTraffic's goroutines
 }
 
 // NewServer starts an emulator on 127.0.0.1 with a random port.
@@ -304,6 +307,7 @@ func (s *Server) URL() string {
 
 // Close stops a started server.
 func (s *Server) Close() {
+	s.StopTraffic()
 	if s.ts != nil {
 		s.ts.Close()
 	}
