@@ -306,54 +306,11 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	if err := s.sendDeletes(ctx, &res, &rejections); err != nil {
 		return err
 	}
-	if len(s.records) > 0 {
-		batches, oversize, err := s.client.Pack(s.records, s.act.Destination.CreatesNewFields())
-		if err != nil {
-			return fmt.Errorf("pack: %w", err)
-		}
-		for _, i := range oversize {
-			r := s.rows[i]
-			rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op, Outcome: warehouse.OutcomeRejected,
-				Class: warehouse.ClassOversize, Reason: "user is larger than Iterable's 4 MB request limit on its own", RowHash: r.RowHash})
-		}
-		for bi, b := range batches {
-			br, err := s.client.SendBatch(ctx, b)
-			res.Requests += int64(br.Requests)
-			res.RateLimited += int64(br.RateLimited)
-			if err != nil {
-				// Rows already answered in this window stay unrecorded: the retry resends the window,
-				// which Iterable treats as the same update.
-				s.addStats(res.Requests, res.RateLimited)
-				return fmt.Errorf("batch %d of window after seq %d: %w", bi, s.prog.AfterSeq, err)
-			}
-			for _, i := range br.Accepted {
-				res.Attempted.inc(s.rows[i].Op, 1)
-				res.Succeeded.inc(s.rows[i].Op, 1)
-			}
-			for _, rj := range br.Rejected {
-				r := s.rows[rj.Index]
-				if (s.act.Destination.Mode == spec.ModeUpdate || r.Op == warehouse.OpRemove) && strings.HasPrefix(rj.Category, "notFound") {
-					// Iterable refused to create the profile, as update mode (or a removal) asked.
-					rejections = append(rejections, *s.notInIterable(r, "failedUpdates."+rj.Category))
-					continue
-				}
-				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
-					Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable, Reason: rj.Reason, RowHash: r.RowHash})
-			}
-			for _, u := range br.Unconfirmed {
-				r := s.rows[u.Index]
-				rejections = append(rejections, warehouse.Rejection{Key: r.Key, Op: r.Op,
-					Outcome: warehouse.OutcomeUnconfirmed, Class: warehouse.ClassUnconfirmed, Reason: u.Reason, RowHash: r.RowHash})
-			}
-			res.CreatedFields = mergeNames(res.CreatedFields, br.CreatedFields)
-			res.FilteredOutFields = mergeNames(res.FilteredOutFields, br.FilteredOutFields)
-		}
-	}
 	for _, g := range []struct {
-		op   warehouse.Op
+		op   warehouse.Op // "" is bulkUpdate: each row records its own operation
 		recs []iterable.Record
-	}{{warehouse.OpSubscribe, s.subs}, {warehouse.OpUnsubscribe, s.unsubs}} {
-		if err := s.sendMembers(ctx, g.op, g.recs, &res, &rejections); err != nil {
+	}{{"", s.records}, {warehouse.OpSubscribe, s.subs}, {warehouse.OpUnsubscribe, s.unsubs}} {
+		if err := s.send(ctx, g.op, g.recs, &res, &rejections); err != nil {
 			return err
 		}
 	}
@@ -378,71 +335,90 @@ func (s *chunkSender) flush(ctx context.Context) error {
 	return nil
 }
 
-// sendMembers subscribes or unsubscribes the window's members (at most 1,000 per request and 4
-// MB, each endpoint on its own budget) and maps Iterable's answer per member, as for bulkUpdate.
-// A subscriber Iterable does not know (update mode) is skipped and looked at again next run; a
-// leaving member it does not know is skipped and done (nobody to unsubscribe).
-func (s *chunkSender) sendMembers(ctx context.Context, op warehouse.Op, recs []iterable.Record, res *ChunkResult, rejections *[]warehouse.Rejection) error {
+// send packs records (at most usersPerRequest and 4 MB a request, each endpoint on its own
+// budget) and sends them with bulkUpdate (op "") or, for a list activation's members, subscribe
+// or unsubscribe, then maps Iterable's answer per record. A user Iterable does not know is
+// skipped: in update mode or for a removal (nothing to clear or unsubscribe) it was never
+// created; a moved member's old profile that is gone needs no unsubscribe.
+func (s *chunkSender) send(ctx context.Context, op warehouse.Op, recs []iterable.Record, res *ChunkResult, rejections *[]warehouse.Rejection) error {
 	if len(recs) == 0 {
 		return nil
 	}
 	existingOnly := s.listExistence == ListExistenceFlag
+	// Errors and reasons name bulkUpdate's records as they did before lists came.
+	who, what, packed := "user", "batch", "pack"
+	if op != "" {
+		who, what, packed = "subscriber", string(op)+" batch", "pack "+string(op)
+	}
 	var (
 		batches  []iterable.Batch
 		oversize []int
 		err      error
 	)
-	if op == warehouse.OpSubscribe {
+	switch op {
+	case warehouse.OpSubscribe:
 		batches, oversize, err = s.client.PackSubscribe(recs, s.listID, existingOnly)
-	} else {
+	case warehouse.OpUnsubscribe:
 		batches, oversize, err = s.client.PackUnsubscribe(recs, s.listID)
+	default:
+		batches, oversize, err = s.client.Pack(recs, s.act.Destination.CreatesNewFields())
 	}
 	if err != nil {
-		return fmt.Errorf("pack %s: %w", op, err)
+		return fmt.Errorf("%s: %w", packed, err)
+	}
+	recOp := func(r warehouse.Row) warehouse.Op {
+		if op == "" {
+			return r.Op
+		}
+		return op
 	}
 	for _, i := range oversize {
 		r := s.rows[i]
-		*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeRejected,
-			Class: warehouse.ClassOversize, Reason: "subscriber is larger than Iterable's 4 MB request limit on its own", RowHash: r.RowHash})
+		*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: recOp(r), Outcome: warehouse.OutcomeRejected,
+			Class: warehouse.ClassOversize, Reason: who + " is larger than Iterable's 4 MB request limit on its own", RowHash: r.RowHash})
 	}
 	for bi, b := range batches {
 		var br iterable.BatchResult
-		if op == warehouse.OpSubscribe {
+		switch op {
+		case warehouse.OpSubscribe:
 			br, err = s.client.Subscribe(ctx, s.listID, b, existingOnly)
-		} else {
+		case warehouse.OpUnsubscribe:
 			br, err = s.client.Unsubscribe(ctx, s.listID, b)
+		default:
+			br, err = s.client.SendBatch(ctx, b)
 		}
 		res.Requests += int64(br.Requests)
 		res.RateLimited += int64(br.RateLimited)
 		if err != nil {
+			// Rows already answered in this window stay unrecorded: the retry resends the window,
+			// which Iterable treats as the same update.
 			s.addStats(res.Requests, res.RateLimited)
-			return fmt.Errorf("%s batch %d of window after seq %d: %w", op, bi, s.prog.AfterSeq, err)
+			return fmt.Errorf("%s %d of window after seq %d: %w", what, bi, s.prog.AfterSeq, err)
 		}
+		moved := func(r warehouse.Row) bool { return op == warehouse.OpUnsubscribe && r.Op == warehouse.OpChange }
 		for _, i := range br.Accepted {
-			r := s.rows[i]
-			if op == warehouse.OpUnsubscribe && r.Op == warehouse.OpChange {
-				continue // a moved member: its subscribe is what counts
+			if r := s.rows[i]; !moved(r) { // a moved member: its subscribe is what counts
+				res.Attempted.inc(r.Op, 1)
+				res.Succeeded.inc(r.Op, 1)
 			}
-			res.Attempted.inc(r.Op, 1)
-			res.Succeeded.inc(r.Op, 1)
 		}
 		for _, rj := range br.Rejected {
 			r := s.rows[rj.Index]
-			if strings.HasPrefix(rj.Category, "notFound") && op == warehouse.OpUnsubscribe && r.Op == warehouse.OpChange {
-				continue // a moved member's old profile is gone: nothing to unsubscribe
-			}
-			if strings.HasPrefix(rj.Category, "notFound") && (op == warehouse.OpUnsubscribe || s.act.Destination.Mode == spec.ModeUpdate) {
+			notFound := strings.HasPrefix(rj.Category, "notFound")
+			switch {
+			case notFound && moved(r):
+			case notFound && (s.act.Destination.Mode == spec.ModeUpdate || r.Op == warehouse.OpRemove):
 				skip := *s.notInIterable(r, "failedUpdates."+rj.Category)
-				skip.Op = op
+				skip.Op = recOp(r)
 				*rejections = append(*rejections, skip)
-				continue
+			default:
+				*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: recOp(r), Outcome: warehouse.OutcomeRejected,
+					Class: warehouse.ClassIterable, Reason: rj.Reason, RowHash: r.RowHash})
 			}
-			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeRejected,
-				Class: warehouse.ClassIterable, Reason: rj.Reason, RowHash: r.RowHash})
 		}
 		for _, u := range br.Unconfirmed {
 			r := s.rows[u.Index]
-			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: op, Outcome: warehouse.OutcomeUnconfirmed,
+			*rejections = append(*rejections, warehouse.Rejection{Key: r.Key, Op: recOp(r), Outcome: warehouse.OutcomeUnconfirmed,
 				Class: warehouse.ClassUnconfirmed, Reason: u.Reason, RowHash: r.RowHash})
 		}
 		res.CreatedFields = mergeNames(res.CreatedFields, br.CreatedFields)
