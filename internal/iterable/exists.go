@@ -145,10 +145,40 @@ func (c *Client) ExportUserIDs(ctx context.Context, field string, fn func(id str
 		"dataTypeName": {"user"}, "range": {"All"}, "onlyFields": {field},
 	}.Encode()
 	var sent int64
-	consume := func(body io.Reader) (bool, error) {
+	consume := lineConsumer("export", 64<<10, maxExportLine, func(n int, line []byte) error {
+		id, err := exportedID(line, field)
+		if err != nil {
+			return fmt.Errorf("export line %d: %w", n, err)
+		}
+		if id == "" {
+			return nil
+		}
+		sent++
+		if err := fn(id); err != nil {
+			return &callbackError{err: err}
+		}
+		return nil
+	})
+	var st attemptStats
+	if _, err := c.doStream(ctx, c.export, "GET", op, path, nil, &st, consume); err != nil {
+		var ce *callbackError
+		if errors.As(err, &ce) {
+			return sent, fmt.Errorf("export of user %ss: callback: %w", field, ce.err)
+		}
+		return sent, fmt.Errorf("export of user %ss after %d identifiers: %w", field, sent, err)
+	}
+	return sent, nil
+}
+
+// lineConsumer reads a streamed body line by line: line gets each non-blank line, trimmed, and
+// its 1-based number. It tells doStream whether a line was read: a failure before the first one
+// is retried, a later one is an error saying how far the stream got (the caller has seen a
+// prefix and starts again). An error of line stops the read and is returned as is.
+func lineConsumer(what string, bufSize, maxLine int, line func(n int, b []byte) error) consumeFunc {
+	return func(body io.Reader) (bool, error) {
 		rec := &readErr{r: body}
 		sc := bufio.NewScanner(rec)
-		sc.Buffer(make([]byte, 0, 64<<10), maxExportLine)
+		sc.Buffer(make([]byte, 0, bufSize), maxLine)
 		sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
 			if atEOF && rec.err != nil && len(data) > 0 && bytes.IndexByte(data, '\n') < 0 {
 				// The unterminated rest of a failed stream is half a line, not a line.
@@ -159,36 +189,19 @@ func (c *Client) ExportUserIDs(ctx context.Context, field string, fn func(id str
 		lines := 0
 		for sc.Scan() {
 			lines++
-			line := bytes.TrimSpace(sc.Bytes())
-			if len(line) == 0 {
+			b := bytes.TrimSpace(sc.Bytes())
+			if len(b) == 0 {
 				continue
 			}
-			id, err := exportedID(line, field)
-			if err != nil {
-				return true, fmt.Errorf("export line %d: %w", lines, err)
-			}
-			if id == "" {
-				continue
-			}
-			sent++
-			if err := fn(id); err != nil {
-				return true, &callbackError{err: err}
+			if err := line(lines, b); err != nil {
+				return true, err
 			}
 		}
 		if err := sc.Err(); err != nil {
-			return lines > 0, fmt.Errorf("export stream cut after %d lines: %w", lines, err)
+			return lines > 0, fmt.Errorf("%s stream cut after %d lines: %w", what, lines, err)
 		}
 		return lines > 0, nil
 	}
-	var st attemptStats
-	if _, err := c.doStream(ctx, c.export, "GET", op, path, nil, &st, consume); err != nil {
-		var ce *callbackError
-		if errors.As(err, &ce) {
-			return sent, fmt.Errorf("export of user %ss: callback: %w", field, ce.err)
-		}
-		return sent, fmt.Errorf("export of user %ss after %d identifiers: %w", field, sent, err)
-	}
-	return sent, nil
 }
 
 // readErr remembers the error that ended a stream other than io.EOF.

@@ -1,13 +1,10 @@
 package iterable
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -397,34 +394,13 @@ func (c *Client) ListUsers(ctx context.Context, listID int64, preferUserID bool,
 		"listId": {strconv.FormatInt(listID, 10)}, "preferUserId": {strconv.FormatBool(preferUserID)},
 	}.Encode()
 	var sent int64
-	consume := func(body io.Reader) (bool, error) {
-		rec := &readErr{r: body}
-		sc := bufio.NewScanner(rec)
-		sc.Buffer(make([]byte, 0, 4<<10), maxListUserLine)
-		sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-			if atEOF && rec.err != nil && len(data) > 0 && bytes.IndexByte(data, '\n') < 0 {
-				// The unterminated rest of a failed stream is half an identifier.
-				return 0, nil, rec.err
-			}
-			return bufio.ScanLines(data, atEOF)
-		})
-		lines := 0
-		for sc.Scan() {
-			lines++
-			id := strings.TrimSpace(sc.Text())
-			if id == "" {
-				continue
-			}
-			sent++
-			if err := fn(id); err != nil {
-				return true, &callbackError{err: err}
-			}
+	consume := lineConsumer("list users", 4<<10, maxListUserLine, func(_ int, line []byte) error {
+		sent++
+		if err := fn(string(line)); err != nil {
+			return &callbackError{err: err}
 		}
-		if err := sc.Err(); err != nil {
-			return lines > 0, fmt.Errorf("list users stream cut after %d lines: %w", lines, err)
-		}
-		return lines > 0, nil
-	}
+		return nil
+	})
 	var st attemptStats
 	_, err := c.doStream(ctx, c.listUsers, http.MethodGet, opListUsers, path, nil, &st, consume)
 	if err == nil {
