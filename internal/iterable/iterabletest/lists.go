@@ -347,17 +347,8 @@ func (p *project) leave(l *list, in *inUser, f *failedUpdates) bool {
 		return false
 	}
 	email, uid := in.Email, in.UserID
-	switch {
-	case email == "" && uid == "":
-		return fail(&f.InvalidEmails, "")
-	case email != "" && !validEmail(email):
-		return fail(&f.InvalidEmails, email)
-	case uid != "" && !validUserID(uid):
-		return fail(&f.InvalidUserIds, uid)
-	case email != "" && p.forgottenEmails[strings.ToLower(email)]:
-		return fail(&f.ForgottenEmails, email)
-	case uid != "" && p.forgottenUserIDs[uid]:
-		return fail(&f.ForgottenUserIds, uid)
+	if list, id := p.refusal(in, f); list != nil {
+		return fail(list, id)
 	}
 	var u *user
 	if uid != "" && (email == "" || p.typ != ProjectEmail) {

@@ -287,6 +287,26 @@ func (p *project) applyBulk(users []inUser, createNew bool) *bulkResponse {
 	return resp
 }
 
+// refusal is the failedUpdates list, and the identifier to name there, of a user Iterable
+// refuses whatever the request asks: no identifier, a malformed one, or a GDPR-forgotten
+// user. It is nil for a user that may be looked at further.
+func (p *project) refusal(in *inUser, f *failedUpdates) (*[]string, string) {
+	email, uid := in.Email, in.UserID
+	switch {
+	case email == "" && uid == "":
+		return &f.InvalidEmails, ""
+	case email != "" && !validEmail(email):
+		return &f.InvalidEmails, email
+	case uid != "" && !validUserID(uid):
+		return &f.InvalidUserIds, uid
+	case email != "" && p.forgottenEmails[strings.ToLower(email)]:
+		return &f.ForgottenEmails, email
+	case uid != "" && p.forgottenUserIDs[uid]:
+		return &f.ForgottenUserIds, uid
+	}
+	return nil, ""
+}
+
 // apply applies one user. It returns the user updated on success, or the failedUpdates list it
 // was added to. mustExist (a subscribe's updateExistingUsersOnly, where the project honours it)
 // reports an unknown user in notFoundEmails, or notFoundUserIds when it has no email, instead
@@ -298,17 +318,8 @@ func (p *project) apply(in *inUser, createNew, mustExist bool, resp *bulkRespons
 		return nil, list
 	}
 	email, uid := in.Email, in.UserID
-	switch {
-	case email == "" && uid == "":
-		return fail(&f.InvalidEmails, "")
-	case email != "" && !validEmail(email):
-		return fail(&f.InvalidEmails, email)
-	case uid != "" && !validUserID(uid):
-		return fail(&f.InvalidUserIds, uid)
-	case email != "" && p.forgottenEmails[strings.ToLower(email)]:
-		return fail(&f.ForgottenEmails, email)
-	case uid != "" && p.forgottenUserIDs[uid]:
-		return fail(&f.ForgottenUserIds, uid)
+	if list, id := p.refusal(in, f); list != nil {
+		return fail(list, id)
 	}
 
 	// Resolve the profile to update, or decide to create one.
