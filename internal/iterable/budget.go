@@ -119,18 +119,24 @@ func (b *Budgets) Wait(ctx context.Context, apiKey, endpoint string, rps float64
 //  5. counts one decrease per overload: a 429 answered to a request sent before the last
 //     decrease changes nothing (epoch). There is no cool-down besides: the retried request waits
 //     for the decreased rate's next token anyway, and simulations showed none helped;
-//  6. remembers the project's good rate: the last rate held for 5 s without a 429 (calm). A run
-//     after an idle restart (step 4) starts there instead of at 40%: a worker's next sync of the
-//     project is at the limit from its first request (issue 14). It lives as long as the
-//     process's *Budgets;
-//  7. tells another client's share from an overshoot by how the 429s cluster. An episode is the
-//     429s between two calm periods. An overshoot earns one or two decreases: the decreased rate
-//     fits. When the episode reaches 3 decreases, even the decreased rates were refused: another
-//     client took the limit for a while. Once no 429 has come for 2 s, the rate goes back to the
-//     good rate of before the episode within 3 s, instead of probing for minutes. A restore that
-//     earns a 429 (the other client is still there) is tried again after a quiet period twice as
-//     long (4 s, 8 s, …), so a client that keeps a steady share costs a 429 now and then, not a
-//     storm.
+//  6. remembers the project's good rate: the rate at the start of the last calm window, a
+//     window of 5 s without a 429 (every rate since was at least as high, so it was held for
+//     the whole window). A run after an idle restart (step 4) starts there instead of at 40%: a
+//     worker's next sync of the project is at the limit from its first request (issue 14). It
+//     lives as long as the process's *Budgets;
+//  7. tells another client's share from an overshoot. An episode is the 429s between two calm
+//     periods. It is someone else's when its first 429 came at a rate no higher than the good
+//     rate (we did not rise: another client's burst, or one jittered request refused by a
+//     strict window), or when it reaches 3 decreases (even the decreased rates were refused).
+//     Then, once no 429 has come for 2 s, the rate goes back to the good rate of before the
+//     episode within 3 s, instead of probing for minutes. A restore that earns a 429 (the other
+//     client is still there, or a new process joined) is tried again after a quiet period twice
+//     as long (4 s, 8 s, …), so a client that keeps a steady share costs a 429 now and then, not
+//     a storm. An overshoot (a 429 while probing above the good rate) only probes, as above.
+//
+// A first run still starts at 40%: every start fast enough to reach 0.98 of the limit on 100
+// requests (≥ 50% and ≥ +100%/s, or 98% at once) cost 3.3–6% 429s when three processes start
+// together in the simulation, against 2.5–2.8% with this slow start (docs/benchmarks.md).
 //
 // Measured with BenchmarkThreeProcessesTwoActivations (three processes, two activations each, at
 // Iterable's real limit, no Retry-After): ≥ 0.99 of the limit with 2.5–3% of the requests
@@ -172,7 +178,9 @@ const minRate = 0.5
 const idleRestart = 30 * time.Second
 
 // Budget is a token bucket whose rate adapts to 429 answers (see the rate control comment).
-// Burst equals the current rate (at least one request). An unlimited budget (+Inf) never waits.
+// Its burst is one request: requests are spaced by at least 1/rate, so that a stall (a slow
+// response, a GC pause) is not followed by requests back to back, which a limit counted in a
+// strict one-second window refuses (issue 14). An unlimited budget (+Inf) never waits.
 type Budget struct {
 	mu          sync.Mutex
 	ctl         controlParams
@@ -197,10 +205,13 @@ type Budget struct {
 	// The project's good rate and the episodes of 429s (steps 6 and 7).
 	good      float64   // the last rate held calm (no 429 for ctl.calm): kept across runs
 	calmSince time.Time // creation or the last decrease
-	pre       float64   // good when this episode began
-	hits      int       // decreases in this episode
-	restores  int       // restores of this episode that earned a 429
-	restoring bool      // the rate is being restored to pre
+	mark      float64   // the rate at markAt: good once held for ctl.calm without a 429
+	markAt    time.Time
+	pre       float64 // good when this episode began
+	external  bool    // this episode began at a rate already held calm: not our overshoot
+	hits      int     // decreases in this episode
+	restores  int     // restores of this episode that earned a 429
+	restoring bool    // the rate is being restored to pre
 }
 
 func newBudget(rps float64, now time.Time, random func() float64, ctl controlParams) *Budget {
@@ -231,7 +242,7 @@ func (b *Budget) lowerCeiling(rps float64) {
 		}
 		b.rate = math.Min(b.rate, b.target())
 		b.decreased = math.Min(b.decreased, b.rate)
-		b.tokens = math.Min(b.tokens, math.Max(1, b.rate))
+		b.tokens = math.Min(b.tokens, 1)
 	}
 }
 
@@ -285,6 +296,7 @@ func (b *Budget) reserve(now time.Time) (epoch uint64, wait time.Duration, ok bo
 		b.rate = math.Min(b.rate, math.Max(b.startRate(), math.Min(b.good, b.target())))
 		b.tokens = math.Min(b.tokens, 1)
 		b.limited, b.grown = false, now
+		b.markAt = time.Time{}
 	}
 	b.refill(now)
 	if b.tokens >= 1 {
@@ -297,7 +309,7 @@ func (b *Budget) reserve(now time.Time) (epoch uint64, wait time.Duration, ok bo
 
 func (b *Budget) refill(now time.Time) {
 	if el := now.Sub(b.last).Seconds(); el > 0 && !math.IsInf(b.rate, 1) {
-		b.tokens = math.Min(math.Max(1, b.rate), b.tokens+el*b.rate)
+		b.tokens = math.Min(1, b.tokens+el*b.rate)
 	}
 	if now.After(b.last) {
 		b.last = now
@@ -334,9 +346,12 @@ func (b *Budget) rateLimitedAt(now time.Time, epoch uint64, retryAfter time.Dura
 		// An unlimited budget learns nothing from a 429: the caller asked for no limit.
 		return
 	}
-	if now.Sub(b.calmSince).Seconds() >= b.ctl.calm {
-		// A new episode: the rate that was calm until now is what a restore goes back to.
+	if now.Sub(b.calmSince).Seconds() >= b.ctl.calm && !b.unrestored() {
+		// A new episode: the rate that was calm until now is what a restore goes back to. When
+		// the refused rate is no higher than that, we did not overshoot: someone else took a
+		// share (another client's burst, or one jittered request in a strict window).
 		b.pre, b.hits, b.restores = b.good, 0, 0
+		b.external = b.good > 0 && b.rate <= b.good*(1+1e-9)
 	}
 	if b.restoring {
 		b.restores++
@@ -344,6 +359,7 @@ func (b *Budget) rateLimitedAt(now time.Time, epoch uint64, retryAfter time.Dura
 	}
 	b.hits++
 	b.calmSince = now
+	b.mark, b.markAt = 0, time.Time{}
 	factor := b.ctl.decrease
 	b.before = b.rate
 	if !b.limited {
@@ -359,6 +375,18 @@ func (b *Budget) rateLimitedAt(now time.Time, epoch uint64, retryAfter time.Dura
 	b.tokens = math.Min(b.tokens, 0)
 }
 
+// unrestored says the last episode was someone else's and its rate is not back yet: a 429 now
+// continues it (the rates held calm meanwhile are not the project's good rate).
+func (b *Budget) unrestored() bool {
+	return b.someoneElses() && b.pre > 0 && b.rate < b.pre
+}
+
+// someoneElses says the episode was another client's (or a joining process's), not our
+// overshoot: it began at the good rate, or even the decreased rates were refused.
+func (b *Budget) someoneElses() bool {
+	return b.external || b.hits >= b.ctl.clusterHits
+}
+
 // Succeeded records a request that was not rate limited; the rate climbs back toward the ceiling.
 func (b *Budget) Succeeded() {
 	b.mu.Lock()
@@ -369,8 +397,16 @@ func (b *Budget) Succeeded() {
 // succeededAt raises the rate along the slow start, or the recovery and the probe after a
 // decrease. Call with b.mu held.
 func (b *Budget) succeededAt(now time.Time) {
-	if now.Sub(b.calmSince).Seconds() >= b.ctl.calm {
-		b.good = b.rate
+	// good is the rate of the start of a calm window that ended without a 429: every rate since
+	// was at least as high, so it was held calm for the whole window.
+	// While someone else's episode is not restored, the lower rates it forced are not good.
+	if b.markAt.IsZero() || b.markAt.Before(b.calmSince) {
+		b.mark, b.markAt = b.rate, now
+	} else if now.Sub(b.markAt).Seconds() >= b.ctl.calm {
+		if !b.unrestored() {
+			b.good = b.mark
+		}
+		b.mark, b.markAt = b.rate, now
 	}
 	if math.IsInf(b.rate, 1) || b.rate >= b.target() {
 		b.grown = now
@@ -387,7 +423,7 @@ func (b *Budget) succeededAt(now time.Time) {
 		}
 		// Another client took the share: back to the good rate once its 429s have stopped.
 		quiet := b.ctl.quiet * math.Pow(2, float64(b.restores))
-		if b.hits >= b.ctl.clusterHits && b.pre > b.decreased && u >= quiet {
+		if b.someoneElses() && b.pre > b.decreased && u >= quiet {
 			b.restoring = b.rate < b.pre
 			next = math.Max(next, b.decreased+(b.pre-b.decreased)*math.Min(1, (u-quiet)/b.ctl.restoreIn))
 		}
