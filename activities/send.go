@@ -179,7 +179,7 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 	if !ok {
 		return nil, reject(warehouse.ClassIdentifier, d.Identifier.Column, fmt.Sprintf("identifier column %s is NULL or empty", d.Identifier.Column))
 	}
-	u := &iterable.User{DataFields: map[string]any{}}
+	u := &iterable.User{}
 	if d.Identifier.Field == "userId" {
 		if err := iterable.CheckUserID(id); err != nil {
 			return nil, reject(warehouse.ClassIdentifier, d.Identifier.Column, fmt.Sprintf("invalid userId in column %s: %v", d.Identifier.Column, err))
@@ -197,15 +197,37 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 		}
 		u.Email = id
 	}
-	switch r.Op {
-	case warehouse.OpRemove:
+	switch {
+	case r.Op == warehouse.OpRemove:
+		u.DataFields = make(map[string]any, len(d.Fields))
 		for _, f := range d.Fields {
 			u.DataFields[f.Field] = nil
 		}
 		if d.OnRemoved == "delete" {
 			return u, nil // deleted, not updated: it carries no fields
 		}
+	case changesEveryValue(r):
+		// The row's own map becomes the user's: its values are converted in place (the row's
+		// values are not read again) and the NULLs a spec ignores are dropped, which saves a map
+		// per user. Fields are visited in the same order as below, so errors are the same.
+		for _, name := range r.Changed {
+			raw := r.Values[name]
+			if raw == nil && d.IgnoresNulls() {
+				delete(r.Values, name)
+				continue
+			}
+			if reason, conflict := s.conflicts[name]; conflict {
+				return nil, reject(warehouse.ClassType, name, reason)
+			}
+			v, err := iterable.Value(raw)
+			if err != nil {
+				return nil, reject(warehouse.ClassValue, name, fmt.Sprintf("field %s: %v", name, err))
+			}
+			r.Values[name] = v
+		}
+		u.DataFields = r.Values
 	default:
+		u.DataFields = make(map[string]any, len(r.Changed))
 		for _, name := range r.Changed {
 			raw := r.Values[name]
 			if raw == nil && d.IgnoresNulls() {
@@ -225,6 +247,20 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 		return nil, nil // a subscriber needs no field: joining the list is the update
 	}
 	return u, nil
+}
+
+// changesEveryValue says whether the row's changed fields are exactly the fields of its values
+// (an add): its values map can then be the user's dataFields.
+func changesEveryValue(r warehouse.Row) bool {
+	if len(r.Changed) != len(r.Values) || len(r.Values) == 0 {
+		return false
+	}
+	for _, name := range r.Changed {
+		if _, ok := r.Values[name]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // notInIterable skips a row in update mode: it is not committed and is looked at again next run.
@@ -431,6 +467,9 @@ func (s *chunkSender) send(ctx context.Context, op warehouse.Op, recs []iterable
 // to the row's prior one (same row, same class, field and reason) is known: it is reported, but
 // the rejection threshold counts new breakage only.
 func (s *chunkSender) count(res *ChunkResult, rejections []warehouse.Rejection) {
+	if len(rejections) == 0 {
+		return
+	}
 	prior := map[string]*warehouse.Prior{}
 	for _, r := range s.rows {
 		if r.Prior != nil {

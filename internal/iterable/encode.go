@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -16,7 +17,7 @@ import (
 // fractional value is rejected. It is also several times faster than reflection on the hot path.
 // Types other than those Value produces fall back to encoding/json.
 type userEncoder struct {
-	keys     []string // reused for the top-level dataFields
+	fields   []field // reused for the top-level dataFields
 	fallback bytes.Buffer
 	enc      *json.Encoder
 }
@@ -58,9 +59,8 @@ func (e *userEncoder) appendUser(dst []byte, u *User) ([]byte, error) {
 	if len(u.DataFields) > 0 {
 		sep()
 		dst = append(dst, `"dataFields":`...)
-		e.keys = e.keys[:0]
 		var err error
-		dst, e.keys, err = e.appendMap(dst, u.DataFields, e.keys, 1)
+		dst, e.fields, err = e.appendMap(dst, u.DataFields, e.fields[:0], 1)
 		if err != nil {
 			return nil, err
 		}
@@ -68,24 +68,44 @@ func (e *userEncoder) appendUser(dst []byte, u *User) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
-func (e *userEncoder) appendMap(dst []byte, m map[string]any, keys []string, depth int) ([]byte, []string, error) {
-	for k := range m {
-		keys = append(keys, k)
+// field is one entry of a map being encoded.
+type field struct {
+	key   string
+	value any
+}
+
+// appendMap writes m with its keys sorted, as encoding/json does. fields is scratch space.
+func (e *userEncoder) appendMap(dst []byte, m map[string]any, fields []field, depth int) ([]byte, []field, error) {
+	for k, v := range m {
+		fields = append(fields, field{k, v})
 	}
-	slices.Sort(keys)
+	sortFields(fields)
 	dst = append(dst, '{')
-	for i, k := range keys {
+	for i := range fields {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, k)
+		dst = appendString(dst, fields[i].key)
 		dst = append(dst, ':')
 		var err error
-		if dst, err = e.appendValue(dst, m[k], depth); err != nil {
-			return nil, keys, err
+		if dst, err = e.appendValue(dst, fields[i].value, depth); err != nil {
+			return nil, fields, err
 		}
 	}
-	return append(dst, '}'), keys, nil
+	return append(dst, '}'), fields, nil
+}
+
+// sortFields sorts by key: insertion sort for the few fields of a user, else the library's.
+func sortFields(fs []field) {
+	if len(fs) > 12 {
+		slices.SortFunc(fs, func(a, b field) int { return strings.Compare(a.key, b.key) })
+		return
+	}
+	for i := 1; i < len(fs); i++ {
+		for j := i; j > 0 && fs[j].key < fs[j-1].key; j-- {
+			fs[j], fs[j-1] = fs[j-1], fs[j]
+		}
+	}
 }
 
 func (e *userEncoder) appendValue(dst []byte, v any, depth int) ([]byte, error) {
@@ -121,7 +141,7 @@ func (e *userEncoder) appendValue(dst []byte, v any, depth int) ([]byte, error) 
 		if x == nil {
 			return append(dst, "null"...), nil
 		}
-		dst, _, err := e.appendMap(dst, x, make([]string, 0, len(x)), depth+1)
+		dst, _, err := e.appendMap(dst, x, make([]field, 0, len(x)), depth+1)
 		return dst, err
 	case []any:
 		if x == nil {

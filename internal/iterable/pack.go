@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Batch is one request: its records and the exact body that will be sent. Pack makes bulkUpdate
@@ -113,18 +114,21 @@ func pack(records []Record, env envelope, perRequest, maxBytes int) ([]Batch, []
 	prefix := env.prefix()
 	overhead := len(prefix) + len(bodySuffix)
 
+	ps := packScratches.Get().(*packScratch)
+	defer ps.put()
 	var (
-		enc      = newUserEncoder()
-		scratch  []byte
+		enc      = ps.enc
+		scratch  = ps.scratch[:0]
 		batches  []Batch
 		oversize []int
 		cur      []byte
 		recs     []Record
 		spans    []span
 		capGuess int
-		emails   = map[string]struct{}{}
-		userIDs  = map[string]struct{}{}
+		emails   = ps.emails
+		userIDs  = ps.userIDs
 	)
+	defer func() { ps.scratch = scratch }()
 	flush := func() {
 		if len(recs) == 0 {
 			return
@@ -181,6 +185,30 @@ func pack(records []Record, env envelope, perRequest, maxBytes int) ([]Batch, []
 	}
 	flush()
 	return batches, oversize, nil
+}
+
+// packScratch is what pack reuses from call to call: a window of users is packed at a time, and
+// building the identifier sets and the encoder anew for each cost more than encoding the users.
+type packScratch struct {
+	enc             *userEncoder
+	scratch         []byte // one user's encoding
+	emails, userIDs map[string]struct{}
+}
+
+var packScratches = sync.Pool{New: func() any {
+	return &packScratch{enc: newUserEncoder(), emails: map[string]struct{}{}, userIDs: map[string]struct{}{}}
+}}
+
+// put empties ps, keeping no user, and returns it to the pool.
+func (ps *packScratch) put() {
+	clear(ps.emails)
+	clear(ps.userIDs)
+	clear(ps.enc.fields[:cap(ps.enc.fields)])
+	ps.enc.fields = ps.enc.fields[:0]
+	if cap(ps.scratch) > 64<<10 {
+		ps.scratch = nil // an oversize user's buffer is not worth keeping
+	}
+	packScratches.Put(ps)
 }
 
 func has(set map[string]struct{}, k string) bool {

@@ -20,15 +20,16 @@ const DateLayout = "2006-01-02 15:04:05 -07:00"
 // Value converts a warehouse driver value into what Iterable accepts in dataFields. Errors name
 // the Go type, never the value.
 func Value(v any) (any, error) {
+	// Values that stay as they are return v itself: boxing them again would allocate.
 	switch x := v.(type) {
 	case nil:
 		return nil, nil
 	case string:
-		return x, nil
+		return v, nil
 	case bool:
-		return x, nil
+		return v, nil
 	case int64:
-		return x, nil
+		return v, nil
 	case int:
 		return int64(x), nil
 	case int32:
@@ -48,16 +49,19 @@ func Value(v any) (any, error) {
 	case uint:
 		return uintValue(uint64(x))
 	case float64:
-		return floatValue(x)
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return floatValue(x)
+		}
+		return v, nil
 	case float32:
 		return floatValue(float64(x))
 	case time.Time:
-		return x.UTC().Format(DateLayout), nil
+		return formatDate(x), nil
 	case *time.Time:
 		if x == nil {
 			return nil, nil
 		}
-		return x.UTC().Format(DateLayout), nil
+		return formatDate(*x), nil
 	case []byte:
 		if !utf8.Valid(x) {
 			return nil, fmt.Errorf("[]byte value is not valid UTF-8")
@@ -114,6 +118,26 @@ func Value(v any) (any, error) {
 		return floatValue(x.Float64())
 	}
 	return reflectValue(v)
+}
+
+// formatDate is t.UTC().Format(DateLayout), written without parsing the layout for the years
+// 0 to 9999 (the others take Format's path).
+func formatDate(t time.Time) string {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.Format(DateLayout)
+	}
+	hour, minute, sec := t.Clock()
+	b := [...]byte{'0', '0', '0', '0', '-', '0', '0', '-', '0', '0', ' ', '0', '0', ':', '0', '0', ':', '0', '0', ' ', '+', '0', '0', ':', '0', '0'}
+	b[0], b[1], b[2], b[3] = byte('0'+year/1000), byte('0'+year/100%10), byte('0'+year/10%10), byte('0'+year%10)
+	put2 := func(i, n int) { b[i], b[i+1] = byte('0'+n/10), byte('0'+n%10) }
+	put2(5, int(month))
+	put2(8, day)
+	put2(11, hour)
+	put2(14, minute)
+	put2(17, sec)
+	return string(b[:])
 }
 
 func uintValue(x uint64) (any, error) {

@@ -2,15 +2,19 @@ package bigquery
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
+	"strings"
 	"time"
 
 	"cloud.google.com/go/bigquery"
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/ipc"
 	"google.golang.org/api/googleapi"
 
 	"github.com/activation-engine/activations/internal/warehouse"
@@ -41,7 +45,9 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	if after >= req.Chunk.LastSeq {
 		return nil // resumed past the end: nothing left to read
 	}
-	all := make([]string, len(fields)) // an add changes every field; the plan stores no list for it
+	// An add changes every field; the plan stores no list for it. The list is shared, read-only,
+	// by every add of the chunk.
+	all := make([]string, len(fields))
 	for i, f := range fields {
 		all[i] = f.Field
 	}
@@ -96,16 +102,143 @@ func (p *Planner) readStorage(ctx context.Context, j job, fn rowFunc) error {
 		if err != nil {
 			return err
 		}
-		return iterate(it, func(row []bigquery.Value, schema bigquery.Schema) error {
+		deliver := func(row []bigquery.Value, schema bigquery.Schema) error {
 			delivered = true
 			return fn(row, schema)
-		})
+		}
+		if ait, ok := arrowStream(it); ok {
+			return iterateArrow(ait, it.Schema, deliver)
+		}
+		return iterate(it, deliver)
 	}, func() bool { return !delivered })
 	var cb *callbackError
 	if errors.As(err, &cb) {
 		return cb.err
 	}
 	return err
+}
+
+// arrowStream is the result's Arrow record batches when every column has a type that
+// iterateArrow decodes (INT64, FLOAT64, BOOL, STRING, TIMESTAMP, ARRAY<STRING>) and the stream's
+// Arrow schema says the same; ok is false otherwise, and nothing of the result has been read.
+// The client's own decoding formats every INT64, FLOAT64 and BOOL cell with fmt.Sprintf and
+// parses it back into a []bigquery.Value: a third of the BigQuery mode's sending CPU.
+func arrowStream(it *bigquery.RowIterator) (bigquery.ArrowIterator, bool) {
+	if !it.IsAccelerated() || len(it.Schema) == 0 {
+		return nil, false
+	}
+	for _, f := range it.Schema {
+		if arrowTypeOf(f) == nil {
+			return nil, false
+		}
+	}
+	ait, err := it.ArrowIterator()
+	if err != nil {
+		return nil, false
+	}
+	rdr, err := ipc.NewReader(bytes.NewReader(ait.SerializedArrowSchema()))
+	if err != nil {
+		return nil, false
+	}
+	defer rdr.Release()
+	as := rdr.Schema()
+	if as == nil || len(as.Fields()) != len(it.Schema) {
+		return nil, false
+	}
+	for i, f := range as.Fields() {
+		if !arrow.TypeEqual(f.Type, arrowTypeOf(it.Schema[i])) {
+			return nil, false
+		}
+	}
+	return ait, true
+}
+
+// arrowTypeOf is the Arrow type the Storage Read API sends a column of this type in, nil for
+// the types iterateArrow leaves to the client.
+func arrowTypeOf(f *bigquery.FieldSchema) arrow.DataType {
+	var t arrow.DataType
+	switch f.Type {
+	case bigquery.IntegerFieldType:
+		t = arrow.PrimitiveTypes.Int64
+	case bigquery.FloatFieldType:
+		t = arrow.PrimitiveTypes.Float64
+	case bigquery.BooleanFieldType:
+		t = arrow.FixedWidthTypes.Boolean
+	case bigquery.StringFieldType:
+		t = arrow.BinaryTypes.String
+	case bigquery.TimestampFieldType:
+		if f.Repeated {
+			return nil
+		}
+		t = &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}
+	default:
+		return nil
+	}
+	if f.Repeated {
+		if f.Type != bigquery.StringFieldType {
+			return nil
+		}
+		return arrow.ListOf(t)
+	}
+	return t
+}
+
+// iterateArrow decodes the record batches into the values the client would give (int64,
+// float64, bool, string, time.Time in UTC, []bigquery.Value of strings, nil for NULL) and calls
+// fn for every row; the row slice is reused from row to row.
+func iterateArrow(ait bigquery.ArrowIterator, schema bigquery.Schema, fn rowFunc) error {
+	rdr, err := ipc.NewReader(bigquery.NewArrowIteratorReader(ait))
+	if err != nil {
+		return readError(err)
+	}
+	defer rdr.Release()
+	row := make([]bigquery.Value, len(schema))
+	for rdr.Next() {
+		rec := rdr.Record()
+		cols := rec.Columns()
+		if len(cols) != len(schema) {
+			return fmt.Errorf("arrow record batch has %d columns, want %d", len(cols), len(schema))
+		}
+		for i := range int(rec.NumRows()) {
+			for c, col := range cols {
+				row[c] = arrowValue(col, i)
+			}
+			if err := fn(row, schema); err != nil {
+				return &callbackError{err}
+			}
+		}
+	}
+	if err := rdr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return readError(err)
+	}
+	return nil
+}
+
+// arrowValue is row i of a column of one of arrowTypeOf's types.
+func arrowValue(col arrow.Array, i int) bigquery.Value {
+	if col.IsNull(i) {
+		return nil
+	}
+	switch a := col.(type) {
+	case *array.Int64:
+		return a.Value(i)
+	case *array.Float64:
+		return a.Value(i)
+	case *array.Boolean:
+		return a.Value(i)
+	case *array.String:
+		return strings.Clone(a.Value(i)) // the batch's buffer is not ours to keep
+	case *array.Timestamp:
+		return time.UnixMicro(int64(a.Value(i))).UTC()
+	case *array.List:
+		from, to := a.ValueOffsets(i)
+		out := make([]bigquery.Value, 0, to-from)
+		for j := from; j < to; j++ {
+			out = append(out, arrowValue(a.ListValues(), int(j)))
+		}
+		return out
+	}
+	return nil
 }
 
 // Columns of readChunkSQL before the values: seq, key, op, changed_fields, ident, old_ident,
@@ -147,13 +280,14 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 	}
 	op := str(colOp)
 	r := warehouse.Row{Seq: seq, Key: str(colKey), Op: warehouse.Op(op), Identifier: normalize(row[colIdent], at(colIdent)),
-		Values: map[string]any{}, Known: flag(len(row) - 1), RowHash: str(colRowHash), KeepProfile: flag(colKeepProfile)}
+		Known: flag(len(row) - 1), RowHash: str(colRowHash), KeepProfile: flag(colKeepProfile)}
 	if row[colPriorOutcome] != nil {
 		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(str(colPriorOutcome)), Class: warehouse.Class(str(colPriorClass)),
 			Field: str(colPriorField), Reason: str(colPriorReason), Hold: flag(colHold)}
 	}
 	if r.Op == warehouse.OpRemove {
 		// A removal names the profile it was last synced with (nil when the state has none).
+		r.Values = map[string]any{}
 		r.Identifier = nil
 		if old, ok := row[colOldIdent].(string); ok {
 			r.Identifier = old
@@ -162,13 +296,14 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 		if old, ok := row[colOldIdent].(string); ok {
 			r.PreviousIdentifier = old // the identifier changed: another profile
 		}
+		r.Values = make(map[string]any, len(fields))
 		for i, f := range fields {
 			r.Values[f.Field] = normalize(row[colValues+i], at(colValues+i))
 		}
 	}
 	switch r.Op {
 	case warehouse.OpAdd:
-		r.Changed = slices.Clone(all)
+		r.Changed = all
 	case warehouse.OpChange:
 		list, _ := row[colChanged].([]bigquery.Value)
 		r.Changed = make([]string, 0, len(list))

@@ -27,14 +27,16 @@ const (
 
 // DefaultMemoryLimit is the memory limit of a state database when neither Options nor the
 // environment sets one. DuckDB's own default is 80% of the machine's RAM, which a diff of a
-// large model fills (1.5 GB of worker memory at 1,000,000 rows). With 512MB a plan of 10,000,000
-// rows runs as fast as with 1GB (its sorts and joins spill either way) and the whole worker peaks
-// under 1 GB; 256MB still works (docs/benchmarks.md has the measurements).
-const DefaultMemoryLimit = "512MB"
+// large model fills (1.5 GB of worker memory at 1,000,000 rows). The process holds about twice
+// the limit at its peak (DuckDB allocates outside its buffer pool too): with 128MB the planner
+// peaks under 300 MiB at 1,000,000 and at 10,000,000 rows. The plan sorts its rows once and
+// spills what does not fit; at 1,000,000 rows it took no more CPU at 128MB than at 512MB
+// (docs/benchmarks.md has the measurements).
+const DefaultMemoryLimit = "128MB"
 
 // Resources are the DuckDB settings that bound what the planner takes from the machine.
 type Resources struct {
-	// MemoryLimit is DuckDB's memory_limit ("512MB", "2GB", "1GiB"); "" = $ACTIVATIONS_DUCKDB_MEMORY_LIMIT,
+	// MemoryLimit is DuckDB's memory_limit ("128MB", "2GB", "1GiB"); "" = $ACTIVATIONS_DUCKDB_MEMORY_LIMIT,
 	// else DefaultMemoryLimit. "default" keeps DuckDB's own default (80% of RAM).
 	MemoryLimit string
 	// Threads is DuckDB's threads; 0 = $ACTIVATIONS_DUCKDB_THREADS, else one per core.
@@ -98,7 +100,7 @@ func (r Resources) apply(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 	}
-	// The plan's order comes from its seq column (ORDER BY), never from insertion order; without
-	// the guarantee DuckDB's CREATE TABLE AS and inserts need less memory.
+	// The plan's order comes from ORDER BY (of the sorted diff, and seq), never from insertion
+	// order; without the guarantee DuckDB's CREATE TABLE AS and inserts need less memory.
 	return set("preserve_insertion_order", "false")
 }

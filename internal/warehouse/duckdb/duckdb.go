@@ -54,6 +54,8 @@ type Planner struct {
 	source  string // quoted alias of the attached source database, "" without one
 
 	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
+
+	numberWithWindow bool // every plan numbers its rows with the window (tests of the fallback)
 }
 
 var _ warehouse.Planner = (*Planner)(nil)

@@ -18,6 +18,7 @@ const (
 	duplicatesTable = "temp.main.activation_duplicates"
 	sharedTable     = "temp.main.activation_shared"
 	priorTable      = "temp.main.activation_prior"
+	sortedTable     = "temp.main.activation_sorted"
 )
 
 // nullHash stands for a NULL value: md5 never produces it, so NULL differs from every value,
@@ -171,21 +172,31 @@ func normIdent(expr string, lowerCase bool) string {
 // findHeldBack writes the temp tables of the rows that take no part in the diff (duplicate keys,
 // identifiers shared by several keys) and of the keys' latest rejections by earlier runs.
 func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, state string) error {
+	// Both searches group by a 64-bit hash first: grouping millions of distinct strings is what
+	// cost (a hash table of every key, spilled past the memory limit), and the few candidate
+	// hashes that repeat are then grouped by their strings, which settles collisions exactly.
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_duplicates AS
-		SELECT key, count(*) AS n, any_value(row_hash) AS row_hash FROM `+snapshotTable+`
+		WITH cand AS (
+		  SELECT hash(key) AS h FROM `+snapshotTable+` WHERE key IS NOT NULL GROUP BY h HAVING count(*) > 1
+		)
+		SELECT key, count(*) AS n, any_value(row_hash) AS row_hash FROM `+snapshotTable+` AS s
+		SEMI JOIN cand ON hash(s.key) = cand.h
 		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
 		return fmt.Errorf("find duplicate keys: %w", err)
 	}
 	// An identifier carried by two keys would be sent as two users, the last write winning
 	// field by field: every key that shares one is held back, whatever the state held.
 	nid := normIdent("s.ident", req.IdentifierLowerCase)
+	clean := `SELECT s.key, s.row_hash, ` + nid + ` AS nid FROM ` + snapshotTable + ` AS s
+		  ANTI JOIN ` + duplicatesTable + ` AS d ON s.key = d.key
+		  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL AND ` + nid + ` <> ''`
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_shared AS
-		WITH clean AS (
-		  SELECT s.key, s.row_hash, `+nid+` AS nid FROM `+snapshotTable+` AS s
-		  ANTI JOIN `+duplicatesTable+` AS d ON s.key = d.key
-		  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL AND `+nid+` <> ''
-		), shared AS (SELECT nid, count(*) AS n FROM clean GROUP BY nid HAVING count(*) > 1)
-		SELECT clean.key, clean.row_hash, shared.n FROM clean JOIN shared USING (nid)`); err != nil {
+		WITH cand AS (
+		  SELECT hash(nid) AS h FROM (`+clean+`) GROUP BY h HAVING count(*) > 1
+		), maybe AS (
+		  SELECT c.* FROM (`+clean+`) AS c SEMI JOIN cand ON hash(c.nid) = cand.h
+		), shared AS (SELECT nid, count(*) AS n FROM maybe GROUP BY nid HAVING count(*) > 1)
+		SELECT maybe.key, maybe.row_hash, shared.n FROM maybe JOIN shared USING (nid)`); err != nil {
 		return fmt.Errorf("find shared identifiers: %w", err)
 	}
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_prior AS
@@ -257,9 +268,9 @@ func (p *Planner) dropStateIndex(ctx context.Context, conn *sql.Conn, id string)
 	return nil
 }
 
-// snapshot runs the model once into a temp table: key, identifier and its hash, the mapped
-// values in their original types and the row hash. The per-field hashes are not kept: they are
-// functions of the stored values, and planSQL computes them again for the few rows it plans.
+// snapshot runs the model once into a temp table: key, identifier, the mapped values in their
+// original types and the row hash. The per-field hashes and the identifier's hash are not kept:
+// they are functions of the stored values, and planSQL computes them again for the rows it plans.
 func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field) error {
 	id := req.ActivationID
 	// SET and USE take no parameters; both are session-scoped, and the connection is discarded.
@@ -312,13 +323,14 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
 	// The row hash covers the field names and hashes (the field_hashes object) and the
-	// identifier's hash. The object itself is not stored: at 10,000,000 rows it would be half
-	// of the snapshot, spilled and read back by every step of the plan.
+	// identifier's hash. Neither the object nor the identifier's hash is stored: at 10,000,000
+	// rows they would be most of the snapshot, spilled and read back by every step of the plan;
+	// the plan hashes again the few rows whose row hash moved.
 	sel = append(sel, fieldHashes(fields, func(f warehouse.Field) string { return col(f.Column) })+" AS field_hashes")
 	// A trailing ";" or "-- comment" in the model must not swallow the closing parenthesis.
 	query := strings.TrimRight(strings.TrimSpace(req.Query), "; \t\r\n")
 	return `CREATE OR REPLACE TEMP TABLE activation_snapshot AS
-SELECT * EXCLUDE (field_hashes), md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
+SELECT * EXCLUDE (field_hashes, ident_hash), md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
   SELECT ` + strings.Join(sel, ",\n    ") + `
   FROM (
 ` + query + `
@@ -333,6 +345,31 @@ SELECT * EXCLUDE (field_hashes), md5(ident_hash || ':' || field_hashes) AS row_h
 func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest,
 	fields []warehouse.Field, table, state string, chunkRows int) (int64, error) {
 	id := req.ActivationID
+	hold := !req.FullResync && !req.RetryRejected
+	// Against a state that holds rows, most rows are usually unchanged: the wide join is left to
+	// the rows whose hash moved (see planSQL). A first plan, or a full resync, plans every row.
+	narrow := false
+	if !req.FullResync {
+		if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM `+state+`)`).Scan(&narrow); err != nil {
+			return 0, fmt.Errorf("plan %s: read state: %w", id, err)
+		}
+	}
+	sortedSQL, tableSQL := planSQL(state, fields, req, hold, narrow, rowidSeq, chunkRows)
+	// The diff is a temp table of this connection, written before the transaction: row ids of
+	// rows inserted by an open transaction are not yet their final ones.
+	if _, err := conn.ExecContext(ctx, sortedSQL); err != nil {
+		return 0, fmt.Errorf("plan %s: diff the model with the state: %w", id, err)
+	}
+	dense, err := checkDense(ctx, conn)
+	if err != nil {
+		return 0, fmt.Errorf("plan %s: %w", id, err)
+	}
+	if !dense || p.numberWithWindow {
+		// Should a DuckDB version number them otherwise, a window numbers them (a second sort).
+		p.log.WarnContext(ctx, "row ids of the sorted diff are not dense: numbering with a window", "activation", id)
+		_, tableSQL = planSQL(state, fields, req, hold, narrow, windowSeq, chunkRows)
+	}
+	ddl := planTableDDL(ctx, conn, p.qualified(table), tableSQL)
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("plan %s: begin: %w", id, err)
@@ -360,8 +397,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 			return 0, fmt.Errorf("plan %s: record %s rows: %w", id, skip.class, err)
 		}
 	}
-	hold := !req.FullResync && !req.RetryRejected
-	if _, err := tx.ExecContext(ctx, planSQL(p.qualified(table), state, fields, req, hold, chunkRows)); err != nil {
+	if err := createPlanTable(ctx, tx, p.qualified(table), ddl, tableSQL); err != nil {
 		return 0, fmt.Errorf("plan %s: write plan table %s: %w", id, table, err)
 	}
 	refreshed, err := p.refresh(ctx, tx, id, p.qualified(table), state, req)
@@ -416,7 +452,7 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 	if legacy {
 		if _, err := tx.ExecContext(ctx, `UPDATE `+state+` AS st SET ident = CAST(s.ident AS VARCHAR)
 			FROM `+snapshotTable+` AS s
-			WHERE st.ident IS NULL AND s.key = st.key AND s.ident IS NOT NULL AND s.ident_hash = st.ident_hash`); err != nil {
+			WHERE st.ident IS NULL AND s.key = st.key AND s.ident IS NOT NULL AND `+hashExpr("s.ident")+` = st.ident_hash`); err != nil {
 			return 0, fmt.Errorf("fill in identifiers of state rows: %w", err)
 		}
 		p.log.InfoContext(ctx, "state rows given their identifier", "activation", id)
@@ -424,21 +460,27 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 	return n, nil
 }
 
-// planSQL joins the snapshot with the state. Keys that are NULL or duplicated in the model, or
-// whose identifier other keys carry too, take no part: they are never sent, and such a key
-// that was synced before is not removed. Equal row hashes settle most rows at once; only the
-// others hash their values again, field by field, and compare them with the state's
-// field_hashes to list the changed fields. The new field_hashes object is built for the planned
-// rows only, after the sort that numbers them. changed_fields is stored for changes only (an add
-// changes every field, a removal none), which keeps the sorts behind seq light. A row whose
-// hash moved only because a field left the mapping is written with op 'refresh' and no seq
-// (see refresh). Each row carries its key's latest earlier rejection when it was made with the
-// same row hash (prior_*), and hold when that rejection holds it back. A removal, and a change
-// of identifier, carries the identifier the key was last synced with (old_ident), and
-// keep_profile when a current model row carries that identifier (the key changed, the person
-// did not). Rows are written in seq
-// order so that a chunk's seq range reads few row groups.
-func planSQL(plan, state string, fields []warehouse.Field, req warehouse.PlanRequest, hold bool, chunkRows int) string {
+// planSQL returns the two statements of the diff. The first joins the snapshot with the state
+// into the temp table activation_sorted. Keys that are NULL or duplicated in the model, or whose
+// identifier other keys carry too, take no part: they are never sent, and such a key that was
+// synced before is not removed. Equal row hashes settle most rows at once (narrow: against a
+// state with rows, keys and row hashes are joined first, and only the rows whose hash moved are
+// joined with their values and the state's field hashes); only the others hash their values
+// again, field by field, and compare them with the state's field_hashes to list the changed
+// fields. changed_fields is stored for changes only (an add changes every field, a removal none).
+// A row whose hash moved only because a field left the mapping gets op 'refresh' and no seq (see
+// refresh). The rows are written sorted by key, refreshes last, which is the one sort of the
+// plan: the table's row ids, 0 to n-1 in that order (checkDense), number the rows to send.
+//
+// The second is the query of the plan table: seq from seqExpr, the chunk, the new field_hashes
+// object and identifier hash (built for the planned rows only), the key's latest earlier
+// rejection when it was made with the same row hash (prior_*), and hold when that rejection
+// holds it back. A removal, and a change of identifier, carries the identifier the key was last
+// synced with (old_ident), and keep_profile when a current model row carries that identifier
+// (the key changed, the person did not). It reads activation_sorted in row id order, so the plan
+// table's row groups hold narrow seq ranges, which a chunk's seq range reads through zone maps.
+func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, narrow bool, seqExpr string,
+	chunkRows int) (sorted, plan string) {
 	var names, paths, values, hashes []string
 	for _, f := range fields {
 		v := quoteIdent(warehouse.ValueColumn(f.Field))
@@ -476,50 +518,146 @@ func planSQL(plan, state string, fields []warehouse.Field, req warehouse.PlanReq
 	}
 	newHashes := fieldHashes(fields, func(f warehouse.Field) string { return quoteIdent(warehouse.ValueColumn(f.Field)) })
 	lower := req.IdentifierLowerCase
-	return `CREATE OR REPLACE TABLE ` + plan + ` AS
-WITH out AS (
-  SELECT key FROM ` + duplicatesTable + ` UNION ALL SELECT key FROM ` + sharedTable + `
-), snap AS (
+	sides := `snap AS (
   SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN out AS d ON s.key = d.key
   WHERE s.key IS NOT NULL
 ), st AS (
   SELECT t.* FROM ` + state + ` AS t ANTI JOIN out AS d ON t.key = d.key
-), joined AS (
+)`
+	if narrow {
+		// Join keys and row hashes first: only the rows whose hash moved bring their values and
+		// the state's field hashes into the wide join.
+		sides = `moved AS (
+  SELECT coalesce(a.key, b.key) AS key
+  FROM (SELECT s.key, s.row_hash FROM ` + snapshotTable + ` AS s ANTI JOIN out AS d ON s.key = d.key
+        WHERE s.key IS NOT NULL) AS a
+  FULL OUTER JOIN (SELECT t.key, t.row_hash FROM ` + state + ` AS t ANTI JOIN out AS d ON t.key = d.key) AS b
+    ON a.key = b.key
+  WHERE a.key IS NULL OR b.key IS NULL OR a.row_hash <> b.row_hash
+), snap AS (
+  SELECT s.* FROM ` + snapshotTable + ` AS s SEMI JOIN moved ON s.key = moved.key
+), st AS (
+  SELECT t.* FROM ` + state + ` AS t SEMI JOIN moved ON t.key = moved.key
+)`
+	}
+	sorted = `CREATE OR REPLACE TEMP TABLE activation_sorted AS
+WITH out AS (
+  SELECT key FROM ` + duplicatesTable + ` UNION ALL SELECT key FROM ` + sharedTable + `
+), ` + sides + `, joined AS (
   SELECT coalesce(snap.key, st.key) AS key,
     CASE WHEN snap.key IS NULL THEN 'remove'
          WHEN st.key IS NULL OR ` + full + ` THEN 'add'
          WHEN snap.row_hash = st.row_hash THEN 'same'
-         WHEN snap.ident_hash IS DISTINCT FROM st.ident_hash THEN 'ident'
+         WHEN ` + hashExpr("snap.ident") + ` IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
-    snap.row_hash, snap.ident_hash, snap.ident, st.ident AS old_ident, st.field_hashes AS old_hashes` + snapValues + `
+    snap.row_hash, snap.ident, st.ident AS old_ident, st.field_hashes AS old_hashes` + snapValues + `
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
 ), classified AS (
   SELECT key, kind,
     CASE kind WHEN 'remove' THEN 'remove' WHEN 'add' THEN 'add' ELSE 'change' END AS op,
     CASE kind WHEN 'diff' THEN ` + diffList + `
               WHEN 'ident' THEN ` + allList + ` END AS changed_fields,
-    row_hash, ident_hash, ident, CASE WHEN kind IN ('remove', 'ident') THEN old_ident END AS old_ident` + valueList + `
+    row_hash, ident, CASE WHEN kind IN ('remove', 'ident') THEN old_ident END AS old_ident` + valueList + `
   FROM joined WHERE kind <> 'same'
-), planned AS (
-  -- a row whose hash moved only because a field left the mapping has nothing to send: it
-  -- only refreshes its state row
-  SELECT * EXCLUDE (kind, op),
-    CASE WHEN kind = 'diff' AND len(changed_fields) = 0 THEN 'refresh' ELSE op END AS op
-  FROM classified
-), numbered AS (
-  SELECT CASE WHEN op <> 'refresh' THEN row_number() OVER (PARTITION BY op = 'refresh' ORDER BY key) END AS seq, *
-  FROM planned
+)
+-- a row whose hash moved only because a field left the mapping has nothing to send: it only
+-- refreshes its state row
+SELECT * EXCLUDE (kind, op), CASE WHEN kind = 'diff' AND len(changed_fields) = 0 THEN 'refresh' ELSE op END AS op
+FROM classified
+ORDER BY op = 'refresh', key`
+	plan = `WITH numbered AS (
+  SELECT CASE WHEN op <> 'refresh' THEN ` + seqExpr + ` END AS seq, * FROM ` + sortedTable + `
+), kept AS (
+  -- the current identifiers that a removal or a change of identifier names (usually few)
+  SELECT DISTINCT ` + normIdent("s.ident", lower) + ` AS nid FROM ` + snapshotTable + ` AS s
+  SEMI JOIN (SELECT ` + normIdent("old_ident", lower) + ` AS nid FROM ` + sortedTable + ` WHERE old_ident IS NOT NULL) AS o
+    ON ` + normIdent("s.ident", lower) + ` = o.nid
+  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL
 )
 SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, n.key, op, changed_fields, n.row_hash,
   CASE WHEN op <> 'remove' THEN ` + newHashes + ` END AS field_hashes,
-  ident_hash, ident, old_ident,
-  old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (
-    SELECT ` + normIdent("ident", lower) + ` FROM ` + snapshotTable + ` WHERE key IS NOT NULL AND ident IS NOT NULL) AS keep_profile,
-  pr.r.outcome AS prior_outcome, pr.r.class AS prior_class, pr.r.field AS prior_field, pr.r.reason AS prior_reason,
+  CASE WHEN op <> 'remove' THEN ` + hashExpr("ident") + ` END AS ident_hash, ident, old_ident,
+  old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (SELECT nid FROM kept) AS keep_profile,
+  CASE WHEN op IN ('add', 'change') THEN pr.r.outcome END AS prior_outcome,
+  CASE WHEN op IN ('add', 'change') THEN pr.r.class END AS prior_class,
+  CASE WHEN op IN ('add', 'change') THEN pr.r.field END AS prior_field,
+  CASE WHEN op IN ('add', 'change') THEN pr.r.reason END AS prior_reason,
   op IN ('add', 'change') AND ` + holdExpr + ` AS hold` + valueList + `
 FROM numbered AS n
-LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND op IN ('add', 'change') AND pr.r.row_hash = n.row_hash
-ORDER BY seq NULLS LAST`
+-- an equi-join (the rejection counts for adds and changes only, above): a condition on op here
+-- made DuckDB run it as a nested loop join, every plan row against every rejection
+LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND pr.r.row_hash = n.row_hash`
+	return sorted, plan
+}
+
+// planTableDDL is the CREATE TABLE statement of a plan table that query fills, its columns
+// stored uncompressed, with the query's types (read from an empty result into a temp table). It
+// is tried on that temp table first: should DuckDB not take back one of its type names, it
+// returns "" and the plan is written with CREATE TABLE AS, compressed. It runs outside the plan's
+// transaction, where a failed statement would abort it. The plan table lives for one run, and
+// compressing it cost a third of writing it (analysing the random hex of its hashes for
+// compression most of all); uncompressed, it takes about a third more disk while it lives.
+func planTableDDL(ctx context.Context, conn *sql.Conn, table, query string) string {
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_plan_shape AS `+query+` LIMIT 0`); err != nil {
+		return ""
+	}
+	rows, err := conn.QueryContext(ctx, `SELECT column_name, data_type FROM duckdb_columns()
+		WHERE database_name = 'temp' AND schema_name = 'main' AND table_name = 'activation_plan_shape'
+		ORDER BY column_index`)
+	if err != nil {
+		return ""
+	}
+	var cols []string
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			rows.Close()
+			return ""
+		}
+		cols = append(cols, quoteIdent(name)+" "+typ+" USING COMPRESSION uncompressed")
+	}
+	rows.Close()
+	if rows.Err() != nil || len(cols) == 0 {
+		return ""
+	}
+	body := ` (` + strings.Join(cols, ", ") + `)`
+	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_plan_shape`+body); err != nil {
+		return ""
+	}
+	return `CREATE OR REPLACE TABLE ` + table + body
+}
+
+// createPlanTable writes the plan table: ddl then an INSERT of query, or CREATE TABLE AS when
+// ddl is "".
+func createPlanTable(ctx context.Context, tx *sql.Tx, table, ddl, query string) error {
+	if ddl == "" {
+		_, err := tx.ExecContext(ctx, `CREATE OR REPLACE TABLE `+table+` AS `+query)
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, ddl); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO `+table+` `+query)
+	return err
+}
+
+// The seq of a plan row: its row id in activation_sorted, or, should those not be dense, its
+// rank by key (a window, which sorts the rows again).
+const (
+	rowidSeq  = "rowid + 1"
+	windowSeq = "row_number() OVER (PARTITION BY op = 'refresh' ORDER BY key)"
+)
+
+// checkDense tells whether the row ids of activation_sorted number its rows to send densely from
+// 0, which rowidSeq relies on: DuckDB gives a table written by one statement consecutive row ids,
+// in the order of its ORDER BY.
+func checkDense(ctx context.Context, conn *sql.Conn) (bool, error) {
+	var n, lo, hi int64
+	if err := conn.QueryRowContext(ctx, `SELECT count(*), coalesce(min(rowid), 0), coalesce(max(rowid), -1)
+		FROM `+sortedTable+` WHERE op <> 'refresh'`).Scan(&n, &lo, &hi); err != nil {
+		return false, fmt.Errorf("number planned rows: %w", err)
+	}
+	return lo == 0 && hi == n-1, nil
 }
 
 // jsonPointer addresses one key of the field_hashes object whatever characters it holds.

@@ -2,11 +2,8 @@ package duckdb
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
@@ -14,125 +11,11 @@ import (
 	"github.com/activation-engine/activations/internal/warehouse"
 )
 
-// ReadChunk streams the rows of one chunk with Seq > AfterSeq, in Seq order. It selects a seq
+// ReadChunk hands fn the rows of one chunk with Seq > AfterSeq, in Seq order. It selects a seq
 // range (never OFFSET), which the plan's seq-ordered storage answers from a few row groups.
-// An error returned by fn stops the read and is returned as is.
+// An error returned by fn stops the read and is returned as is. See readChunk (read.go).
 func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
-	id := req.ActivationID
-	if err := warehouse.CheckPlanTable(req.Table, id); err != nil {
-		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
-	}
-	fields, err := warehouse.SortedFields(req.Fields)
-	if err != nil {
-		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
-	}
-	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "coalesce(row_hash, '') AS row_hash",
-		"keep_profile", "prior_outcome", "prior_class", "prior_field", "prior_reason", "hold"}
-	all := make([]string, len(fields)) // an add changes every field; the plan stores no list for it
-	for i, f := range fields {
-		cols = append(cols, quoteIdent(warehouse.ValueColumn(f.Field)))
-		all[i] = f.Field
-	}
-	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
-	from := p.qualified(req.Table) + " AS plan"
-	cols = append(cols, "false AS known")
-	if req.KnownTable != "" {
-		if err := warehouse.CheckPlanTable(req.KnownTable, id); err != nil {
-			return fmt.Errorf("read chunk %d of %s: known identifiers: %w", req.Chunk.Index, id, err)
-		}
-		// The known table holds each identifier once (LoadIdentifiers dedups), so the join
-		// neither drops nor repeats plan rows.
-		cols[len(cols)-1] = "known.id IS NOT NULL AS known"
-		ident := "CASE WHEN plan.op = 'remove' THEN plan.old_ident ELSE CAST(plan.ident AS VARCHAR) END"
-		if req.KnownLowerCase {
-			ident = "lower(" + ident + ")"
-		}
-		from += ` LEFT JOIN ` + p.qualified(req.KnownTable) + ` AS known ON known.id = ` + ident
-	}
-	for i, c := range cols {
-		if !strings.Contains(c, " AS ") {
-			cols[i] = "plan." + c
-		} else if strings.HasPrefix(c, "coalesce(") {
-			cols[i] = strings.Replace(c, "coalesce(", "coalesce(plan.", 1)
-		}
-	}
-	rows, err := p.db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+from+`
-		WHERE plan.seq > ? AND plan.seq <= ? ORDER BY plan.seq`, after, req.Chunk.LastSeq)
-	if err != nil {
-		return fmt.Errorf("read chunk %d of %s from %s: %w", req.Chunk.Index, id, req.Table, err)
-	}
-	defer rows.Close()
-
-	var (
-		seq              int64
-		key, op, rowHash string
-		changed          any
-		ident            any
-		oldIdent         sql.NullString
-		keepProfile      bool
-		prior            [4]sql.NullString // outcome, class, field, reason
-		hold             bool
-		known            bool
-	)
-	// The model's types decide what a scanned value means (a UUID and a BLOB both scan as bytes).
-	conv, err := p.valueConverters(ctx, req.Table, fields)
-	if err != nil {
-		return fmt.Errorf("read chunk %d of %s from %s: %w", req.Chunk.Index, id, req.Table, err)
-	}
-	values := make([]any, len(fields))
-	dest := []any{&seq, &key, &op, &changed, &ident, &oldIdent, &rowHash, &keepProfile,
-		&prior[0], &prior[1], &prior[2], &prior[3], &hold}
-	for i := range values {
-		dest = append(dest, &values[i])
-	}
-	dest = append(dest, &known)
-	n := 0
-	for rows.Next() {
-		if err := rows.Scan(dest...); err != nil {
-			return fmt.Errorf("read chunk %d of %s from %s: row %d: %w", req.Chunk.Index, id, req.Table, n, err)
-		}
-		r := warehouse.Row{Seq: seq, Key: key, Op: warehouse.Op(op), Identifier: ident, Values: map[string]any{},
-			Known: known, RowHash: rowHash, KeepProfile: keepProfile}
-		if prior[0].Valid {
-			r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(prior[0].String), Class: warehouse.Class(prior[1].String),
-				Field: prior[2].String, Reason: prior[3].String, Hold: hold}
-		}
-		if r.Op == warehouse.OpRemove {
-			// A removal names the profile it was last synced with (nil when the state has none).
-			r.Identifier = nil
-			if oldIdent.Valid {
-				r.Identifier = oldIdent.String
-			}
-		} else {
-			if oldIdent.Valid {
-				r.PreviousIdentifier = oldIdent.String // the identifier changed: another profile
-			}
-			r.Identifier = conv.value(len(fields), ident)
-			for i, f := range fields {
-				r.Values[f.Field] = conv.value(i, values[i])
-			}
-		}
-		switch r.Op {
-		case warehouse.OpAdd:
-			r.Changed = slices.Clone(all)
-		case warehouse.OpChange:
-			list, _ := changed.([]any)
-			r.Changed = make([]string, 0, len(list))
-			for _, c := range list {
-				if s, ok := c.(string); ok {
-					r.Changed = append(r.Changed, s)
-				}
-			}
-		}
-		if err := fn(r); err != nil {
-			return err
-		}
-		n++
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read chunk %d of %s from %s after %d rows: %w", req.Chunk.Index, id, req.Table, n, err)
-	}
-	return nil
+	return p.readChunk(ctx, req, fn) // read.go
 }
 
 // RecordRejections appends the rows with DuckDB's Appender: one bulk write however many rows.
