@@ -14,7 +14,7 @@ import (
 // worker without code.
 const (
 	// EnvMemoryLimit bounds DuckDB's memory (its buffer pool: tables, hash tables, sorts), per
-	// state database, as DuckDB's memory_limit setting: "512MB", "2GB", "1GiB". Past the limit
+	// state database, as DuckDB's memory_limit setting: "128MB", "2GB", "1GiB". Past the limit
 	// DuckDB spills to its temporary directory instead of growing.
 	EnvMemoryLimit = "ACTIVATIONS_DUCKDB_MEMORY_LIMIT"
 	// EnvThreads is the number of DuckDB worker threads per state database (default: one per core).
@@ -27,11 +27,13 @@ const (
 
 // DefaultMemoryLimit is the memory limit of a state database when neither Options nor the
 // environment sets one. DuckDB's own default is 80% of the machine's RAM, which a diff of a
-// large model fills (1.5 GB of worker memory at 1,000,000 rows). The process holds about twice
-// the limit at its peak (DuckDB allocates outside its buffer pool too): with 128MB the planner
-// peaks under 300 MiB at 1,000,000 and at 10,000,000 rows. The plan sorts its rows once and
-// spills what does not fit; at 1,000,000 rows it took no more CPU at 128MB than at 512MB
-// (docs/benchmarks.md has the measurements).
+// large model fills (1.5 GB of worker memory at 1,000,000 rows). The process holds about two to
+// three times the limit at its peak (DuckDB allocates outside its buffer pool too, more as the
+// state grows): with 128MB the whole worker peaked at 391–398 MiB on 1,000,000 rows and 467 MiB
+// on 10,000,000, and planned as fast as with 512MB (the plan sorts its rows once and spills what
+// does not fit). 96MB peaked at 366 MiB on 10,000,000 rows, but Commit's DELETE of 200,000
+// changed keys from a 10,000,000-row state failed there ("failed to pin block"): DuckDB cannot
+// spill everything (docs/benchmarks.md has the measurements).
 const DefaultMemoryLimit = "128MB"
 
 // Resources are the DuckDB settings that bound what the planner takes from the machine.
