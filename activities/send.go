@@ -206,31 +206,21 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 		if d.OnRemoved == "delete" {
 			return u, nil // deleted, not updated: it carries no fields
 		}
-	case changesEveryValue(r):
-		// The row's own map becomes the user's: its values are converted in place (the row's
-		// values are not read again) and the NULLs a spec ignores are dropped, which saves a map
-		// per user. Fields are visited in the same order as below, so errors are the same.
-		for _, name := range r.Changed {
-			raw := r.Values[name]
-			if raw == nil && d.IgnoresNulls() {
-				delete(r.Values, name)
-				continue
-			}
-			if reason, conflict := s.conflicts[name]; conflict {
-				return nil, reject(warehouse.ClassType, name, reason)
-			}
-			v, err := iterable.Value(raw)
-			if err != nil {
-				return nil, reject(warehouse.ClassValue, name, fmt.Sprintf("field %s: %v", name, err))
-			}
-			r.Values[name] = v
-		}
-		u.DataFields = r.Values
 	default:
-		u.DataFields = make(map[string]any, len(r.Changed))
+		// An add's own map becomes the user's: its values are converted in place (the row's
+		// values are not read again) and the NULLs a spec ignores are dropped, which saves a map
+		// per user.
+		inPlace := changesEveryValue(r)
+		dst := r.Values
+		if !inPlace {
+			dst = make(map[string]any, len(r.Changed))
+		}
 		for _, name := range r.Changed {
 			raw := r.Values[name]
 			if raw == nil && d.IgnoresNulls() {
+				if inPlace {
+					delete(dst, name)
+				}
 				continue
 			}
 			if reason, conflict := s.conflicts[name]; conflict {
@@ -240,8 +230,9 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 			if err != nil {
 				return nil, reject(warehouse.ClassValue, name, fmt.Sprintf("field %s: %v", name, err))
 			}
-			u.DataFields[name] = v
+			dst[name] = v
 		}
+		u.DataFields = dst
 	}
 	if len(u.DataFields) == 0 && (d.List == nil || r.Op != warehouse.OpAdd) {
 		return nil, nil // a subscriber needs no field: joining the list is the update

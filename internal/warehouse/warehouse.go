@@ -398,3 +398,23 @@ const DuplicateKeyReasonFormat = "duplicate primary key: %d rows share this key"
 // SharedIdentifierReasonFormat is the reason Plan records (outcome skipped) for every key whose
 // identifier other keys carry too, with the number of keys that share it.
 const SharedIdentifierReasonFormat = "shared identifier: %d primary keys carry this identifier; none of them is sent until only one does"
+
+// Columns of a chunk's query in both planners (ReadChunk), in order, before the value columns
+// (one per field, in SortedFields order): seq, key, op, changed_fields, ident, old_ident,
+// row_hash, keep_profile, prior_outcome, prior_class, prior_field, prior_reason, hold.
+const (
+	ChunkColSeq = iota
+	ChunkColKey
+	ChunkColOp
+	ChunkColChanged
+	ChunkColIdent
+	ChunkColOldIdent
+	ChunkColRowHash
+	ChunkColKeepProfile
+	ChunkColPriorOutcome
+	ChunkColPriorClass
+	ChunkColPriorField
+	ChunkColPriorReason
+	ChunkColHold
+	ChunkColValues
+)

@@ -241,29 +241,9 @@ func arrowValue(col arrow.Array, i int) bigquery.Value {
 	return nil
 }
 
-// Columns of readChunkSQL before the values: seq, key, op, changed_fields, ident, old_ident,
-// row_hash, keep_profile, prior_outcome, prior_class, prior_field, prior_reason, hold. known
-// follows the values.
-const (
-	colSeq = iota
-	colKey
-	colOp
-	colChanged
-	colIdent
-	colOldIdent
-	colRowHash
-	colKeepProfile
-	colPriorOutcome
-	colPriorClass
-	colPriorField
-	colPriorReason
-	colHold
-	colValues
-)
-
 // chunkRow decodes one row of readChunkSQL, as the DuckDB planner fills a warehouse.Row.
 func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.Field, all []string) (warehouse.Row, error) {
-	if want := colValues + len(fields) + 1; len(row) != want {
+	if want := warehouse.ChunkColValues + len(fields) + 1; len(row) != want {
 		return warehouse.Row{}, fmt.Errorf("got %d columns, want %d", len(row), want)
 	}
 	at := func(i int) *bigquery.FieldSchema {
@@ -274,38 +254,38 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 	}
 	str := func(i int) string { s, _ := row[i].(string); return s }
 	flag := func(i int) bool { b, _ := row[i].(bool); return b }
-	seq, err := asInt(row[colSeq])
+	seq, err := asInt(row[warehouse.ChunkColSeq])
 	if err != nil {
 		return warehouse.Row{}, fmt.Errorf("seq: %w", err)
 	}
-	op := str(colOp)
-	r := warehouse.Row{Seq: seq, Key: str(colKey), Op: warehouse.Op(op), Identifier: normalize(row[colIdent], at(colIdent)),
-		Known: flag(len(row) - 1), RowHash: str(colRowHash), KeepProfile: flag(colKeepProfile)}
-	if row[colPriorOutcome] != nil {
-		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(str(colPriorOutcome)), Class: warehouse.Class(str(colPriorClass)),
-			Field: str(colPriorField), Reason: str(colPriorReason), Hold: flag(colHold)}
+	op := str(warehouse.ChunkColOp)
+	r := warehouse.Row{Seq: seq, Key: str(warehouse.ChunkColKey), Op: warehouse.Op(op), Identifier: normalize(row[warehouse.ChunkColIdent], at(warehouse.ChunkColIdent)),
+		Known: flag(len(row) - 1), RowHash: str(warehouse.ChunkColRowHash), KeepProfile: flag(warehouse.ChunkColKeepProfile)}
+	if row[warehouse.ChunkColPriorOutcome] != nil {
+		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(str(warehouse.ChunkColPriorOutcome)), Class: warehouse.Class(str(warehouse.ChunkColPriorClass)),
+			Field: str(warehouse.ChunkColPriorField), Reason: str(warehouse.ChunkColPriorReason), Hold: flag(warehouse.ChunkColHold)}
 	}
 	if r.Op == warehouse.OpRemove {
 		// A removal names the profile it was last synced with (nil when the state has none).
 		r.Values = map[string]any{}
 		r.Identifier = nil
-		if old, ok := row[colOldIdent].(string); ok {
+		if old, ok := row[warehouse.ChunkColOldIdent].(string); ok {
 			r.Identifier = old
 		}
 	} else {
-		if old, ok := row[colOldIdent].(string); ok {
+		if old, ok := row[warehouse.ChunkColOldIdent].(string); ok {
 			r.PreviousIdentifier = old // the identifier changed: another profile
 		}
 		r.Values = make(map[string]any, len(fields))
 		for i, f := range fields {
-			r.Values[f.Field] = normalize(row[colValues+i], at(colValues+i))
+			r.Values[f.Field] = normalize(row[warehouse.ChunkColValues+i], at(warehouse.ChunkColValues+i))
 		}
 	}
 	switch r.Op {
 	case warehouse.OpAdd:
 		r.Changed = all
 	case warehouse.OpChange:
-		list, _ := row[colChanged].([]bigquery.Value)
+		list, _ := row[warehouse.ChunkColChanged].([]bigquery.Value)
 		r.Changed = make([]string, 0, len(list))
 		for _, c := range list {
 			if s, ok := c.(string); ok {

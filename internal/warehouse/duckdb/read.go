@@ -19,24 +19,6 @@ import (
 // over (see readChunk); a larger chunk is read in seq order by DuckDB and streamed.
 const maxBufferedChunkRows = 50_000
 
-// The columns of a chunk's SELECT before the value columns, and the value columns' offset.
-const (
-	colSeq = iota
-	colKey
-	colOp
-	colChanged
-	colIdent
-	colOldIdent
-	colRowHash
-	colKeepProfile
-	colPriorOutcome
-	colPriorClass
-	colPriorField
-	colPriorReason
-	colHold
-	colValues
-)
-
 // readChunk is ReadChunk. It reads the driver's rows directly (database/sql's Scan would
 // convert and copy every cell once more) and, for a chunk of at most maxBufferedChunkRows rows,
 // without ORDER BY: the plan numbers its rows densely, so the chunk is read whole (one chunk of
@@ -189,23 +171,23 @@ var rowBuffers = sync.Pool{New: func() any { return new([]warehouse.Row) }}
 // chunkRow builds a plan row from the driver's values of one result row (see the col* offsets).
 func chunkRow(dest []driver.Value, fields []warehouse.Field, all []string, conv converters) (warehouse.Row, error) {
 	var r warehouse.Row
-	seq, ok := dest[colSeq].(int64)
+	seq, ok := dest[warehouse.ChunkColSeq].(int64)
 	if !ok {
-		return r, fmt.Errorf("seq is %T, not BIGINT", dest[colSeq])
+		return r, fmt.Errorf("seq is %T, not BIGINT", dest[warehouse.ChunkColSeq])
 	}
 	r.Seq = seq
-	r.Key, _ = dest[colKey].(string)
-	op, _ := dest[colOp].(string)
+	r.Key, _ = dest[warehouse.ChunkColKey].(string)
+	op, _ := dest[warehouse.ChunkColOp].(string)
 	r.Op = warehouse.Op(op)
-	r.RowHash, _ = dest[colRowHash].(string)
-	r.KeepProfile, _ = dest[colKeepProfile].(bool)
+	r.RowHash, _ = dest[warehouse.ChunkColRowHash].(string)
+	r.KeepProfile, _ = dest[warehouse.ChunkColKeepProfile].(bool)
 	r.Known, _ = dest[len(dest)-1].(bool)
-	if outcome, ok := dest[colPriorOutcome].(string); ok {
-		hold, _ := dest[colHold].(bool)
-		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(outcome), Class: warehouse.Class(text(dest[colPriorClass])),
-			Field: text(dest[colPriorField]), Reason: text(dest[colPriorReason]), Hold: hold}
+	if outcome, ok := dest[warehouse.ChunkColPriorOutcome].(string); ok {
+		hold, _ := dest[warehouse.ChunkColHold].(bool)
+		r.Prior = &warehouse.Prior{Outcome: warehouse.Outcome(outcome), Class: warehouse.Class(text(dest[warehouse.ChunkColPriorClass])),
+			Field: text(dest[warehouse.ChunkColPriorField]), Reason: text(dest[warehouse.ChunkColPriorReason]), Hold: hold}
 	}
-	oldIdent, hasOld := dest[colOldIdent].(string)
+	oldIdent, hasOld := dest[warehouse.ChunkColOldIdent].(string)
 	if r.Op == warehouse.OpRemove {
 		// A removal names the profile it was last synced with (nil when the state has none).
 		r.Values = map[string]any{}
@@ -217,16 +199,16 @@ func chunkRow(dest []driver.Value, fields []warehouse.Field, all []string, conv 
 	if hasOld {
 		r.PreviousIdentifier = oldIdent // the identifier changed: another profile
 	}
-	r.Identifier = conv.value(len(fields), owned(dest[colIdent]))
+	r.Identifier = conv.value(len(fields), owned(dest[warehouse.ChunkColIdent]))
 	r.Values = make(map[string]any, len(fields))
 	for i, f := range fields {
-		r.Values[f.Field] = conv.value(i, owned(dest[colValues+i]))
+		r.Values[f.Field] = conv.value(i, owned(dest[warehouse.ChunkColValues+i]))
 	}
 	switch r.Op {
 	case warehouse.OpAdd:
 		r.Changed = all
 	case warehouse.OpChange:
-		list, _ := dest[colChanged].([]any)
+		list, _ := dest[warehouse.ChunkColChanged].([]any)
 		r.Changed = make([]string, 0, len(list))
 		for _, c := range list {
 			if s, ok := c.(string); ok {
@@ -278,9 +260,9 @@ func (p *Planner) cachedConverters(ctx context.Context, table string, fields []w
 	if ct, ok := rows.(columnTyper); ok {
 		names := make([]string, 0, 2*len(fields)+1)
 		for i, f := range fields {
-			names = append(names, f.Field, ct.ColumnTypeDatabaseTypeName(colValues+i))
+			names = append(names, f.Field, ct.ColumnTypeDatabaseTypeName(warehouse.ChunkColValues+i))
 		}
-		names = append(names, ct.ColumnTypeDatabaseTypeName(colIdent))
+		names = append(names, ct.ColumnTypeDatabaseTypeName(warehouse.ChunkColIdent))
 		key.types = strings.Join(names, "\x00")
 	} else {
 		return p.valueConverters(ctx, table, fields)
