@@ -89,23 +89,9 @@ func benchBigQueryWorker(b *testing.B, bin string, rows int) {
 		require.Equal(b, int64(rows), fake.SyntheticRowsRead(), "every row came through the Storage Read API")
 		require.Equal(b, (rows+bigQueryBenchChunkRows-1)/bigQueryBenchChunkRows, fake.ReadSessions(), "one read session per chunk")
 
-		ph := splitAt(series, rep.StartedAt.Add(rep.PlanDuration), ended)
-		peak := max(runPeak, ph[2].peakMiB) // the run's VmHWM, then shutdown sampled every 100 ms
-		perM := 1e6 / float64(rows)
-		b.ReportMetric(cpu*perM, "worker-cpu-s/1M")
-		b.ReportMetric(cpu*perM/bigQueryTargetCPUPerM, "cpu-of-target")
-		b.ReportMetric(ph[0].cpu*perM, "plan-cpu-s/1M")
-		b.ReportMetric(ph[1].cpu*perM, "send-cpu-s/1M")
-		b.ReportMetric(peak, "worker-peak-MiB")
+		cpuPerM, peak := reportWorkerRun(b, rows, cpu, runPeak, series, rep, ended)
+		b.ReportMetric(cpuPerM/bigQueryTargetCPUPerM, "cpu-of-target")
 		b.ReportMetric(peak/bigQueryTargetPeakMiB, "peak-of-target")
-		b.ReportMetric(runPeak, "run-peak-MiB")
-		b.ReportMetric(ph[0].peakMiB, "plan-peak-MiB")
-		b.ReportMetric(ph[1].peakMiB, "send-peak-MiB")
-		b.ReportMetric(ph[2].peakMiB, "shutdown-peak-MiB")
-		b.ReportMetric(float64(rows)/rep.SyncDuration.Seconds(), "users/s")
-		b.ReportMetric(rep.PlanDuration.Seconds(), "plan-s")
-		b.ReportMetric(rep.SyncDuration.Seconds(), "sync-s")
-		b.ReportMetric(rep.Duration.Seconds(), "run-s")
 	}
 }
 

@@ -272,19 +272,29 @@ func benchWorkerCPU(b *testing.B, rows int) {
 		require.Equal(b, int64(rows), rep.Succeeded.Added)
 		// Phases: the plan (from the run's start), the sync (every chunk, commit, report), the
 		// worker's shutdown. The send pipeline's CPU is the sync phase's.
-		ph := splitAt(series, rep.StartedAt.Add(rep.PlanDuration), ended)
-		peak := max(runPeak, ph[2].peakMiB)
-		perM := 1e6 / float64(rows)
-		b.ReportMetric(cpu*perM, "worker-cpu-s/1M")
-		b.ReportMetric(ph[0].cpu*perM, "plan-cpu-s/1M")
-		b.ReportMetric(ph[1].cpu*perM, "send-cpu-s/1M")
-		b.ReportMetric(peak, "worker-peak-MiB")
-		b.ReportMetric(ph[0].peakMiB, "plan-peak-MiB")
-		b.ReportMetric(ph[1].peakMiB, "send-peak-MiB")
-		b.ReportMetric(ph[2].peakMiB, "shutdown-peak-MiB")
-		b.ReportMetric(float64(rows)/rep.SyncDuration.Seconds(), "users/s")
-		b.ReportMetric(rep.PlanDuration.Seconds(), "plan-s")
-		b.ReportMetric(rep.SyncDuration.Seconds(), "sync-s")
-		b.ReportMetric(rep.Duration.Seconds(), "run-s")
+		reportWorkerRun(b, rows, cpu, runPeak, series, rep, ended)
 	}
+}
+
+// reportWorkerRun reports a worker benchmark's run: CPU per 1,000,000 records, split at the end
+// of the plan and at the run's end (the plan, the send pipeline, the shutdown), and the peak
+// memory: the worker's VmHWM at the run's end (runPeak), then its shutdown sampled every 100 ms.
+// It returns the CPU per 1,000,000 records and the peak, for the callers' own targets.
+func reportWorkerRun(b *testing.B, rows int, cpu, runPeak float64, series []procSample, rep workflows.RunReport, ended time.Time) (cpuPerM, peak float64) {
+	ph := splitAt(series, rep.StartedAt.Add(rep.PlanDuration), ended)
+	peak = max(runPeak, ph[2].peakMiB)
+	perM := 1e6 / float64(rows)
+	b.ReportMetric(cpu*perM, "worker-cpu-s/1M")
+	b.ReportMetric(ph[0].cpu*perM, "plan-cpu-s/1M")
+	b.ReportMetric(ph[1].cpu*perM, "send-cpu-s/1M")
+	b.ReportMetric(peak, "worker-peak-MiB")
+	b.ReportMetric(runPeak, "run-peak-MiB")
+	b.ReportMetric(ph[0].peakMiB, "plan-peak-MiB")
+	b.ReportMetric(ph[1].peakMiB, "send-peak-MiB")
+	b.ReportMetric(ph[2].peakMiB, "shutdown-peak-MiB")
+	b.ReportMetric(float64(rows)/rep.SyncDuration.Seconds(), "users/s")
+	b.ReportMetric(rep.PlanDuration.Seconds(), "plan-s")
+	b.ReportMetric(rep.SyncDuration.Seconds(), "sync-s")
+	b.ReportMetric(rep.Duration.Seconds(), "run-s")
+	return cpu * perM, peak
 }
