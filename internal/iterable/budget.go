@@ -359,7 +359,7 @@ func (b *Budget) rateLimitedAt(now time.Time, epoch uint64, retryAfter time.Dura
 	}
 	b.hits++
 	b.calmSince = now
-	b.mark, b.markAt = 0, time.Time{}
+	b.markAt = time.Time{}
 	factor := b.ctl.decrease
 	b.before = b.rate
 	if !b.limited {
@@ -400,7 +400,7 @@ func (b *Budget) succeededAt(now time.Time) {
 	// good is the rate of the start of a calm window that ended without a 429: every rate since
 	// was at least as high, so it was held calm for the whole window.
 	// While someone else's episode is not restored, the lower rates it forced are not good.
-	if b.markAt.IsZero() || b.markAt.Before(b.calmSince) {
+	if b.markAt.IsZero() { // creation, a 429 or an idle restart: a new window starts here
 		b.mark, b.markAt = b.rate, now
 	} else if now.Sub(b.markAt).Seconds() >= b.ctl.calm {
 		if !b.unrestored() {
