@@ -380,3 +380,21 @@ func TestBudgetExternalEpisodeRestores(t *testing.T) {
 	require.Less(t, o.rate, o.pre, "no restore to the rate that overshot")
 	require.Greater(t, o.rate, decreased)
 }
+
+// After a stall (a slow response, a GC pause), the budget sends one request at once and spaces
+// the next by 1/rate: a burst of requests back to back is what a limit counted in a strict
+// one-second window refuses (issue 14).
+func TestBudgetBurstIsOneRequest(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	b := newBudget(5, t0, half, defaultControl)
+	for s := 0.0; s <= 20; s += 0.2 {
+		b.succeededAt(t0.Add(time.Duration(s * float64(time.Second))))
+	}
+	require.InDelta(t, 4.9, b.rate, 1e-9)
+	stalled := t0.Add(22 * time.Second) // two seconds without a request: under idleRestart
+	_, _, ok := b.reserve(stalled)
+	require.True(t, ok, "one request at once")
+	_, wait, ok := b.reserve(stalled)
+	require.False(t, ok, "not a second one back to back")
+	require.InDelta(t, float64(time.Second)/4.9, float64(wait), float64(time.Millisecond))
+}
