@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -27,14 +28,13 @@ const (
 
 // DefaultMemoryLimit is the memory limit of a state database when neither Options nor the
 // environment sets one. DuckDB's own default is 80% of the machine's RAM, which a diff of a
-// large model fills (1.5 GB of worker memory at 1,000,000 rows). The process holds about two to
-// three times the limit at its peak (DuckDB allocates outside its buffer pool too, more as the
-// state grows): with 128MB the whole worker peaked at 391–398 MiB on 1,000,000 rows and 467 MiB
-// on 10,000,000, and planned as fast as with 512MB (the plan sorts its rows once and spills what
-// does not fit). 96MB peaked at 366 MiB on 10,000,000 rows, but Commit's DELETE of 200,000
-// changed keys from a 10,000,000-row state failed there ("failed to pin block"): DuckDB cannot
-// spill everything (docs/benchmarks.md has the measurements).
-const DefaultMemoryLimit = "128MB"
+// large model fills (1.5 GB of worker memory at 1,000,000 rows). The process holds about three
+// times the limit at its peak (DuckDB allocates outside its buffer pool too): with 96MB the whole
+// worker peaked at 346 MiB on 1,000,000 rows and 373 MiB on 10,000,000, and planned as fast as
+// with 512MB (the plan sorts its rows once and spills what does not fit). What DuckDB cannot
+// spill, a commit's DELETE from a large state, raises the limit as it needs (deleteMemory):
+// 10,000,000 rows need about 127 MiB (docs/benchmarks.md has the measurements).
+const DefaultMemoryLimit = "96MB"
 
 // Resources are the DuckDB settings that bound what the planner takes from the machine.
 type Resources struct {
@@ -105,4 +105,69 @@ func (r Resources) apply(ctx context.Context, db *sql.DB) error {
 	// The plan's order comes from ORDER BY (of the sorted diff, and seq), never from insertion
 	// order; without the guarantee DuckDB's CREATE TABLE AS and inserts need less memory.
 	return set("preserve_insertion_order", "false")
+}
+
+// Deleting rows pins memory that DuckDB cannot spill: the version information of every
+// 2,048-row vector of the table that loses a row, 16 KiB each, held until the next checkpoint.
+// A commit of changes spread over the whole state touches every vector, so its DELETE needs
+// about 8 bytes per state row whatever the number of keys: 76 MiB for a state of 10,000,000
+// rows, which failed with "failed to pin block" under a 96MB limit (2,000,000 rows needed 16 –
+// 24 MB, 4,000,000 rows 32 – 48 MB). deleteMemory is what such a DELETE needs, with a margin
+// for the scan and the keys' hash table; Commit raises memory_limit to it (ensureMemory).
+const (
+	vectorRows       = 2048
+	vectorDeleteInfo = 16 << 10
+	deleteMargin     = 32 << 20
+)
+
+// deleteMemory is the memory_limit a DELETE of keys rows from a table of rows rows needs.
+func deleteMemory(rows, keys int64) int64 {
+	vectors := min(keys, (rows+vectorRows-1)/vectorRows)
+	return vectors*vectorDeleteInfo*5/4 + deleteMargin
+}
+
+// parseBytes reads a memory size as DuckDB writes and takes them: "128MB" (powers of 1,000),
+// "1GiB" or "91.5 MiB" (powers of 1,024), a bare number of bytes.
+func parseBytes(s string) (int64, bool) {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.ToLower(strings.TrimSpace(s[i:]))
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 {
+		return 0, false
+	}
+	mult := map[string]float64{"": 1, "b": 1, "bytes": 1,
+		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}[unit]
+	if mult == 0 {
+		return 0, false
+	}
+	return int64(math.Round(v * mult)), true
+}
+
+// ensureMemory raises the database's memory_limit to need bytes when it is lower, and never
+// lowers it: the memory a DELETE pinned stays pinned until a checkpoint, which later steps do
+// not control. It does nothing when the limit is DuckDB's own default or cannot be read.
+func (p *Planner) ensureMemory(ctx context.Context, need int64, why string) error {
+	p.memMu.Lock()
+	defer p.memMu.Unlock()
+	if !p.manageMemory {
+		return nil
+	}
+	var cur string
+	if err := p.db.QueryRowContext(ctx, `SELECT current_setting('memory_limit')`).Scan(&cur); err != nil {
+		return fmt.Errorf("read memory_limit: %w", err)
+	}
+	have, ok := parseBytes(cur)
+	if !ok || have >= need {
+		return nil
+	}
+	if _, err := p.db.ExecContext(ctx, fmt.Sprintf(`SET GLOBAL memory_limit = '%dKiB'`, (need+1023)>>10)); err != nil {
+		return fmt.Errorf("raise memory_limit to %d MiB: %w", need>>20, err)
+	}
+	p.log.InfoContext(ctx, "DuckDB memory_limit raised", "from", cur, "to_mib", need>>20, "why", why)
+	return nil
 }

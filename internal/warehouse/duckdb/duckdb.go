@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
@@ -44,6 +45,17 @@ type Options struct {
 // for users to query.
 const RejectionsTable = "rejections"
 
+// planChunksTable is Commit's bookkeeping: the chunks of each plan table already applied to the
+// state, so that a repeated Commit applies them once, and a row of chunk newAddsMark, written
+// with the plan, when none of the plan's adds has a row in the state (every plan but a full
+// resync). With both, Commit inserts the adds without first deleting their keys from the state,
+// which scanned the whole state and held every committed key in memory. A plan table without
+// the mark (a full resync, or one written by an earlier version) deletes before inserting.
+const planChunksTable = "plan_chunks"
+
+// newAddsMark is the chunk number of planChunksTable's row that says a plan's adds are new keys.
+const newAddsMark = -1
+
 // Planner is a warehouse.Planner backed by DuckDB. DuckDB lets one process open a database file,
 // so open one Planner per file and share it: it is safe for concurrent use.
 type Planner struct {
@@ -56,6 +68,10 @@ type Planner struct {
 	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
 
 	numberWithWindow bool // every plan numbers its rows with the window (tests of the fallback)
+
+	// manageMemory: Commit may raise memory_limit (ensureMemory), false when it is DuckDB's own.
+	manageMemory bool
+	memMu        sync.Mutex
 }
 
 var _ warehouse.Planner = (*Planner)(nil)
@@ -81,7 +97,7 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
 	}
 	db := sql.OpenDB(connector)
-	p := &Planner{db: db, log: log}
+	p := &Planner{db: db, log: log, manageMemory: !strings.EqualFold(res.MemoryLimit, "default")}
 	if err := p.init(ctx, opts); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
@@ -143,6 +159,13 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 			` ADD COLUMN IF NOT EXISTS `+col+` VARCHAR`); err != nil {
 			return fmt.Errorf("add column %s to %s: %w", col, RejectionsTable, err)
 		}
+	}
+	if _, err := p.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+p.qualified(planChunksTable)+` (
+		plan VARCHAR NOT NULL,
+		chunk INTEGER NOT NULL,
+		"at" TIMESTAMP NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("create %s table: %w", planChunksTable, err)
 	}
 	if _, err := p.db.ExecContext(ctx, p.createRunsTableSQL()); err != nil {
 		return fmt.Errorf("create %s table: %w", RunsTable, err)

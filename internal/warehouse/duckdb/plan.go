@@ -400,6 +400,9 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 	if err := createPlanTable(ctx, tx, p.qualified(table), ddl, tableSQL); err != nil {
 		return 0, fmt.Errorf("plan %s: write plan table %s: %w", id, table, err)
 	}
+	if err := p.markPlan(ctx, tx, table, !req.FullResync, now); err != nil {
+		return 0, fmt.Errorf("plan %s: %w", id, err)
+	}
 	refreshed, err := p.refresh(ctx, tx, id, p.qualified(table), state, req)
 	if err != nil {
 		return 0, fmt.Errorf("plan %s: %w", id, err)
@@ -421,6 +424,28 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 		return 0, fmt.Errorf("plan %s: commit plan table %s: %w", id, table, err)
 	}
 	return refreshed, nil
+}
+
+// markPlan starts the bookkeeping of a new plan table: no chunk of it committed yet, and,
+// when newAdds, the mark that its adds have no row in the state (the diff said so: an add is a
+// key the state lacks, except in a full resync; and only this plan's commits change the state
+// until it is dropped, the activation's lock and its runs being one at a time). Rows of plan
+// tables that no longer exist (a run that never finished) go too.
+func (p *Planner) markPlan(ctx context.Context, tx *sql.Tx, table string, newAdds bool, now time.Time) error {
+	chunks := p.qualified(planChunksTable)
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+chunks+` WHERE plan = ? OR plan NOT IN (
+		SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main')`,
+		table, p.catName); err != nil {
+		return fmt.Errorf("reset the commits of %s: %w", table, err)
+	}
+	if !newAdds {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+chunks+` (plan, chunk, "at") VALUES (?, ?, ?)`,
+		table, newAddsMark, now); err != nil {
+		return fmt.Errorf("mark the adds of %s as new: %w", table, err)
+	}
+	return nil
 }
 
 // refresh applies the plan's 'refresh' rows to the state and drops them from the plan. Their

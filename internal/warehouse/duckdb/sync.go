@@ -2,8 +2,10 @@ package duckdb
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"slices"
 	"time"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
@@ -100,7 +102,8 @@ func (p *Planner) TopReasons(ctx context.Context, activationID, runID string, li
 
 // Commit applies the finished chunks' rows that the run did not reject to the state, in one
 // transaction. The counts come from the plan, not from rows affected, so a repeated Commit
-// reports the same result (and changes nothing).
+// reports the same result; the chunks it already applied (planChunksTable) are not applied
+// again.
 func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (warehouse.CommitResult, error) {
 	id := req.ActivationID
 	var res warehouse.CommitResult
@@ -113,60 +116,122 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	if len(req.Chunks) == 0 {
 		return res, nil
 	}
-	chunks := make([]int64, len(req.Chunks))
-	for i, c := range req.Chunks {
-		chunks[i] = int64(c)
-	}
 	defer p.lock(id)()
 	start := time.Now()
-
-	plan, state := p.qualified(req.Table), p.qualified(warehouse.StateTable(id))
-	// Plan rows of the finished chunks, each with whether it is held out of the state: the run
-	// rejected or skipped its key (a skipped removal is done: the profile is not there), or a
-	// known rejection held it back (warehouse.HeldByPrior).
-	finished := `SELECT p.*, r.key IS NOT NULL OR coalesce(p.hold AND (p.prior_class <> '` + string(warehouse.ClassType) + `'
-		  OR p.prior_field || chr(0) || p.prior_reason IN (SELECT unnest(CAST(? AS VARCHAR[])))), false) AS held
-		FROM ` + plan + ` AS p
-		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
-		           WHERE activation_id = ? AND run_id = ? AND NOT (op IN ('remove', 'unsubscribe') AND outcome = 'skipped')) AS r
-		  ON p.key = r.key
-		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`
-	args := []any{warehouse.ConflictPairs(req.Conflicts), id, req.RunID, chunks}
 
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
 		return res, fmt.Errorf("commit %s: begin: %w", id, err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	plan, state, book := p.qualified(req.Table), p.qualified(warehouse.StateTable(id)), p.qualified(planChunksTable)
 	if _, err := tx.ExecContext(ctx, createStateSQL(state)); err != nil {
 		return res, fmt.Errorf("commit %s: create state table: %w", id, err)
 	}
+	applied, newAdds, err := appliedChunks(ctx, tx, book, req.Table)
+	if err != nil {
+		return res, fmt.Errorf("commit %s: %w", id, err)
+	}
+	all := make([]int64, 0, len(req.Chunks))
+	var todo []int64
+	for _, c := range req.Chunks {
+		if slices.Contains(all, int64(c)) {
+			continue
+		}
+		all = append(all, int64(c))
+		if !applied[c] {
+			todo = append(todo, int64(c))
+		}
+	}
+	// Plan rows of the chunks, each with whether it is held out of the state: the run rejected
+	// or skipped its key (a skipped removal is done: the profile is not there), or a known
+	// rejection held it back (warehouse.HeldByPrior).
+	finished := func(chunks []int64) (string, []any) {
+		return `SELECT p.*, r.key IS NOT NULL OR coalesce(p.hold AND (p.prior_class <> '` + string(warehouse.ClassType) + `'
+		  OR p.prior_field || chr(0) || p.prior_reason IN (SELECT unnest(CAST(? AS VARCHAR[])))), false) AS held
+		FROM ` + plan + ` AS p
+		LEFT JOIN (SELECT DISTINCT key FROM ` + p.qualified(RejectionsTable) + `
+		           WHERE activation_id = ? AND run_id = ? AND NOT (op IN ('remove', 'unsubscribe') AND outcome = 'skipped')) AS r
+		  ON p.key = r.key
+		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`, []any{warehouse.ConflictPairs(req.Conflicts), id, req.RunID, chunks}
+	}
+	// The keys whose old row must go: removals and changes, and adds unless the plan says they
+	// have none (a full resync's adds have one).
+	stale := "op <> 'add'"
+	if !newAdds {
+		stale = "true"
+	}
+	q, args := finished(all)
+	var toDelete int64
 	err = tx.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE NOT held AND op <> 'remove'),
-		count(*) FILTER (WHERE NOT held AND op = 'remove'), count(*) FILTER (WHERE held)
-		FROM (`+finished+`)`, args...).Scan(&res.Upserted, &res.Deleted, &res.Held)
+		count(*) FILTER (WHERE NOT held AND op = 'remove'), count(*) FILTER (WHERE held),
+		count(*) FILTER (WHERE NOT held AND `+stale+` AND chunk IN (SELECT unnest(CAST(? AS BIGINT[]))))
+		FROM (`+q+`)`, append([]any{todo}, args...)...).Scan(&res.Upserted, &res.Deleted, &res.Held, &toDelete)
 	if err != nil {
 		return res, fmt.Errorf("commit %s: count rows of %s: %w", id, req.Table, err)
 	}
-	// Delete, then insert: the state has no index on key (an index of every synced key would
-	// have to stay in memory), so an upsert is the removal of every committed key's old row
-	// followed by the insertion of its new one. An add of a full resync has an old row too.
-	if _, err := tx.ExecContext(ctx, `DELETE FROM `+state+` WHERE key IN (
-		SELECT key FROM (`+finished+`) WHERE NOT held)`, args...); err != nil {
-		return res, fmt.Errorf("commit %s: delete old rows from state: %w", id, err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+state+`
-		(`+stateColumns+`)
-		SELECT key, row_hash, field_hashes, ident_hash, ?, CAST(ident AS VARCHAR) FROM (`+finished+`)
-		WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
-		return res, fmt.Errorf("commit %s: insert rows into state: %w", id, err)
+	if len(todo) > 0 {
+		q, args := finished(todo)
+		// Delete, then insert: the state has no index on key (an index of every synced key would
+		// have to stay in memory), so an upsert is the removal of the key's old row followed by
+		// the insertion of its new one.
+		if toDelete > 0 {
+			var rows int64
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM `+state).Scan(&rows); err != nil {
+				return res, fmt.Errorf("commit %s: count state rows: %w", id, err)
+			}
+			if err := p.ensureMemory(ctx, deleteMemory(rows, toDelete), "commit deletes from a large state"); err != nil {
+				return res, fmt.Errorf("commit %s: %w", id, err)
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+state+` WHERE key IN (
+				SELECT key FROM (`+q+`) WHERE NOT held AND `+stale+`)`, args...); err != nil {
+				return res, fmt.Errorf("commit %s: delete old rows from state: %w", id, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+state+`
+			(`+stateColumns+`)
+			SELECT key, row_hash, field_hashes, ident_hash, ?, CAST(ident AS VARCHAR) FROM (`+q+`)
+			WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
+			return res, fmt.Errorf("commit %s: insert rows into state: %w", id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+book+` (plan, chunk, "at")
+			SELECT ?, unnest(CAST(? AS BIGINT[])), ?`, req.Table, todo, time.Now().UTC()); err != nil {
+			return res, fmt.Errorf("commit %s: record committed chunks: %w", id, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
 	p.log.DebugContext(ctx, "plan committed", "activation", id, "run", req.RunID, "table", req.Table,
-		"chunks", len(req.Chunks), "upserted", res.Upserted, "deleted", res.Deleted, "held", res.Held,
-		"took", time.Since(start))
+		"chunks", len(req.Chunks), "applied", len(todo), "deleted first", toDelete, "upserted", res.Upserted,
+		"deleted", res.Deleted, "held", res.Held, "took", time.Since(start))
 	return res, nil
+}
+
+// appliedChunks reads the bookkeeping of a plan table: the chunks already committed, and
+// whether its adds are new keys (newAddsMark).
+func appliedChunks(ctx context.Context, tx *sql.Tx, book, table string) (map[int]bool, bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT chunk FROM `+book+` WHERE plan = ?`, table)
+	if err != nil {
+		return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
+	}
+	defer rows.Close()
+	applied, newAdds := map[int]bool{}, false
+	for rows.Next() {
+		var c int
+		if err := rows.Scan(&c); err != nil {
+			return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
+		}
+		if c == newAddsMark {
+			newAdds = true
+			continue
+		}
+		applied[c] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
+	}
+	return applied, newAdds, nil
 }
 
 // DropPlan drops a plan table; dropping it twice is harmless.
@@ -176,6 +241,9 @@ func (p *Planner) DropPlan(ctx context.Context, table string) error {
 	}
 	if _, err := p.db.ExecContext(ctx, `DROP TABLE IF EXISTS `+p.qualified(table)); err != nil {
 		return fmt.Errorf("drop plan %s: %w", table, err)
+	}
+	if _, err := p.db.ExecContext(ctx, `DELETE FROM `+p.qualified(planChunksTable)+` WHERE plan = ?`, table); err != nil {
+		return fmt.Errorf("drop plan %s: forget its commits: %w", table, err)
 	}
 	return nil
 }

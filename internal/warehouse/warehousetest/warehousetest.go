@@ -69,6 +69,7 @@ func Run(t *testing.T, newPlanner func(t *testing.T) (warehouse.Planner, Fixture
 		{"commit holds rejected keys which are planned again", testCommitHoldsRejected},
 		{"commit only applies finished chunks", testCommitFinishedChunks},
 		{"commit is idempotent", testCommitIdempotent},
+		{"commit of adds is idempotent over repeated and overlapping chunks", testCommitAddsIdempotent},
 		{"read chunk resumes after a seq", testReadChunkResume},
 		{"chunks cover every seq exactly once", testChunksCover},
 		{"full resync plans every row as an add", testFullResync},
@@ -468,6 +469,28 @@ func testChunksCover(t *testing.T, s *suite) {
 	require.Equal(t, keys(2, 5, 8, 9, 10, 11, 12, 13, 14), rowKeys(all))
 }
 
+// testCommitAddsIdempotent commits the same chunks of adds twice, then chunks overlapping them:
+// the state must hold each key once, which a later change of one key shows (one row to send).
+func testCommitAddsIdempotent(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4, 5))
+	p := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 2 })
+	require.Len(t, p.Chunks, 3)
+	first := s.commit(p, 0, 1)
+	require.Equal(t, warehouse.CommitResult{Upserted: 4}, first)
+	require.Equal(t, first, s.commit(p, 0, 1))
+	require.Equal(t, first, s.commit(p, 1, 0, 1))
+	require.Equal(t, warehouse.CommitResult{Upserted: 3}, s.commit(p, 1, 2))
+	require.Zero(t, s.plan().Counts.Planned())
+	rows := users(1, 2, 3, 4, 5)
+	rows[2][2] = "Changed"
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 5, Changed: 1, Unchanged: 4}, p.Counts)
+	require.Equal(t, keys(3), rowKeys(s.readAll(p)))
+	require.Equal(t, warehouse.CommitResult{Upserted: 1}, s.commit(p, allChunks(p)...))
+	require.Zero(t, s.plan().Counts.Planned())
+}
+
 func testFullResync(t *testing.T, s *suite) {
 	s.model(users(1, 2, 3, 4, 5))
 	s.sync()
@@ -485,8 +508,14 @@ func testFullResync(t *testing.T, s *suite) {
 		require.Equal(t, allFields, r.Changed)
 		require.Len(t, r.Values, 3)
 	}
-	s.commit(p, allChunks(p)...)
+	require.Equal(t, warehouse.CommitResult{Upserted: 4, Deleted: 1}, s.commit(p, allChunks(p)...))
 	require.Zero(t, s.plan().Counts.Planned())
+	// The adds replaced their keys' rows: a change of one key is one row to send, not two.
+	rows[1][2] = "Changed too"
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Changed: 1, Unchanged: 3}, p.Counts)
+	require.Equal(t, keys(2), rowKeys(s.readAll(p)))
 }
 
 // withColumn is the users model plus one column, with one value for every row.
