@@ -167,6 +167,11 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 	)`); err != nil {
 		return fmt.Errorf("create %s table: %w", planChunksTable, err)
 	}
+	// Rows of plan tables that are gone (a run that never finished, its tables dropped since).
+	if _, err := p.db.ExecContext(ctx, `DELETE FROM `+p.qualified(planChunksTable)+` WHERE plan NOT IN (
+		SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main')`, p.catName); err != nil {
+		return fmt.Errorf("prune %s: %w", planChunksTable, err)
+	}
 	if _, err := p.db.ExecContext(ctx, p.createRunsTableSQL()); err != nil {
 		return fmt.Errorf("create %s table: %w", RunsTable, err)
 	}

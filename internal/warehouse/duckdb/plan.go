@@ -429,13 +429,12 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 // markPlan starts the bookkeeping of a new plan table: no chunk of it committed yet, and,
 // when newAdds, the mark that its adds have no row in the state (the diff said so: an add is a
 // key the state lacks, except in a full resync; and only this plan's commits change the state
-// until it is dropped, the activation's lock and its runs being one at a time). Rows of plan
-// tables that no longer exist (a run that never finished) go too.
+// until it is dropped, the activation's lock and its runs being one at a time). It touches its
+// own rows only: plans of other activations write theirs at the same time, and two deletes of
+// the same row would conflict (Open prunes the rows of plan tables that are gone).
 func (p *Planner) markPlan(ctx context.Context, tx *sql.Tx, table string, newAdds bool, now time.Time) error {
 	chunks := p.qualified(planChunksTable)
-	if _, err := tx.ExecContext(ctx, `DELETE FROM `+chunks+` WHERE plan = ? OR plan NOT IN (
-		SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main')`,
-		table, p.catName); err != nil {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+chunks+` WHERE plan = ?`, table); err != nil {
 		return fmt.Errorf("reset the commits of %s: %w", table, err)
 	}
 	if !newAdds {
