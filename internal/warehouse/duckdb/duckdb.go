@@ -67,6 +67,12 @@ type Planner struct {
 
 	locks warehouse.KeyedMutex // one per activation: serialises its Plan and Commit
 
+	// writers lets one Plan or Commit write at a time, whatever the activation. Each writes a
+	// table of up to millions of rows and takes what memory_limit allows; several at once
+	// share that limit, and four plans of 20,000 rows each failed together under 96MB ("could
+	// not allocate block"). A plan already uses every thread, so waiting costs little.
+	writers chan struct{}
+
 	numberWithWindow bool // every plan numbers its rows with the window (tests of the fallback)
 
 	// manageMemory: Commit may raise memory_limit (ensureMemory), false when it is DuckDB's own.
@@ -97,7 +103,8 @@ func Open(ctx context.Context, opts Options) (*Planner, error) {
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
 	}
 	db := sql.OpenDB(connector)
-	p := &Planner{db: db, log: log, manageMemory: !strings.EqualFold(res.MemoryLimit, "default")}
+	p := &Planner{db: db, log: log, manageMemory: !strings.EqualFold(res.MemoryLimit, "default"),
+		writers: make(chan struct{}, 1)}
 	if err := p.init(ctx, opts); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open DuckDB state %s: %w", opts.Path, err)
@@ -188,6 +195,17 @@ func (p *Planner) Close() error {
 
 // lock serialises the state-changing steps (Plan, Commit) of one activation.
 func (p *Planner) lock(activationID string) func() { return p.locks.Lock(activationID) }
+
+// write waits for the database's one writer slot (see Planner.writers), or for ctx. Callers hold
+// their activation's lock first and never wait for a lock while holding the slot.
+func (p *Planner) write(ctx context.Context) (release func(), err error) {
+	select {
+	case p.writers <- struct{}{}:
+		return func() { <-p.writers }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the state database's writer: %w", context.Cause(ctx))
+	}
+}
 
 // qualified names a table of the state database, whatever catalog a connection currently uses.
 func (p *Planner) qualified(table string) string {

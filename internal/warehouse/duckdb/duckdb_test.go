@@ -282,6 +282,42 @@ func TestConcurrentReadChunk(t *testing.T) {
 	require.Equal(t, warehouse.CommitResult{Upserted: rows - rows/250, Held: rows / 250}, res)
 }
 
+// TestManyActivationsPlanAndCommitAtOnce: eight activations of one state database plan and
+// commit at the same time under the default memory limit. Each plan writes a table of every
+// row and takes what the limit allows; running together they failed with DuckDB's "could not
+// allocate block" (four plans of 20,000 rows under 96MB), so they take turns (Planner.writers).
+func TestManyActivationsPlanAndCommitAtOnce(t *testing.T) {
+	p := open(t, duckdb.Options{Path: filepath.Join(t.TempDir(), "state.duckdb")})
+	const n, rows = 8, 50000
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			req := baseRequest(fmt.Sprintf("together-%d", i), fmt.Sprintf(
+				"SELECT range AS id, 'u' || range AS email, 'N' || range AS name, range %% 90 AS age FROM range(%d)", rows))
+			plan, err := p.Plan(context.Background(), req)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			chunks := make([]int, len(plan.Chunks))
+			for j, c := range plan.Chunks {
+				chunks[j] = c.Index
+			}
+			res, err := p.Commit(context.Background(), warehouse.CommitRequest{ActivationID: req.ActivationID,
+				RunID: req.RunID, Table: plan.Table, Chunks: chunks})
+			if err == nil && res.Upserted != rows {
+				err = fmt.Errorf("%s committed %d rows, want %d", req.ActivationID, res.Upserted, rows)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		require.NoError(t, errs[i], "activation %d", i)
+	}
+}
+
 func TestDriverTypesPassThrough(t *testing.T) {
 	p := open(t, duckdb.Options{})
 	query := `SELECT 1 AS id, 'a@example.com' AS email,

@@ -38,6 +38,11 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 		chunkRows = warehouse.DefaultChunkRows
 	}
 	defer p.lock(id)()
+	release, err := p.write(ctx)
+	if err != nil {
+		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+	}
+	defer release()
 	start := time.Now()
 
 	conn, err := p.db.Conn(ctx)

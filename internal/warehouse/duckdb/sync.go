@@ -117,6 +117,11 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 		return res, nil
 	}
 	defer p.lock(id)()
+	release, err := p.write(ctx)
+	if err != nil {
+		return res, fmt.Errorf("commit %s: %w", id, err)
+	}
+	defer release()
 	start := time.Now()
 
 	tx, err := p.db.BeginTx(ctx, nil)
