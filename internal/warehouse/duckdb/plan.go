@@ -137,12 +137,14 @@ func createStateSQL(state string) string {
 	// PRIMARY KEY constraint: DuckDB keeps such an index in memory, growing with the state past
 	// any memory limit. Keys stay unique without it: the plan never holds a key twice
 	// (duplicates are never committed) and Commit deletes a key's old row before inserting its
-	// new one.
+	// new one. The hash columns are random hex, which DuckDB compresses with FSST in the end:
+	// naming it skips the analysis of the other methods, a third of the cost of writing
+	// field_hashes (1,000,000 rows: 1.65 → 1.16 CPU-s, the same 97 MiB).
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
 		key VARCHAR NOT NULL,
-		row_hash VARCHAR NOT NULL,
-		field_hashes VARCHAR NOT NULL,
-		ident_hash VARCHAR,
+		row_hash VARCHAR NOT NULL USING COMPRESSION fsst,
+		field_hashes VARCHAR NOT NULL USING COMPRESSION fsst,
+		ident_hash VARCHAR USING COMPRESSION fsst,
 		synced_at TIMESTAMP NOT NULL,
 		ident VARCHAR
 	)`
