@@ -46,11 +46,13 @@ type Options struct {
 const RejectionsTable = "rejections"
 
 // planChunksTable is Commit's bookkeeping: the chunks of each plan table already applied to the
-// state, so that a repeated Commit applies them once, and a row of chunk newAddsMark, written
-// with the plan, when none of the plan's adds has a row in the state (every plan but a full
-// resync). With both, Commit inserts the adds without first deleting their keys from the state,
-// which scanned the whole state and held every committed key in memory. A plan table without
-// the mark (a full resync, or one written by an earlier version) deletes before inserting.
+// state, with the run id of the commit that applied them, so that a repeated Commit applies them
+// once, and a row of chunk newAddsMark, written with the plan, when none of the plan's adds has
+// a row in the state (every plan but a full resync). With both, Commit inserts the adds without
+// first deleting their keys from the state, which scanned the whole state and held every
+// committed key in memory. A plan table without the mark (a full resync, or one written by an
+// earlier version) deletes before inserting, and so does a chunk applied before under another
+// run id (`resume --skip-rejected` commits the run's chunks again under a pseudo-run).
 const planChunksTable = "plan_chunks"
 
 // newAddsMark is the chunk number of planChunksTable's row that says a plan's adds are new keys.
@@ -170,6 +172,7 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 	if _, err := p.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+p.qualified(planChunksTable)+` (
 		plan VARCHAR NOT NULL,
 		chunk INTEGER NOT NULL,
+		run VARCHAR NOT NULL,
 		"at" TIMESTAMP NOT NULL
 	)`); err != nil {
 		return fmt.Errorf("create %s table: %w", planChunksTable, err)

@@ -447,7 +447,7 @@ func (p *Planner) markPlan(ctx context.Context, tx *sql.Tx, table string, newAdd
 	if !newAdds {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO `+chunks+` (plan, chunk, "at") VALUES (?, ?, ?)`,
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+chunks+` (plan, chunk, run, "at") VALUES (?, ?, '', ?)`,
 		table, newAddsMark, now); err != nil {
 		return fmt.Errorf("mark the adds of %s as new: %w", table, err)
 	}

@@ -5,7 +5,8 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
@@ -133,18 +134,23 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	if _, err := tx.ExecContext(ctx, createStateSQL(state)); err != nil {
 		return res, fmt.Errorf("commit %s: create state table: %w", id, err)
 	}
-	applied, newAdds, err := appliedChunks(ctx, tx, book, req.Table)
+	applied, newAdds, err := appliedChunks(ctx, tx, book, req.Table, req.RunID)
 	if err != nil {
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
-	all := make([]int64, 0, len(req.Chunks))
-	var todo []int64
+	seen := make(map[int]bool, len(req.Chunks))
+	var all, todo, again []int64
 	for _, c := range req.Chunks {
-		if slices.Contains(all, int64(c)) {
+		if seen[c] {
 			continue
 		}
+		seen[c] = true
 		all = append(all, int64(c))
-		if !applied[c] {
+		switch applied[c] {
+		case appliedByThisRun:
+		case appliedByAnother:
+			todo, again = append(todo, int64(c)), append(again, int64(c))
+		default:
 			todo = append(todo, int64(c))
 		}
 	}
@@ -161,10 +167,10 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 		WHERE p.chunk IN (SELECT unnest(CAST(? AS BIGINT[])))`, []any{warehouse.ConflictPairs(req.Conflicts), id, req.RunID, chunks}
 	}
 	// The keys whose old row must go: removals and changes, and adds unless the plan says they
-	// have none (a full resync's adds have one).
-	stale := "op <> 'add'"
-	if !newAdds {
-		stale = "true"
+	// have none (a full resync's adds have one) and no earlier commit inserted them.
+	stale := "true"
+	if newAdds {
+		stale = "(op <> 'add' OR chunk IN (SELECT unnest(CAST(" + int64List(again) + " AS BIGINT[]))))"
 	}
 	q, args := finished(all)
 	var toDelete int64
@@ -199,8 +205,8 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 			WHERE NOT held AND op <> 'remove'`, append([]any{time.Now().UTC()}, args...)...); err != nil {
 			return res, fmt.Errorf("commit %s: insert rows into state: %w", id, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO `+book+` (plan, chunk, "at")
-			SELECT ?, unnest(CAST(? AS BIGINT[])), ?`, req.Table, todo, time.Now().UTC()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+book+` (plan, chunk, run, "at")
+			SELECT ?, unnest(CAST(? AS BIGINT[])), ?, ?`, req.Table, todo, req.RunID, time.Now().UTC()); err != nil {
 			return res, fmt.Errorf("commit %s: record committed chunks: %w", id, err)
 		}
 	}
@@ -213,25 +219,38 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 	return res, nil
 }
 
-// appliedChunks reads the bookkeeping of a plan table: the chunks already committed, and
-// whether its adds are new keys (newAddsMark).
-func appliedChunks(ctx context.Context, tx *sql.Tx, book, table string) (map[int]bool, bool, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT chunk FROM `+book+` WHERE plan = ?`, table)
+// How a chunk of a plan was applied to the state before (appliedChunks).
+const (
+	appliedByThisRun = 1 + iota // by a commit of the same run id: nothing to do
+	appliedByAnother            // by another run id: applied again, its adds deleted first
+)
+
+// appliedChunks reads the bookkeeping of a plan table: how its chunks were committed so far, as
+// seen by a commit of runID, and whether its adds are new keys (newAddsMark).
+func appliedChunks(ctx context.Context, tx *sql.Tx, book, table, runID string) (map[int]int, bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT chunk, bool_or(run = ?) FROM `+book+` WHERE plan = ? GROUP BY chunk`,
+		runID, table)
 	if err != nil {
 		return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
 	}
 	defer rows.Close()
-	applied, newAdds := map[int]bool{}, false
+	applied, newAdds := map[int]int{}, false
 	for rows.Next() {
-		var c int
-		if err := rows.Scan(&c); err != nil {
+		var (
+			c    int
+			same bool
+		)
+		if err := rows.Scan(&c, &same); err != nil {
 			return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
 		}
-		if c == newAddsMark {
+		switch {
+		case c == newAddsMark:
 			newAdds = true
-			continue
+		case same:
+			applied[c] = appliedByThisRun
+		default:
+			applied[c] = appliedByAnother
 		}
-		applied[c] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("read committed chunks of %s: %w", table, err)
@@ -303,4 +322,13 @@ func (p *Planner) LoadIdentifiers(ctx context.Context, activationID, runID strin
 		return "", 0, fmt.Errorf("load identifiers of %s: %w", activationID, err)
 	}
 	return table, n, nil
+}
+
+// int64List writes ns as a DuckDB list literal ("[]" when empty): integers only.
+func int64List(ns []int64) string {
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = strconv.FormatInt(n, 10)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
 }

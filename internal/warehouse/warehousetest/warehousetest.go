@@ -70,6 +70,7 @@ func Run(t *testing.T, newPlanner func(t *testing.T) (warehouse.Planner, Fixture
 		{"commit only applies finished chunks", testCommitFinishedChunks},
 		{"commit is idempotent", testCommitIdempotent},
 		{"commit of adds is idempotent over repeated and overlapping chunks", testCommitAddsIdempotent},
+		{"committed chunks committed again under another run id apply its rejections", testRecommitUnderAnotherRun},
 		{"read chunk resumes after a seq", testReadChunkResume},
 		{"chunks cover every seq exactly once", testChunksCover},
 		{"full resync plans every row as an add", testFullResync},
@@ -489,6 +490,33 @@ func testCommitAddsIdempotent(t *testing.T, s *suite) {
 	require.Equal(t, keys(3), rowKeys(s.readAll(p)))
 	require.Equal(t, warehouse.CommitResult{Upserted: 1}, s.commit(p, allChunks(p)...))
 	require.Zero(t, s.plan().Counts.Planned())
+}
+
+// testRecommitUnderAnotherRun is what `resume --skip-rejected` does (activities.SkipRejected):
+// chunks already committed are committed again under a pseudo-run id that has no rejections, so
+// the rows the run held back enter the state. The adds committed the first time must not be in
+// the state twice.
+func testRecommitUnderAnotherRun(t *testing.T, s *suite) {
+	s.model(users(1, 2, 3, 4))
+	p := s.plan(func(r *warehouse.PlanRequest) { r.ChunkRows = 2 })
+	s.reject(warehouse.Rejection{Key: "2", Op: warehouse.OpAdd, Outcome: warehouse.OutcomeRejected, Reason: "bad"})
+	require.Equal(t, warehouse.CommitResult{Upserted: 3, Held: 1}, s.commit(p, allChunks(p)...))
+	skip := warehouse.CommitRequest{ActivationID: s.req.ActivationID, RunID: s.runID() + "/skipped-by-operator",
+		Table: p.Table, Chunks: allChunks(p)}
+	res, err := s.p.Commit(context.Background(), skip)
+	require.NoError(t, err)
+	require.Equal(t, warehouse.CommitResult{Upserted: 4}, res)
+	res, err = s.p.Commit(context.Background(), skip)
+	require.NoError(t, err)
+	require.Equal(t, warehouse.CommitResult{Upserted: 4}, res, "a repeated commit reports the same")
+	require.Zero(t, s.plan().Counts.Planned(), "the held add entered the state")
+	rows := users(1, 2, 3, 4)
+	rows[0][2] = "Changed"
+	rows[1][2] = "Changed too"
+	s.model(rows)
+	p = s.plan()
+	require.Equal(t, warehouse.Counts{ModelRows: 4, Changed: 2, Unchanged: 2}, p.Counts)
+	require.Equal(t, keys(1, 2), rowKeys(s.readAll(p)), "each key once")
 }
 
 func testFullResync(t *testing.T, s *suite) {
