@@ -176,7 +176,11 @@ func splitAt(samples []procSample, ends ...time.Time) []phaseUsage {
 
 func benchSpec(dir, url, keyEnv string, rows int) spec.Activation {
 	return spec.Activation{
-		ID: "bench-users", BaseDir: dir,
+		// One activation per size: a run's lock workflow lives on the task queue of the worker
+		// that asked for it, and each size stops its worker right after its run. With one id,
+		// the next size could find the lock still held on a queue nobody polls, and wait forever
+		// (a 10M run did, after the 1M run's worker stopped before the lock saw the release).
+		ID: fmt.Sprintf("bench-users-%d", rows), BaseDir: dir,
 		Source: spec.Source{Type: "duckdb", PrimaryKey: "user_id", Query: fmt.Sprintf(`SELECT i AS user_id,
 			'user' || i || '@example.com' AS email, 'Name ' || i AS name, i %% 1000 AS score,
 			i %% 3 = 0 AS active, TIMESTAMP '2024-01-01 00:00:00' + to_seconds(i) AS signed_up_at
@@ -269,6 +273,11 @@ func benchWorkerCPU(b *testing.B, rows int) {
 		cpu, _ := w.stop(b)
 		series := samples()
 		emu.Close()
+		// The worker logs warnings and errors only: a retried activity shows here, and explains
+		// a slow phase.
+		if logs := w.logs.String(); logs != "" {
+			b.Logf("worker's warnings:\n%s", logs[max(0, len(logs)-8000):])
+		}
 		require.Equal(b, int64(rows), rep.Succeeded.Added)
 		// Phases: the plan (from the run's start), the sync (every chunk, commit, report), the
 		// worker's shutdown. The send pipeline's CPU is the sync phase's.
