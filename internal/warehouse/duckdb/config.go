@@ -150,10 +150,9 @@ func parseBytes(s string) (int64, bool) {
 
 // ensureMemory raises the database's memory_limit to need bytes when it is lower, and never
 // lowers it: the memory a DELETE pinned stays pinned until a checkpoint, which later steps do
-// not control. It does nothing when the limit is DuckDB's own default or cannot be read.
+// not control. It does nothing when the limit is DuckDB's own default or cannot be read. Its
+// caller holds the writer slot (Planner.write), so two raises never interleave.
 func (p *Planner) ensureMemory(ctx context.Context, need int64, why string) error {
-	p.memMu.Lock()
-	defer p.memMu.Unlock()
 	if !p.manageMemory {
 		return nil
 	}

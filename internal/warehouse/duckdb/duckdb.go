@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	duckdb "github.com/duckdb/duckdb-go/v2"
 
@@ -79,7 +78,6 @@ type Planner struct {
 
 	// manageMemory: Commit may raise memory_limit (ensureMemory), false when it is DuckDB's own.
 	manageMemory bool
-	memMu        sync.Mutex
 }
 
 var _ warehouse.Planner = (*Planner)(nil)

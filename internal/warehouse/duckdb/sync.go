@@ -214,7 +214,7 @@ func (p *Planner) Commit(ctx context.Context, req warehouse.CommitRequest) (ware
 		return res, fmt.Errorf("commit %s: %w", id, err)
 	}
 	p.log.DebugContext(ctx, "plan committed", "activation", id, "run", req.RunID, "table", req.Table,
-		"chunks", len(req.Chunks), "applied", len(todo), "deleted first", toDelete, "upserted", res.Upserted,
+		"chunks", len(req.Chunks), "applied", len(todo), "replaced", toDelete, "upserted", res.Upserted,
 		"deleted", res.Deleted, "held", res.Held, "took", time.Since(start))
 	return res, nil
 }
