@@ -77,13 +77,15 @@ func TestDeleteMemory(t *testing.T) {
 	}
 }
 
-// TestCommitRaisesMemoryForWideDeletes commits a change of every 50th key of a 1,000,000-row
-// state under a memory_limit of 8MB: the DELETE pins ~16 KiB per 2,048-row vector of the state
-// (7.6 MiB here) until a checkpoint, which DuckDB cannot spill. Commit raises the limit to what
-// the DELETE needs; without that (the control) the same commit fails with DuckDB's out of memory.
+// TestCommitRaisesMemoryForWideDeletes commits a change of every 50th key of a 2,000,000-row
+// state under a memory_limit of 12MB: the DELETE pins 16 KiB per 2,048-row vector of the state
+// (15.3 MiB here, more than the limit whatever else runs) until a checkpoint, which DuckDB cannot
+// spill. Commit raises the limit to what the DELETE needs; without that (the control) the same
+// commit fails in its DELETE with DuckDB's out of memory. (8MB on 1,000,000 rows left too little
+// for the commit's first query, now and then.)
 func TestCommitRaisesMemoryForWideDeletes(t *testing.T) {
 	if testing.Short() {
-		t.Skip("plans 1,000,000 rows")
+		t.Skip("plans 2,000,000 rows")
 	}
 	for _, manage := range []bool{true, false} {
 		name := "raised"
@@ -95,7 +97,7 @@ func TestCommitRaisesMemoryForWideDeletes(t *testing.T) {
 			p, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "state.duckdb"), Resources: Resources{MemoryLimit: "512MB"}})
 			require.NoError(t, err)
 			defer p.Close()
-			const rows = 1_000_000
+			const rows = 2_000_000
 			req := warehouse.PlanRequest{ActivationID: "wide", RunID: "run-1", PrimaryKey: "id", Identifier: "email",
 				Fields: []warehouse.Field{{Column: "name", Field: "name"}},
 				Query:  fmt.Sprintf(`SELECT range AS id, 'u' || range || '@example.com' AS email, 'Name ' || range AS name FROM range(%d)`, rows)}
@@ -117,11 +119,12 @@ func TestCommitRaisesMemoryForWideDeletes(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, int64(rows/50), plan.Counts.Changed)
 
-			_, err = p.db.ExecContext(ctx, `SET GLOBAL memory_limit = '8MB'`)
+			_, err = p.db.ExecContext(ctx, `SET GLOBAL memory_limit = '12MB'`)
 			require.NoError(t, err)
 			p.manageMemory = manage
 			res, err := commitAll(plan)
 			if !manage {
+				require.ErrorContains(t, err, "delete old rows from state")
 				require.ErrorContains(t, err, "Out of Memory")
 				return
 			}
