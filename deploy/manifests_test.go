@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/activation-engine/activations/internal/spec"
+	"github.com/activation-engine/activations/internal/warehouse"
 )
 
 const (
@@ -755,7 +756,7 @@ func checkBundle(t *testing.T, b bundle) {
 		env := effectiveEnv(b, worker)
 		if v, ok := env["ACTIVATIONS_DUCKDB_MEMORY_LIMIT"]; ok {
 			lim, okLim := worker.Resources.Limits[corev1.ResourceMemory]
-			n, okN := duckdbBytes(v)
+			n, okN := warehouse.ParseMemorySize(v)
 			// DuckDB's buffer pool plus the Go heap and Arrow buffers must fit in the container.
 			if okLim && okN && float64(n) > 0.75*float64(lim.Value()) {
 				t.Errorf("ACTIVATIONS_DUCKDB_MEMORY_LIMIT=%s is above 75%% of the worker's memory limit %s", v, lim.String())
@@ -1148,21 +1149,6 @@ func effectiveEnv(b bundle, c *corev1.Container) map[string]string {
 		}
 	}
 	return env
-}
-
-// duckdbBytes parses a DuckDB memory_limit such as "1GB" or "512MiB" (not percentages).
-func duckdbBytes(v string) (int64, bool) {
-	m := regexp.MustCompile(`^(?i)\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$`).FindStringSubmatch(v)
-	if m == nil {
-		return 0, false
-	}
-	f, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		return 0, false
-	}
-	unit := map[string]float64{"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}[strings.ToLower(m[2])]
-	return int64(f * unit), true
 }
 
 func container(t *testing.T, cs []corev1.Container, name string) *corev1.Container {

@@ -4,10 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"math"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/activation-engine/activations/internal/warehouse"
 )
 
 // Environment variables that set the resources of every DuckDB database the planner opens, when
@@ -126,28 +127,6 @@ func deleteMemory(rows, keys int64) int64 {
 	return vectors*vectorDeleteInfo*5/4 + deleteMargin
 }
 
-// parseBytes reads a memory size as DuckDB writes and takes them: "128MB" (powers of 1,000),
-// "1GiB" or "91.5 MiB" (powers of 1,024), a bare number of bytes.
-func parseBytes(s string) (int64, bool) {
-	s = strings.TrimSpace(s)
-	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	num, unit := s, ""
-	if i >= 0 {
-		num, unit = s[:i], strings.ToLower(strings.TrimSpace(s[i:]))
-	}
-	v, err := strconv.ParseFloat(num, 64)
-	if err != nil || v < 0 {
-		return 0, false
-	}
-	mult := map[string]float64{"": 1, "b": 1, "bytes": 1,
-		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}[unit]
-	if mult == 0 {
-		return 0, false
-	}
-	return int64(math.Round(v * mult)), true
-}
-
 // ensureMemory raises the database's memory_limit to need bytes when it is lower, and never
 // lowers it: the memory a DELETE pinned stays pinned until a checkpoint, which later steps do
 // not control. It does nothing when the limit is DuckDB's own default or cannot be read. Its
@@ -160,7 +139,7 @@ func (p *Planner) ensureMemory(ctx context.Context, need int64, why string) erro
 	if err := p.db.QueryRowContext(ctx, `SELECT current_setting('memory_limit')`).Scan(&cur); err != nil {
 		return fmt.Errorf("read memory_limit: %w", err)
 	}
-	have, ok := parseBytes(cur)
+	have, ok := warehouse.ParseMemorySize(cur)
 	if !ok || have >= need {
 		return nil
 	}

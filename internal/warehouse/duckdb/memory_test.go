@@ -12,31 +12,6 @@ import (
 	"github.com/activation-engine/activations/internal/warehouse"
 )
 
-func TestParseBytes(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"128MB", 128_000_000, true},
-		{"96MB", 96_000_000, true},
-		{"1GiB", 1 << 30, true},
-		{"91.5 MiB", 95_944_704, true},
-		{"953.6 MiB", 999_922_074, true},
-		{"2gb", 2_000_000_000, true},
-		{"4096", 4096, true},
-		{"512 KiB", 512 << 10, true},
-		{"default", 0, false},
-		{"12 parsecs", 0, false},
-		{"", 0, false},
-	}
-	for _, tt := range tests {
-		got, ok := parseBytes(tt.in)
-		require.Equal(t, tt.ok, ok, tt.in)
-		require.Equal(t, tt.want, got, tt.in)
-	}
-}
-
 // TestParseBytesReadsDuckDB: every size DuckDB renders is read back within its rounding.
 func TestParseBytesReadsDuckDB(t *testing.T) {
 	db, err := sql.Open("duckdb", "")
@@ -47,8 +22,8 @@ func TestParseBytesReadsDuckDB(t *testing.T) {
 		require.NoError(t, err)
 		var shown string
 		require.NoError(t, db.QueryRow(`SELECT current_setting('memory_limit')`).Scan(&shown))
-		want, _ := parseBytes(set)
-		got, ok := parseBytes(shown)
+		want, _ := warehouse.ParseMemorySize(set)
+		got, ok := warehouse.ParseMemorySize(shown)
 		require.True(t, ok, shown)
 		require.InEpsilon(t, float64(want), float64(got), 0.001, "%s shown as %s", set, shown)
 	}
@@ -132,7 +107,7 @@ func TestCommitRaisesMemoryForWideDeletes(t *testing.T) {
 			require.Equal(t, warehouse.CommitResult{Upserted: rows / 50}, res)
 			var limit string
 			require.NoError(t, p.db.QueryRowContext(ctx, `SELECT current_setting('memory_limit')`).Scan(&limit))
-			got, ok := parseBytes(limit)
+			got, ok := warehouse.ParseMemorySize(limit)
 			require.True(t, ok, limit)
 			require.GreaterOrEqual(t, got, deleteMemory(rows, rows/50)-128<<10, limit) // shown to 0.1 MiB
 			req.RunID = "run-3"
