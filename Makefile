@@ -63,7 +63,8 @@ bench-bigquery: $(TEMPORAL)
 ## bench-lists: a list activation subscribing 100,000 entering members at the default 5 subscribe requests/s
 bench-lists: $(TEMPORAL)
 	TEMPORAL_CLI=$(TEMPORAL) go test -tags integration -run '^$$' -bench ListSubscribeAtTheBudget -benchtime 1x -timeout 30m ./workflows/
-## bench-rate: the whole engine on 1,000,000 users at Iterable's 5 bulkUpdate requests/s
+## bench-rate: the whole engine on 1,000,000 users at Iterable's 5 bulkUpdate requests/s, then a full resync by a
+## new worker process (it starts at the good rate the first run recorded in the run log)
 bench-rate: $(TEMPORAL)
 	TEMPORAL_CLI=$(TEMPORAL) go test -tags integration -run '^$$' -bench SyncAtTheRateLimit -benchtime 1x -timeout 30m ./workflows/
 

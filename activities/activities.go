@@ -264,6 +264,10 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	stop := heartbeatWhile(ctx, time.Duration(act.Sync.WithDefaults().HeartbeatTimeout)/4, s.progress)
 	defer stop()
 
+	rate := sendBudget(act, client)
+	if err := rememberSendRate(ctx, act, rate, planner, time.Now()); err != nil {
+		log.WarnContext(ctx, "the project's last good rate could not be read: this run starts slowly", "err", err)
+	}
 	s.existence, s.conflicts, s.removalExistence = in.Existence, in.Conflicts, in.RemovalExistence
 	s.listID, s.listExistence = in.ListID, in.ListExistence
 	if act.Destination.List != nil && in.ListID == 0 {
@@ -281,12 +285,58 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	}
 	cur := s.progress().(ChunkProgress)
 	res := cur.Result
+	res.SendRate = rate.GoodRate()
 	if err != nil {
 		return res, withCursor(ctx, iterableError(err, fmt.Sprintf("activation %s run %s chunk %d", act.ID, in.RunID, in.Chunk.Index)), cur)
 	}
 	log.InfoContext(ctx, "chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
 		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
 	return res, nil
+}
+
+// sendRateMaxAge bounds how old a recorded good rate may be for a new process to start there:
+// the project's other clients may have changed since. Older, a run starts slowly.
+const sendRateMaxAge = 7 * 24 * time.Hour
+
+// sendBudget is the budget of the endpoint that carries most of the activation's records:
+// bulkUpdate, or subscribe for a list's members.
+func sendBudget(act spec.Activation, c *iterable.Client) *iterable.Budget {
+	if act.Destination.List != nil {
+		return c.SubscribeBudget()
+	}
+	return c.BulkBudget()
+}
+
+// rememberSendRate gives a budget this process has not used yet the good rate the activation's
+// latest run recorded in the run log (at most sendRateMaxAge old), so that a restarted worker
+// starts the project's next run there, not at 40% of the ceiling. It reads the run log once
+// per budget and process.
+func rememberSendRate(ctx context.Context, act spec.Activation, b *iterable.Budget, planner warehouse.Planner, now time.Time) error {
+	runLog, ok := planner.(warehouse.RunLog)
+	if !ok {
+		return nil
+	}
+	return b.Remember(func() (float64, error) {
+		recs, err := runLog.Runs(ctx, act.ID, 0)
+		if err != nil {
+			return 0, fmt.Errorf("activation %s: %w", act.ID, err)
+		}
+		return LastSendRate(recs, now), nil
+	})
+}
+
+// LastSendRate is the send rate of the newest record that has one (records newest first), when
+// it is at most sendRateMaxAge old; 0 otherwise.
+func LastSendRate(recs []warehouse.RunRecord, now time.Time) float64 {
+	for _, r := range recs {
+		if r.SendRate > 0 {
+			if now.Sub(r.At) > sendRateMaxAge {
+				return 0
+			}
+			return r.SendRate
+		}
+	}
+	return 0
 }
 
 // withCursor attaches the chunk's cursor to its error (as the details of an application error

@@ -176,6 +176,10 @@ type ChunkResult struct {
 	Resumed           bool     `json:"resumed,omitempty"`
 	CreatedFields     []string `json:"createdFields,omitempty"`
 	FilteredOutFields []string `json:"filteredOutFields,omitempty"`
+	// SendRate is the project's good rate (requests/s) of the endpoint the activation sends
+	// with, as this worker knew it when the chunk ended (0: none yet). The run log records the
+	// last one, and a new worker process starts the project's next run there.
+	SendRate float64 `json:"sendRate,omitempty"`
 }
 
 // Merge adds another result into r.
@@ -191,6 +195,9 @@ func (r *ChunkResult) Merge(o ChunkResult) {
 	r.RateLimited += o.RateLimited
 	r.CreatedFields = mergeNames(r.CreatedFields, o.CreatedFields)
 	r.FilteredOutFields = mergeNames(r.FilteredOutFields, o.FilteredOutFields)
+	if o.SendRate > 0 {
+		r.SendRate = o.SendRate
+	}
 }
 
 // ChunkRange is the chunks First..Last, inclusive: runs keep the chunks they committed as

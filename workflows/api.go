@@ -232,8 +232,11 @@ type RunReport struct {
 
 	Requests    int64 `json:"requests"`
 	RateLimited int64 `json:"rateLimited"`
-	Chunks      int   `json:"chunks"`
-	ChunksDone  int   `json:"chunksDone"`
+	// SendRate is the project's good rate (requests/s) the worker knew after the last chunk:
+	// recorded in the run log, where a new worker process starts the next run.
+	SendRate   float64 `json:"sendRate,omitempty"`
+	Chunks     int     `json:"chunks"`
+	ChunksDone int     `json:"chunksDone"`
 	// ResumedChunks were taken over from a cursor after an attempt died (worker crash, timeout).
 	ResumedChunks int `json:"resumedChunks,omitempty"`
 

@@ -166,7 +166,7 @@ func (r *run) recordRun(ctx workflow.Context, event warehouse.RunEvent, p *Pause
 		Succeeded: ops(rep.Succeeded), Rejected: ops(rep.Rejected), KnownRejected: ops(rep.KnownRejected),
 		Skipped: ops(rep.Skipped), StillRejected: ops(rep.StillRejected), Unconfirmed: ops(rep.Unconfirmed),
 		Committed: rep.Committed, Requests: rep.Requests, RateLimited: rep.RateLimited,
-		PlanSeconds: rep.PlanDuration.Seconds(), SyncSeconds: rep.SyncDuration.Seconds()}
+		PlanSeconds: rep.PlanDuration.Seconds(), SyncSeconds: rep.SyncDuration.Seconds(), SendRate: rep.SendRate}
 	if rep.List != nil {
 		rec.ListID = rep.List.ID
 	}

@@ -822,3 +822,24 @@ func TestRunLogRecordsPausesAndTheEnd(t *testing.T) {
 	require.False(t, last.EndedAt.IsZero())
 	require.NotEmpty(t, last.PauseCauses)
 }
+
+// The run's record carries the project's good rate the last chunk that knew one reported: a
+// new worker process starts the next run there (a chunk that knew none does not erase it).
+func TestRunLogRecordsTheSendRate(t *testing.T) {
+	rates := map[int]float64{0: 4.0, 1: 4.6, 2: 0}
+	w := newWorld(t, chunks10(3, 0), func(in activities.SyncChunkInput, call int) (activities.ChunkResult, error) {
+		res, err := rejecting(0)(in, call)
+		res.SendRate = rates[in.Chunk.Index]
+		return res, err
+	})
+	w.e.ExecuteWorkflow(workflows.ActivationWorkflow, workflows.RunInput{Spec: serial(nil)})
+	require.NoError(t, w.e.GetWorkflowError())
+	rep := w.report()
+	require.Equal(t, workflows.StateCompleted, rep.State)
+	require.Equal(t, 4.6, rep.SendRate)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	require.Len(t, w.runLog, 1)
+	require.Equal(t, warehouse.RunEventEnded, w.runLog[0].Event)
+	require.Equal(t, 4.6, w.runLog[0].SendRate)
+}

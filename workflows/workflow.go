@@ -492,6 +492,9 @@ func (r *run) record(ctx workflow.Context, ch warehouse.Chunk, res activities.Ch
 	rep.Unconfirmed = rep.Unconfirmed.Add(res.Unconfirmed)
 	rep.Requests += res.Requests
 	rep.RateLimited += res.RateLimited
+	if res.SendRate > 0 {
+		rep.SendRate = res.SendRate
+	}
 	// The threshold is about new breakage: a known rejection (the same row refused for the
 	// same reason by the previous run) counts neither as attempted nor as rejected. An answer
 	// that Iterable did not account for counts as a rejection.

@@ -122,8 +122,10 @@ func (b *Budgets) Wait(ctx context.Context, apiKey, endpoint string, rps float64
 //  6. remembers the project's good rate: the rate at the start of the last calm window, a
 //     window of 5 s without a 429 (every rate since was at least as high, so it was held for
 //     the whole window). A run after an idle restart (step 4) starts there instead of at 40%: a
-//     worker's next sync of the project is at the limit from its first request (issue 14). It
-//     lives as long as the process's *Budgets;
+//     worker's next sync of the project is at the limit from its first request (issue 14).
+//     Every run records it in the run log of the state (GoodRate), and a new process's budget
+//     starts from the latest record (Remember): a restarted or redeployed worker does not start
+//     at 40% either;
 //  7. tells another client's share from an overshoot. An episode is the 429s between two calm
 //     periods. It is someone else's when its first 429 came at a rate no higher than the good
 //     rate (we did not rise: another client's burst, or one jittered request refused by a
@@ -212,6 +214,9 @@ type Budget struct {
 	hits      int     // decreases in this episode
 	restores  int     // restores of this episode that earned a 429
 	restoring bool    // the rate is being restored to pre
+
+	seedMu sync.Mutex // held while Remember loads; never with mu
+	seeded bool       // Remember ran: it loads once per budget
 }
 
 func newBudget(rps float64, now time.Time, random func() float64, ctl controlParams) *Budget {
@@ -258,6 +263,60 @@ func (b *Budget) Ceiling() float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.ceiling
+}
+
+// GoodRate is the project's good rate as this budget knows it, in requests/s: learnt in this
+// process (step 6) or remembered from an earlier one; 0 when neither. A run records it in the
+// run log, so that the next process to sync the project starts there.
+func (b *Budget) GoodRate() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.good
+}
+
+// Remember gives the budget the good rate an earlier process learnt (the run log's latest
+// record), so that a restarted worker does not start at 40%. It acts once per budget: load runs
+// on the first call only, and not at all when this process has learnt a rate already or the
+// budget is unlimited. load's error is returned and not tried again: a run had better start
+// slowly than read the warehouse before each of its chunks.
+func (b *Budget) Remember(load func() (float64, error)) error {
+	b.seedMu.Lock()
+	defer b.seedMu.Unlock()
+	if b.seeded {
+		return nil
+	}
+	b.seeded = true
+	b.mu.Lock()
+	skip := b.good > 0 || math.IsInf(b.ceiling, 1)
+	b.mu.Unlock()
+	if skip {
+		return nil
+	}
+	good, err := load()
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.remember(good)
+	return nil
+}
+
+// remember takes good as the project's good rate when none is known. A budget still in its slow
+// start (no 429 yet) goes there at once, as after an idle restart; one that met a 429 already
+// keeps its rate and restores to good only after someone else's episode (step 7). Call with
+// b.mu held.
+func (b *Budget) remember(good float64) {
+	if b.good > 0 || !(good > 0) || math.IsInf(good, 1) || math.IsInf(b.ceiling, 1) {
+		return
+	}
+	b.good = math.Min(good, b.target())
+	if !b.limited && b.rate < b.good {
+		b.rate = b.good
+		// The calm window restarts at the new rate: the slower rates before it were never
+		// held for a whole window and must not replace the remembered one.
+		b.markAt = time.Time{}
+	}
 }
 
 // Wait blocks until a request may be sent, or ctx ends.

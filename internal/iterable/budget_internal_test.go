@@ -1,6 +1,7 @@
 package iterable
 
 import (
+	"errors"
 	"math"
 	"os"
 	"strings"
@@ -329,6 +330,33 @@ func TestBudgetSimulationRemembersAcrossRuns(t *testing.T) {
 	}
 }
 
+// A worker restarted between two runs of 100,000 users (100 requests): the new process's budget
+// remembers the good rate the first recorded (the run log), so the second run is at the limit
+// from its first request, against both kinds of limit.
+func TestBudgetSimulationRemembersAcrossProcesses(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		var first, second, limited float64 = math.Inf(1), math.Inf(1), 0
+		for seed := range uint64(20) {
+			c := simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: time.Hour, seed: seed, strict: strict, requestsTotal: 100}
+			r := simulate(c)
+			first = math.Min(first, 100/(5*r.finished.Seconds()))
+			recorded := r.budgets[0].GoodRate()
+			require.Greater(t, recorded, 4.5, "the first run learnt the project's rate")
+			c.base = time.Unix(1_700_000_000, 0).Add(r.finished + time.Hour)
+			fresh := newBudget(5, c.base, half, defaultControl)
+			require.NoError(t, fresh.Remember(func() (float64, error) { return recorded, nil }))
+			c.budgets, c.seed = []*Budget{fresh}, seed+100
+			r2 := simulate(c)
+			second = math.Min(second, 100/(5*r2.finished.Seconds()))
+			limited = math.Max(limited, r2.limitedRatio())
+		}
+		t.Logf("strict window %v: 100 requests, first run %.3f of the limit, a new process's run %.3f (429s %.3f)", strict, first, second, limited)
+		require.Less(t, first, 0.96, "strict window %v: a first run starts slowly", strict)
+		require.GreaterOrEqual(t, second, 0.98, "strict window %v", strict)
+		require.Zero(t, limited, "strict window %v", strict)
+	}
+}
+
 // A 429 at a rate the project accepted for a whole calm window is not our overshoot: another
 // client took a share for a moment (a burst, or one jittered request in a strict window). The
 // rate goes back to the good rate once the 429s stop, instead of probing for minutes (issue 14).
@@ -397,4 +425,70 @@ func TestBudgetBurstIsOneRequest(t *testing.T) {
 	_, wait, ok := b.reserve(stalled)
 	require.False(t, ok, "not a second one back to back")
 	require.InDelta(t, float64(time.Second)/4.9, float64(wait), float64(time.Millisecond))
+}
+
+// Remember gives a new budget the good rate an earlier process recorded in the run log: a
+// budget still in its slow start goes there at once; one that learnt its own rate, or met a 429,
+// keeps its rate; the load runs once per budget.
+func TestBudgetRemember(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	calm := func(b *Budget) { // a request every 100 ms for 11 s without a 429: good is learnt
+		for i := 0; i <= 110; i++ {
+			at := t0.Add(time.Duration(i) * 100 * time.Millisecond)
+			b.reserve(at)
+			b.succeededAt(at)
+		}
+	}
+	tests := []struct {
+		name     string
+		prepare  func(b *Budget)
+		ceiling  float64
+		load     float64
+		loadErr  error
+		wantLoad bool
+		wantRate float64
+		wantGood float64
+	}{
+		{name: "a new budget starts at the remembered rate", ceiling: 5, load: 4.9, wantLoad: true, wantRate: 4.9, wantGood: 4.9},
+		{name: "a lower remembered rate, above 40%", ceiling: 5, load: 3, wantLoad: true, wantRate: 3, wantGood: 3},
+		{name: "a remembered rate under 40% does not slow the start", ceiling: 5, load: 1, wantLoad: true, wantRate: 2, wantGood: 1},
+		{name: "capped at the target", ceiling: 5, load: 7, wantLoad: true, wantRate: 4.9, wantGood: 4.9},
+		{name: "nothing remembered", ceiling: 5, load: 0, wantLoad: true, wantRate: 2, wantGood: 0},
+		{name: "NaN is nothing", ceiling: 5, load: math.NaN(), wantLoad: true, wantRate: 2, wantGood: 0},
+		{name: "a failed load changes nothing", ceiling: 5, loadErr: errors.New("warehouse down"), wantLoad: true, wantRate: 2, wantGood: 0},
+		{name: "a rate learnt in this process wins, without a load", ceiling: 5, load: 1, prepare: calm, wantRate: 4.9, wantGood: 4.9},
+		{name: "after a 429 the rate stays, the good rate is known", ceiling: 5, load: 4.9, wantLoad: true,
+			prepare: func(b *Budget) { b.rateLimitedAt(t0, b.epoch, 0) }, wantRate: 1.2, wantGood: 4.9},
+		{name: "an unlimited budget loads nothing", ceiling: math.Inf(1), load: 4.9, wantRate: math.Inf(1), wantGood: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBudget(tc.ceiling, t0, half, defaultControl)
+			if tc.prepare != nil {
+				tc.prepare(b)
+			}
+			loads := 0
+			load := func() (float64, error) { loads++; return tc.load, tc.loadErr }
+			require.ErrorIs(t, b.Remember(load), tc.loadErr)
+			require.NoError(t, b.Remember(load), "once per budget")
+			require.Equal(t, map[bool]int{true: 1, false: 0}[tc.wantLoad], loads)
+			require.InDelta(t, tc.wantRate, b.Rate(), 1e-9)
+			require.InDelta(t, tc.wantGood, b.GoodRate(), 1e-9)
+		})
+	}
+
+	// A remembered start paces at that rate from the first request, and the slower rates of a
+	// start that began before Remember do not replace it after a calm window.
+	b := newBudget(5, t0, half, defaultControl)
+	_, _, ok := b.reserve(t0)
+	require.True(t, ok)
+	b.succeededAt(t0)
+	require.NoError(t, b.Remember(func() (float64, error) { return 4.9, nil }))
+	for i := 1; i <= 40; i++ { // 8 s at 4.9 requests/s
+		at := t0.Add(time.Duration(i) * 205 * time.Millisecond)
+		_, _, ok := b.reserve(at)
+		require.True(t, ok, "request %d at %.3f/s", i, b.rate)
+		b.succeededAt(at)
+	}
+	require.InDelta(t, 4.9, b.GoodRate(), 1e-9)
 }

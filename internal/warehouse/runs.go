@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
 	"slices"
 	"strings"
@@ -109,6 +110,11 @@ type RunRecord struct {
 	BytesBilled int64 `json:"bytesBilled"`
 	// ListID is a list activation's Iterable list id (0 for attribute activations).
 	ListID int64 `json:"listId,omitempty"`
+	// SendRate is the project's good rate, in requests/s, of the endpoint the activation sends
+	// with (bulkUpdate; subscribe for a list), as the worker that sent the run's last chunk
+	// knew it (0 when unknown: nothing was sent, or no rate was learnt). A new worker process
+	// starts the project's next run there instead of at 40% of the ceiling.
+	SendRate float64 `json:"sendRate,omitempty"`
 }
 
 // RunLog writes and reads the run log of the state. Both planners implement it; callers
@@ -192,6 +198,8 @@ func CheckRunRecord(r RunRecord) (RunRecord, error) {
 		return r, bad("%d pause causes, more than %d", len(r.PauseCauses), maxPauseCauses)
 	case r.PlanSeconds < 0 || r.SyncSeconds < 0 || r.BytesBilled < 0:
 		return r, bad("durations and bytes billed cannot be negative")
+	case r.SendRate < 0 || math.IsNaN(r.SendRate) || math.IsInf(r.SendRate, 0):
+		return r, bad("send rate %v is not a rate", r.SendRate)
 	}
 	for _, c := range r.PauseCauses {
 		if !pauseCausePattern.MatchString(c) {
@@ -244,6 +252,9 @@ type RunColumn struct {
 	Name     string
 	Type     RunColumnType
 	Required bool // NOT NULL (REQUIRED in BigQuery)
+	// Added says the column came after the table's first version: opening a state gives an
+	// earlier table the column (ADD COLUMN IF NOT EXISTS; NULL in its old rows).
+	Added bool
 }
 
 // runColumn binds a column to its field of RunRecord.
@@ -254,7 +265,7 @@ type runColumn struct {
 }
 
 func strCol(name string, required bool, f func(r *RunRecord) *string) runColumn {
-	return runColumn{RunColumn{name, RunString, required},
+	return runColumn{RunColumn{Name: name, Type: RunString, Required: required},
 		func(r *RunRecord) any {
 			if s := *f(r); s != "" || required {
 				return s
@@ -275,7 +286,7 @@ func strCol(name string, required bool, f func(r *RunRecord) *string) runColumn 
 }
 
 func timeCol(name string, required bool, f func(r *RunRecord) *time.Time) runColumn {
-	return runColumn{RunColumn{name, RunTimestamp, required},
+	return runColumn{RunColumn{Name: name, Type: RunTimestamp, Required: required},
 		func(r *RunRecord) any {
 			if t := *f(r); !t.IsZero() {
 				return t
@@ -336,6 +347,19 @@ func floatCol(name string, f func(r *RunRecord) *float64) runColumn {
 			}
 			return nil
 		}}
+}
+
+// nullFloatCol is a float column whose 0 is stored as NULL (unknown).
+func nullFloatCol(name string, f func(r *RunRecord) *float64) runColumn {
+	c := floatCol(name, f)
+	c.Added = true
+	c.get = func(r *RunRecord) any {
+		if x := *f(r); x != 0 {
+			return x
+		}
+		return nil
+	}
+	return c
 }
 
 func opCols(prefix string, f func(r *RunRecord) *OpCounts) []runColumn {
@@ -412,6 +436,8 @@ var runColumns = slices.Concat(
 		floatCol("sync_seconds", func(r *RunRecord) *float64 { return &r.SyncSeconds }),
 		intCol("bytes_billed", false, func(r *RunRecord) *int64 { return &r.BytesBilled }),
 		intCol("list_id", true, func(r *RunRecord) *int64 { return &r.ListID }),
+		// Columns added later come last: an earlier version's table gets them with ADD COLUMN.
+		nullFloatCol("send_rate", func(r *RunRecord) *float64 { return &r.SendRate }),
 	},
 )
 

@@ -12,7 +12,7 @@ import (
 func TestRunColumnsRoundTrip(t *testing.T) {
 	r := RunRecord{ActivationID: "a", RunID: "r", Event: RunEventEnded, At: time.Unix(10, 0).UTC(), Trigger: TriggerUI,
 		State: RunStateCompleted, Planned: OpCounts{Added: 1, Changed: 2, Removed: 3}, PauseCauses: []string{"volume"},
-		PlanSeconds: 0.5, ListID: 9}
+		PlanSeconds: 0.5, ListID: 9, SendRate: 4.9}
 	cells := r.Values()
 	require.Len(t, cells, len(RunColumns()))
 	names := map[string]bool{}
@@ -30,7 +30,7 @@ func TestRunColumnsRoundTrip(t *testing.T) {
 	empty := RunRecord{Event: RunEventPaused}.Values()
 	for i, c := range RunColumns() {
 		switch c.Name {
-		case "workflow_id", "started_at", "ended_at", "pause_reason", "list_id", "at":
+		case "workflow_id", "started_at", "ended_at", "pause_reason", "list_id", "at", "send_rate":
 			require.Nil(t, empty[i], "%s is NULL when unset", c.Name)
 		case "pause_causes":
 			require.Equal(t, []string{}, empty[i], "an empty list, never NULL")
@@ -38,10 +38,15 @@ func TestRunColumnsRoundTrip(t *testing.T) {
 	}
 
 	// Drivers' forms: []any lists, narrower integers, NULLs.
-	cells[len(cells)-1] = int32(9)
 	for i, c := range RunColumns() {
-		if c.Type == RunStrings {
+		switch {
+		case c.Type == RunStrings:
 			cells[i] = []any{"volume"}
+		case c.Name == "list_id":
+			cells[i] = int32(9)
+		case c.Name == "send_rate":
+			cells[i] = float32(4.5) // exact in float32
+			r.SendRate = 4.5
 		}
 	}
 	back, err = RunRecordFrom(cells)

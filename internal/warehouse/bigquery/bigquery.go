@@ -315,7 +315,9 @@ func (p *Planner) init(ctx context.Context) error {
 	if err != nil && !existed {
 		return fmt.Errorf("create table %s: %w", RejectionsTable, p.explain(err))
 	}
-	if err := ds.Table(RunsTable).Create(ctx, runsTableMetadata()); err != nil && !isConflict(err) {
+	err = ds.Table(RunsTable).Create(ctx, runsTableMetadata())
+	runsExisted := isConflict(err)
+	if err != nil && !runsExisted {
 		return fmt.Errorf("create table %s: %w", RunsTable, p.explain(err))
 	}
 
@@ -328,6 +330,40 @@ func (p *Planner) init(ctx context.Context) error {
 			return fmt.Errorf("upgrade table %s: %w", RejectionsTable, err)
 		}
 	}
+	if runsExisted {
+		if err := p.upgradeRuns(ctx); err != nil {
+			return fmt.Errorf("upgrade table %s: %w", RunsTable, err)
+		}
+	}
+	return nil
+}
+
+// upgradeRuns adds the run log's columns that came later (warehouse.RunColumn.Added) to a runs
+// table of an earlier version. Reading the schema is a free API call; the DDL job runs only
+// when one is missing.
+func (p *Planner) upgradeRuns(ctx context.Context) error {
+	md, err := p.bq.Dataset(p.dataset).Table(RunsTable).Metadata(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema: %w", p.explain(err))
+	}
+	have := map[string]bool{}
+	for _, f := range md.Schema {
+		have[strings.ToLower(f.Name)] = true
+	}
+	var missing []warehouse.RunColumn
+	for _, c := range warehouse.RunColumns() {
+		if c.Added && !have[c.Name] {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	j := job{step: "upgrade", sql: upgradeRunsSQL(p.qualified(RunsTable), missing)}
+	if err := p.query(ctx, j, func([]bigquery.Value, bigquery.Schema) error { return nil }); err != nil {
+		return fmt.Errorf("add columns: %w", p.explain(err))
+	}
+	p.log.InfoContext(ctx, "runs table upgraded", "project", p.project, "dataset", p.dataset, "columns", len(missing))
 	return nil
 }
 

@@ -259,3 +259,44 @@ func TestOpenUpgradesRejections(t *testing.T) {
 		require.ErrorContains(t, err, "roles/bigquery.dataEditor")
 	})
 }
+
+func TestOpenUpgradesRuns(t *testing.T) {
+	t.Run("a table of an earlier version gets send_rate", func(t *testing.T) {
+		fake := bqfake.New(t)
+		fake.AddDataset(dataset, "EU")
+		var old []*bq.TableFieldSchema
+		for _, c := range warehouse.RunColumns() {
+			if !c.Added {
+				old = append(old, bqfake.Field(c.Name, "STRING")) // the types do not matter here
+			}
+		}
+		fake.AddTable(dataset, "runs", bqfake.Schema(old...))
+		open(t, fake)
+		jobs := fake.Jobs()
+		require.Len(t, jobs, 2)
+		require.Equal(t, "ALTER TABLE `test-proj`.`activations`.`runs`\n"+
+			"ADD COLUMN IF NOT EXISTS `send_rate` FLOAT64", jobs[1].SQL)
+		require.False(t, jobs[1].DryRun)
+		require.Equal(t, "upgrade", jobs[1].Labels["step"])
+	})
+	t.Run("a new table has it", func(t *testing.T) {
+		fake := bqfake.New(t)
+		open(t, fake)
+		open(t, fake) // finds the table it created
+		fields := fake.Table(dataset + ".runs").Schema.Fields
+		require.Equal(t, "send_rate", fields[len(fields)-1].Name)
+		require.Equal(t, "FLOAT", fields[len(fields)-1].Type)
+		for _, j := range fake.Jobs() {
+			require.NotContains(t, j.SQL, "ALTER TABLE")
+		}
+	})
+	t.Run("a failed upgrade fails Open", func(t *testing.T) {
+		fake := bqfake.New(t)
+		fake.AddDataset(dataset, "EU")
+		fake.AddTable(dataset, "runs", bqfake.Schema(bqfake.Field("activation_id", "STRING")))
+		fake.Handle("ALTER TABLE", bqfake.Result{Err: &bqfake.Error{Code: 403, Reason: "accessDenied",
+			Message: "Access Denied: Table test-proj:activations.runs"}})
+		_, err := bigquery.Open(context.Background(), options(fake))
+		require.ErrorContains(t, err, "upgrade table runs: add columns")
+	})
+}

@@ -42,6 +42,22 @@ var runsSchema = func() bigquery.Schema {
 	return s
 }()
 
+// bqRunTypes are the run log's column types in BigQuery's DDL.
+var bqRunTypes = map[warehouse.RunColumnType]string{
+	warehouse.RunString: "STRING", warehouse.RunTimestamp: "TIMESTAMP", warehouse.RunInt: "INT64",
+	warehouse.RunFloat: "FLOAT64", warehouse.RunStrings: "ARRAY<STRING>",
+}
+
+// upgradeRunsSQL adds cols (nullable columns that came later) to a runs table of an earlier
+// version; new tables have them.
+func upgradeRunsSQL(runs string, cols []warehouse.RunColumn) string {
+	adds := make([]string, len(cols))
+	for i, c := range cols {
+		adds[i] = "ADD COLUMN IF NOT EXISTS " + quoteIdent(c.Name) + " " + bqRunTypes[c.Type]
+	}
+	return `ALTER TABLE ` + runs + "\n" + strings.Join(adds, ",\n")
+}
+
 // runsTableMetadata is how Open creates the runs table.
 func runsTableMetadata() *bigquery.TableMetadata {
 	return &bigquery.TableMetadata{

@@ -16,8 +16,9 @@ func TestGoldenRunsSQL(t *testing.T) {
 	p := &Planner{project: "acme-prod", dataset: "activations"}
 	runs := p.qualified(RunsTable)
 	for file, sql := range map[string]string{
-		"runs_record.sql": recordRunSQL(runs),
-		"runs_select.sql": runsSQL(runs),
+		"runs_record.sql":  recordRunSQL(runs),
+		"runs_select.sql":  runsSQL(runs),
+		"runs_upgrade.sql": upgradeRunsSQL(runs, addedRunColumns()),
 	} {
 		t.Run(file, func(t *testing.T) {
 			path := filepath.Join("testdata", file)
@@ -90,4 +91,15 @@ func TestBilledRunsBounded(t *testing.T) {
 	var none *billedRuns
 	none.add("x", 1)
 	require.Zero(t, none.get("x"))
+}
+
+// addedRunColumns are the run log's columns an earlier version's table lacks.
+func addedRunColumns() []warehouse.RunColumn {
+	var out []warehouse.RunColumn
+	for _, c := range warehouse.RunColumns() {
+		if c.Added {
+			out = append(out, c)
+		}
+	}
+	return out
 }

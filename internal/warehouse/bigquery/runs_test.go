@@ -295,9 +295,11 @@ func (f *fakeRunsTable) merge(j *bqfake.Job) bqfake.Result {
 				row[i] = n
 			}
 		case "FLOAT":
-			x, err := strconv.ParseFloat(v, 64)
-			require.NoError(f.t, err)
-			row[i] = x
+			if v != "" {
+				x, err := strconv.ParseFloat(v, 64)
+				require.NoError(f.t, err)
+				row[i] = x
+			}
 		}
 	}
 	for _, r := range f.rows {

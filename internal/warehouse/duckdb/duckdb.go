@@ -183,6 +183,14 @@ func (p *Planner) init(ctx context.Context, opts Options) error {
 	if _, err := p.db.ExecContext(ctx, p.createRunsTableSQL()); err != nil {
 		return fmt.Errorf("create %s table: %w", RunsTable, err)
 	}
+	for _, c := range warehouse.RunColumns() {
+		if c.Added { // a runs table of an earlier version lacks it
+			if _, err := p.db.ExecContext(ctx, `ALTER TABLE `+p.qualified(RunsTable)+` ADD COLUMN IF NOT EXISTS `+
+				quoteIdent(c.Name)+` `+duckRunTypes[c.Type]); err != nil {
+				return fmt.Errorf("add column %s to %s: %w", c.Name, RunsTable, err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -2,7 +2,9 @@ package duckdb_test
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,4 +52,40 @@ func TestRunLogSurvivesReopen(t *testing.T) {
 	want, err := warehouse.CheckRunRecord(rec)
 	require.NoError(t, err)
 	require.Equal(t, want, got[0])
+}
+
+// TestRunLogOfAnEarlierVersion: a runs table created before send_rate existed gets the column
+// when the state is opened; its records read back with no rate, new ones keep theirs.
+func TestRunLogOfAnEarlierVersion(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.duckdb")
+	db, err := sql.Open("duckdb", path)
+	require.NoError(t, err)
+	var defs []string
+	for _, c := range warehouse.RunColumns() {
+		if c.Added {
+			continue
+		}
+		typ := map[warehouse.RunColumnType]string{warehouse.RunString: "VARCHAR", warehouse.RunTimestamp: "TIMESTAMP",
+			warehouse.RunInt: "BIGINT", warehouse.RunFloat: "DOUBLE", warehouse.RunStrings: "VARCHAR[]"}[c.Type]
+		defs = append(defs, `"`+c.Name+`" `+typ)
+	}
+	_, err = db.ExecContext(ctx, `CREATE TABLE runs (`+strings.Join(defs, ", ")+`)`)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `INSERT INTO runs (activation_id, run_id, event, "at", "trigger", state, pause_causes)
+		VALUES ('old', 'run-0', 'ended', TIMESTAMP '2026-12-01 10:00:00', 'schedule', 'Completed', [])`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	p := open(t, duckdb.Options{Path: path})
+	rec := warehouse.RunRecord{ActivationID: "old", RunID: "run-1", Event: warehouse.RunEventEnded,
+		At: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), Trigger: warehouse.TriggerSchedule,
+		State: warehouse.RunStateCompleted, SendRate: 4.9}
+	require.NoError(t, p.RecordRun(ctx, rec))
+	got, err := p.Runs(ctx, "old", 0)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Equal(t, 4.9, got[0].SendRate)
+	require.Equal(t, "run-0", got[1].RunID)
+	require.Zero(t, got[1].SendRate, "NULL in the rows of the earlier version")
 }

@@ -70,6 +70,7 @@ func endRecord(id, run string) warehouse.RunRecord {
 	r.Committed += 2990
 	r.Requests, r.RateLimited, r.SyncSeconds, r.BytesBilled = 91, 9, 300.125, 1<<34+1
 	r.ListID = 0
+	r.SendRate = 4.875 // the pause has none (NULL)
 	return r
 }
 

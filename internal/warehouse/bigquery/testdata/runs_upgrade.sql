@@ -1,0 +1,2 @@
+ALTER TABLE `acme-prod`.`activations`.`runs`
+ADD COLUMN IF NOT EXISTS `send_rate` FLOAT64
