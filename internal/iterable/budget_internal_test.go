@@ -308,52 +308,38 @@ func TestBudgetSimulationAnotherClientsSteadyShare(t *testing.T) {
 	}
 }
 
-// A lone worker's runs of 100,000 users (100 requests) a minute apart: the second starts at the
-// project's good rate learnt by the first, not at 40% (issue 14), against both kinds of limit.
+// A lone worker's runs of 100,000 users (100 requests), against both kinds of limit: the second
+// starts at the project's good rate the first learnt, not at 40% (issue 14), whether the same
+// process runs it a minute later or a new process (a restart, a deploy) an hour later, whose
+// budget remembers the rate the first run recorded in the run log.
 func TestBudgetSimulationRemembersAcrossRuns(t *testing.T) {
-	for _, strict := range []bool{false, true} {
-		var first, second, limited float64 = math.Inf(1), math.Inf(1), 0
-		for seed := range uint64(20) {
-			c := simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: time.Hour, seed: seed, strict: strict, requestsTotal: 100}
-			r := simulate(c)
-			first = math.Min(first, 100/(5*r.finished.Seconds()))
-			c.budgets, c.base, c.seed = r.budgets, c.base.Add(r.finished+time.Minute), seed+100
-			if c.base.IsZero() || c.base.Unix() < 1_700_000_000 {
+	for _, newProcess := range []bool{false, true} {
+		for _, strict := range []bool{false, true} {
+			var first, second, limited float64 = math.Inf(1), math.Inf(1), 0
+			for seed := range uint64(20) {
+				c := simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: time.Hour, seed: seed, strict: strict, requestsTotal: 100}
+				r := simulate(c)
+				first = math.Min(first, 100/(5*r.finished.Seconds()))
+				c.budgets, c.seed = r.budgets, seed+100
 				c.base = time.Unix(1_700_000_000, 0).Add(r.finished + time.Minute)
+				if newProcess {
+					recorded := r.budgets[0].GoodRate()
+					require.Greater(t, recorded, 4.5, "the first run learnt the project's rate")
+					c.base = c.base.Add(time.Hour)
+					fresh := newBudget(5, c.base, half, defaultControl)
+					require.NoError(t, fresh.Remember(func() (float64, error) { return recorded, nil }))
+					c.budgets = []*Budget{fresh}
+				}
+				r2 := simulate(c)
+				second = math.Min(second, 100/(5*r2.finished.Seconds()))
+				limited = math.Max(limited, r2.limitedRatio())
 			}
-			r2 := simulate(c)
-			second = math.Min(second, 100/(5*r2.finished.Seconds()))
-			limited = math.Max(limited, r2.limitedRatio())
+			t.Logf("new process %v, strict window %v: 100 requests, first run %.3f of the limit, second run %.3f (429s %.3f)",
+				newProcess, strict, first, second, limited)
+			require.Less(t, first, 0.96, "a first run starts slowly")
+			require.GreaterOrEqual(t, second, 0.98, "new process %v, strict window %v", newProcess, strict)
+			require.Zero(t, limited, "new process %v, strict window %v", newProcess, strict)
 		}
-		t.Logf("strict window %v: 100 requests, first run %.3f of the limit, second run %.3f (429s %.3f)", strict, first, second, limited)
-		require.GreaterOrEqual(t, second, 0.98, "strict window %v", strict)
-	}
-}
-
-// A worker restarted between two runs of 100,000 users (100 requests): the new process's budget
-// remembers the good rate the first recorded (the run log), so the second run is at the limit
-// from its first request, against both kinds of limit.
-func TestBudgetSimulationRemembersAcrossProcesses(t *testing.T) {
-	for _, strict := range []bool{false, true} {
-		var first, second, limited float64 = math.Inf(1), math.Inf(1), 0
-		for seed := range uint64(20) {
-			c := simConfig{processes: 1, senders: 2, limit: 5, ceiling: 5, duration: time.Hour, seed: seed, strict: strict, requestsTotal: 100}
-			r := simulate(c)
-			first = math.Min(first, 100/(5*r.finished.Seconds()))
-			recorded := r.budgets[0].GoodRate()
-			require.Greater(t, recorded, 4.5, "the first run learnt the project's rate")
-			c.base = time.Unix(1_700_000_000, 0).Add(r.finished + time.Hour)
-			fresh := newBudget(5, c.base, half, defaultControl)
-			require.NoError(t, fresh.Remember(func() (float64, error) { return recorded, nil }))
-			c.budgets, c.seed = []*Budget{fresh}, seed+100
-			r2 := simulate(c)
-			second = math.Min(second, 100/(5*r2.finished.Seconds()))
-			limited = math.Max(limited, r2.limitedRatio())
-		}
-		t.Logf("strict window %v: 100 requests, first run %.3f of the limit, a new process's run %.3f (429s %.3f)", strict, first, second, limited)
-		require.Less(t, first, 0.96, "strict window %v: a first run starts slowly", strict)
-		require.GreaterOrEqual(t, second, 0.98, "strict window %v", strict)
-		require.Zero(t, limited, "strict window %v", strict)
 	}
 }
 

@@ -339,38 +339,40 @@ func (p *Planner) init(ctx context.Context) error {
 }
 
 // upgradeRuns adds the run log's columns that came later (warehouse.RunColumn.Added) to a runs
-// table of an earlier version. Reading the schema is a free API call; the DDL job runs only
-// when one is missing.
+// table of an earlier version.
 func (p *Planner) upgradeRuns(ctx context.Context) error {
-	md, err := p.bq.Dataset(p.dataset).Table(RunsTable).Metadata(ctx)
-	if err != nil {
-		return fmt.Errorf("read schema: %w", p.explain(err))
-	}
-	have := map[string]bool{}
-	for _, f := range md.Schema {
-		have[strings.ToLower(f.Name)] = true
-	}
-	var missing []warehouse.RunColumn
-	for _, c := range warehouse.RunColumns() {
-		if c.Added && !have[c.Name] {
-			missing = append(missing, c)
+	return p.upgradeTable(ctx, RunsTable, func(have map[string]bool) (string, []string) {
+		var missing []warehouse.RunColumn
+		var names []string
+		for _, c := range warehouse.RunColumns() {
+			if c.Added && !have[c.Name] {
+				missing = append(missing, c)
+				names = append(names, c.Name)
+			}
 		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	j := job{step: "upgrade", sql: upgradeRunsSQL(p.qualified(RunsTable), missing)}
-	if err := p.query(ctx, j, func([]bigquery.Value, bigquery.Schema) error { return nil }); err != nil {
-		return fmt.Errorf("add columns: %w", p.explain(err))
-	}
-	p.log.InfoContext(ctx, "runs table upgraded", "project", p.project, "dataset", p.dataset, "columns", len(missing))
-	return nil
+		if len(missing) == 0 {
+			return "", nil
+		}
+		return upgradeRunsSQL(p.qualified(RunsTable), missing), names
+	})
 }
 
 // upgradeRejections adds the columns class and row_hash to a rejections table of an earlier
-// version. Reading the schema is a free API call; the DDL job runs only when one is missing.
+// version.
 func (p *Planner) upgradeRejections(ctx context.Context) error {
-	md, err := p.bq.Dataset(p.dataset).Table(RejectionsTable).Metadata(ctx)
+	return p.upgradeTable(ctx, RejectionsTable, func(have map[string]bool) (string, []string) {
+		if have["class"] && have["row_hash"] {
+			return "", nil
+		}
+		return upgradeRejectionsSQL(p.qualified(RejectionsTable)), []string{"class", "row_hash"}
+	})
+}
+
+// upgradeTable runs the DDL that ddl returns, given the columns table has (lower-cased names), to
+// add the columns it names; "" means none is missing. Reading the schema is a free API call; the
+// DDL job runs only when a column is missing.
+func (p *Planner) upgradeTable(ctx context.Context, table string, ddl func(have map[string]bool) (string, []string)) error {
+	md, err := p.bq.Dataset(p.dataset).Table(table).Metadata(ctx)
 	if err != nil {
 		return fmt.Errorf("read schema: %w", p.explain(err))
 	}
@@ -378,14 +380,16 @@ func (p *Planner) upgradeRejections(ctx context.Context) error {
 	for _, f := range md.Schema {
 		have[strings.ToLower(f.Name)] = true
 	}
-	if have["class"] && have["row_hash"] {
+	sql, cols := ddl(have)
+	if sql == "" {
 		return nil
 	}
-	j := job{step: "upgrade", sql: upgradeRejectionsSQL(p.qualified(RejectionsTable))}
+	j := job{step: "upgrade", sql: sql}
 	if err := p.query(ctx, j, func([]bigquery.Value, bigquery.Schema) error { return nil }); err != nil {
-		return fmt.Errorf("add columns class, row_hash: %w", p.explain(err))
+		return fmt.Errorf("add columns %s: %w", strings.Join(cols, ", "), p.explain(err))
 	}
-	p.log.InfoContext(ctx, "rejections table upgraded", "project", p.project, "dataset", p.dataset)
+	p.log.InfoContext(ctx, "table upgraded", "project", p.project, "dataset", p.dataset, "table", table,
+		"columns", strings.Join(cols, ","))
 	return nil
 }
 

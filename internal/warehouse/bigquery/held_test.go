@@ -249,12 +249,7 @@ func TestOpenUpgradesRejections(t *testing.T) {
 		}
 	})
 	t.Run("a failed upgrade fails Open", func(t *testing.T) {
-		fake := bqfake.New(t)
-		fake.AddDataset(dataset, "EU")
-		fake.AddTable(dataset, "rejections", bqfake.Schema(bqfake.Field("activation_id", "STRING")))
-		fake.Handle("ALTER TABLE", bqfake.Result{Err: &bqfake.Error{Code: 403, Reason: "accessDenied",
-			Message: "Access Denied: Table test-proj:activations.rejections"}})
-		_, err := bigquery.Open(context.Background(), options(fake))
+		err := openWithRefusedUpgrade(t, "rejections")
 		require.ErrorContains(t, err, "upgrade table rejections: add columns class, row_hash")
 		require.ErrorContains(t, err, "roles/bigquery.dataEditor")
 	})
@@ -291,12 +286,21 @@ func TestOpenUpgradesRuns(t *testing.T) {
 		}
 	})
 	t.Run("a failed upgrade fails Open", func(t *testing.T) {
-		fake := bqfake.New(t)
-		fake.AddDataset(dataset, "EU")
-		fake.AddTable(dataset, "runs", bqfake.Schema(bqfake.Field("activation_id", "STRING")))
-		fake.Handle("ALTER TABLE", bqfake.Result{Err: &bqfake.Error{Code: 403, Reason: "accessDenied",
-			Message: "Access Denied: Table test-proj:activations.runs"}})
-		_, err := bigquery.Open(context.Background(), options(fake))
-		require.ErrorContains(t, err, "upgrade table runs: add columns")
+		err := openWithRefusedUpgrade(t, "runs")
+		require.ErrorContains(t, err, "upgrade table runs: add columns send_rate")
+		require.ErrorContains(t, err, "roles/bigquery.dataEditor")
 	})
+}
+
+// openWithRefusedUpgrade opens a dataset whose table of an earlier version lacks columns, and
+// whose ALTER TABLE BigQuery refuses.
+func openWithRefusedUpgrade(t *testing.T, table string) error {
+	fake := bqfake.New(t)
+	fake.AddDataset(dataset, "EU")
+	fake.AddTable(dataset, table, bqfake.Schema(bqfake.Field("activation_id", "STRING")))
+	fake.Handle("ALTER TABLE", bqfake.Result{Err: &bqfake.Error{Code: 403, Reason: "accessDenied",
+		Message: "Access Denied: Table test-proj:activations." + table}})
+	_, err := bigquery.Open(context.Background(), options(fake))
+	require.Error(t, err)
+	return err
 }
