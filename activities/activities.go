@@ -265,7 +265,7 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	defer stop()
 
 	rate := sendBudget(act, client)
-	if err := rememberSendRate(ctx, act, rate, planner, time.Now()); err != nil {
+	if err := rememberSendRate(ctx, rate, planner, time.Now()); err != nil {
 		log.WarnContext(ctx, "the project's last good rate could not be read: this run starts slowly", "err", err)
 	}
 	s.existence, s.conflicts, s.removalExistence = in.Existence, in.Conflicts, in.RemovalExistence
@@ -307,36 +307,31 @@ func sendBudget(act spec.Activation, c *iterable.Client) *iterable.Budget {
 	return c.BulkBudget()
 }
 
-// rememberSendRate gives a budget this process has not used yet the good rate the activation's
-// latest run recorded in the run log (at most sendRateMaxAge old), so that a restarted worker
-// starts the project's next run there, not at 40% of the ceiling. It reads the run log once
-// per budget and process.
-func rememberSendRate(ctx context.Context, act spec.Activation, b *iterable.Budget, planner warehouse.Planner, now time.Time) error {
+// rememberSendRate gives a budget this process has not used yet the project's good rate that the
+// run log last recorded for it, by any activation (at most sendRateMaxAge old), so that a
+// restarted worker starts the project's next run there, not at 40% of the ceiling. It reads the
+// run log once per budget and process.
+func rememberSendRate(ctx context.Context, b *iterable.Budget, planner warehouse.Planner, now time.Time) error {
 	runLog, ok := planner.(warehouse.RunLog)
-	if !ok {
+	if !ok || b.Name() == "" {
 		return nil
 	}
 	return b.Remember(func() (float64, error) {
-		recs, err := runLog.Runs(ctx, act.ID, 0)
-		if err != nil {
-			return 0, fmt.Errorf("activation %s: %w", act.ID, err)
-		}
-		return LastSendRate(recs, now), nil
+		return runLog.LastSendRate(ctx, b.Name(), now.Add(-sendRateMaxAge))
 	})
 }
 
-// LastSendRate is the send rate of the newest record that has one (records newest first), when
-// it is at most sendRateMaxAge old; 0 otherwise.
-func LastSendRate(recs []warehouse.RunRecord, now time.Time) float64 {
-	for _, r := range recs {
-		if r.SendRate > 0 {
-			if now.Sub(r.At) > sendRateMaxAge {
-				return 0
-			}
-			return r.SendRate
-		}
+// sendBudgetName is the name of the budget sendBudget picks for act: what the run log records
+// next to the run's send rate.
+func sendBudgetName(act spec.Activation) (string, error) {
+	key, err := act.Destination.Iterable.APIKey.Resolve()
+	if err != nil {
+		return "", err
 	}
-	return 0
+	if act.Destination.List != nil {
+		return iterable.BudgetName(key, iterable.EndpointSubscribe), nil
+	}
+	return iterable.BudgetName(key, iterable.EndpointBulkUpdate), nil
 }
 
 // withCursor attaches the chunk's cursor to its error (as the details of an application error

@@ -270,6 +270,13 @@ func (a *Activities) RecordRun(ctx context.Context, in RecordRunInput) error {
 	if !ok {
 		return nil // a planner without a run log (test doubles)
 	}
+	// The budget's name holds a digest of the API key: set here, it never travels through
+	// Temporal. Without a key (a dry run's spec, a test double), the rate stays unnamed.
+	if in.Record.SendRate > 0 && in.Record.SendBudget == "" {
+		if name, err := sendBudgetName(in.Spec); err == nil {
+			in.Record.SendBudget = name
+		}
+	}
 	if err := log.RecordRun(ctx, in.Record); err != nil {
 		if errors.Is(err, warehouse.ErrInvalidRunRecord) {
 			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("activation %s run %s: record the run (%s): %v",

@@ -11,33 +11,10 @@ import (
 
 	"github.com/activation-engine/activations/internal/iterable"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
+	"github.com/activation-engine/activations/internal/spec"
 	"github.com/activation-engine/activations/internal/warehouse"
 	"github.com/activation-engine/activations/internal/warehouse/duckdb"
 )
-
-func TestLastSendRate(t *testing.T) {
-	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
-	rec := func(ago time.Duration, rate float64) warehouse.RunRecord {
-		return warehouse.RunRecord{At: now.Add(-ago), SendRate: rate}
-	}
-	tests := []struct {
-		name string
-		recs []warehouse.RunRecord
-		want float64
-	}{
-		{"no records", nil, 0},
-		{"the newest record's rate", []warehouse.RunRecord{rec(time.Hour, 4.9), rec(2*time.Hour, 3)}, 4.9},
-		{"records without a rate are passed over", []warehouse.RunRecord{rec(time.Minute, 0), rec(time.Hour, 3.5)}, 3.5},
-		{"six days old", []warehouse.RunRecord{rec(6*24*time.Hour, 4.9)}, 4.9},
-		{"too old: the project may have other clients now", []warehouse.RunRecord{rec(8*24*time.Hour, 4.9)}, 0},
-		{"none has a rate", []warehouse.RunRecord{rec(time.Minute, 0), rec(time.Hour, 0)}, 0},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, LastSendRate(tc.recs, now))
-		})
-	}
-}
 
 // runLogPlanner is telemetryPlanner with a real DuckDB run log.
 type runLogPlanner struct {
@@ -51,48 +28,64 @@ func (p *runLogPlanner) RecordRun(ctx context.Context, r warehouse.RunRecord) er
 }
 
 func (p *runLogPlanner) Runs(ctx context.Context, id string, limit int) ([]warehouse.RunRecord, error) {
-	p.reads.Add(1)
 	return p.log.Runs(ctx, id, limit)
 }
 
-// A new worker process (fresh budgets) starts a project's run at the good rate the activation's
-// last run recorded in the run log, reads the log once, and reports the rate for the next record.
-// A record too old, or none, leaves the slow start.
+func (p *runLogPlanner) LastSendRate(ctx context.Context, budget string, since time.Time) (float64, error) {
+	p.reads.Add(1)
+	return p.log.LastSendRate(ctx, budget, since)
+}
+
+// A new worker process (fresh budgets) starts a project's run at the good rate the run log last
+// recorded for the project, by this activation or another one (RecordRun names the budget),
+// reads the log once, and reports the rate for the next record. A record too old, one of another
+// project, or none leaves the slow start.
 func TestSyncChunkStartsAtTheRecordedRate(t *testing.T) {
 	emu := iterabletest.NewServer(iterabletest.Options{BulkUpdateRPS: 5})
 	defer emu.Close()
 	emu.AddProject("rate-key", iterabletest.ProjectHybrid)
+	emu.AddProject("other-key", iterabletest.ProjectHybrid)
 	t.Setenv("RATE_TEST_KEY", "rate-key")
+	t.Setenv("OTHER_TEST_KEY", "other-key")
 	act := telemetrySpec(t, emu.URL(), "RATE_TEST_KEY")
 	act.ID = "rate"
 	act.Sync.RequestsPerSecond = 5
 	act.Sync.UsersPerRequest = 4
+	sibling := act // another activation of the same project
+	sibling.ID = "rate-sibling"
+	stranger := telemetrySpec(t, emu.URL(), "OTHER_TEST_KEY") // another project's
+	stranger.ID = "rate-stranger"
 
 	for _, tc := range []struct {
 		name     string
-		recorded float64
+		by       spec.Activation
 		ago      time.Duration
 		remember bool
 	}{
-		{"recorded an hour ago", 4.8, time.Hour, true},
-		{"recorded eight days ago", 4.8, 8 * 24 * time.Hour, false},
-		{"nothing recorded", 0, time.Hour, false},
+		{"this activation, an hour ago", act, time.Hour, true},
+		{"another activation of the project, an hour ago", sibling, time.Hour, true},
+		{"eight days ago", act, 8 * 24 * time.Hour, false},
+		{"another project's activation", stranger, time.Hour, false},
+		{"nothing recorded", spec.Activation{}, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			log, err := duckdb.Open(ctx, duckdb.Options{})
 			require.NoError(t, err)
 			defer log.Close()
-			// The run log's record as the workflow writes it at the end of a run.
-			require.NoError(t, log.RecordRun(ctx, warehouse.RunRecord{ActivationID: act.ID, RunID: "run-0",
-				Event: warehouse.RunEventEnded, At: time.Now().Add(-tc.ago), Trigger: warehouse.TriggerSchedule,
-				State: warehouse.RunStateCompleted, Requests: 100, SendRate: tc.recorded}))
 			planner := &runLogPlanner{telemetryPlanner: &telemetryPlanner{valid: 12}, log: log}
 			budgets := iterable.NewBudgets()
 			acts := &Activities{Planners: fakePlannerSource{planner}, Budgets: budgets}
 			var suite testsuite.WorkflowTestSuite
 			env := suite.NewTestActivityEnvironment()
 			env.RegisterActivity(acts)
+			if tc.by.ID != "" {
+				// The record as the workflow hands it over at the end of a run.
+				_, err := env.ExecuteActivity(acts.RecordRun, RecordRunInput{Spec: tc.by, Record: warehouse.RunRecord{
+					ActivationID: tc.by.ID, RunID: "run-0", Event: warehouse.RunEventEnded, At: time.Now().Add(-tc.ago),
+					Trigger: warehouse.TriggerSchedule, State: warehouse.RunStateCompleted, Requests: 100, SendRate: 4.8}})
+				require.NoError(t, err)
+			}
 			var res ChunkResult
 			rates := make([]float64, 2)
 			for i := range rates {
@@ -113,5 +106,43 @@ func TestSyncChunkStartsAtTheRecordedRate(t *testing.T) {
 			}
 			require.Zero(t, emu.Stats("rate-key").RateLimited)
 		})
+	}
+}
+
+// RecordRun names the budget of a recorded rate (bulkUpdate, or subscribe for a list), and
+// leaves a record without a rate unnamed.
+func TestRecordRunNamesTheSendBudget(t *testing.T) {
+	t.Setenv("RATE_TEST_KEY", "rate-key")
+	act := telemetrySpec(t, "http://127.0.0.1:1", "RATE_TEST_KEY")
+	act.ID = "named"
+	list := act
+	list.ID = "named-list"
+	list.Destination.List = &spec.List{Name: "VIP"}
+	ctx := context.Background()
+	log, err := duckdb.Open(ctx, duckdb.Options{})
+	require.NoError(t, err)
+	defer log.Close()
+	acts := &Activities{Planners: fakePlannerSource{&runLogPlanner{telemetryPlanner: &telemetryPlanner{}, log: log}}}
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestActivityEnvironment()
+	env.RegisterActivity(acts)
+	for _, tc := range []struct {
+		act  spec.Activation
+		rate float64
+		want string
+	}{
+		{act, 4.9, iterable.ProjectKey("rate-key") + "/bulkUpdate"},
+		{list, 4.5, iterable.ProjectKey("rate-key") + "/listSubscribe"},
+		{act, 0, ""},
+	} {
+		at := time.Now()
+		_, err := env.ExecuteActivity(acts.RecordRun, RecordRunInput{Spec: tc.act, Record: warehouse.RunRecord{
+			ActivationID: tc.act.ID, RunID: "run-" + at.Format("150405.000000"), Event: warehouse.RunEventEnded, At: at,
+			Trigger: warehouse.TriggerManual, State: warehouse.RunStateCompleted, SendRate: tc.rate}})
+		require.NoError(t, err)
+		recs, err := log.Runs(ctx, tc.act.ID, 1)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, recs[0].SendBudget)
+		require.NotContains(t, recs[0].SendBudget, "rate-key", "a digest, never the key")
 	}
 }

@@ -70,7 +70,7 @@ func (b *Budgets) Budget(apiKey, endpoint string, rps float64) *Budget {
 	if rps <= 0 || math.IsInf(rps, 1) || math.IsNaN(rps) {
 		rps = math.Inf(1)
 	}
-	key := ProjectKey(apiKey) + "/" + endpoint
+	key := BudgetName(apiKey, endpoint)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if bu, ok := b.buckets[key]; ok {
@@ -78,8 +78,15 @@ func (b *Budgets) Budget(apiKey, endpoint string, rps float64) *Budget {
 		return bu
 	}
 	bu := newBudget(rps, time.Now(), rand.Float64, defaultControl)
+	bu.name = key
 	b.buckets[key] = bu
 	return bu
+}
+
+// BudgetName names the budget of endpoint for the project of apiKey: its ProjectKey, "/" and the
+// endpoint. It holds no secret, so the run log keeps it next to the project's good rate.
+func BudgetName(apiKey, endpoint string) string {
+	return ProjectKey(apiKey) + "/" + endpoint
 }
 
 // Wait blocks until a request to endpoint of the project of apiKey may be sent.
@@ -123,9 +130,9 @@ func (b *Budgets) Wait(ctx context.Context, apiKey, endpoint string, rps float64
 //     window of 5 s without a 429 (every rate since was at least as high, so it was held for
 //     the whole window). A run after an idle restart (step 4) starts there instead of at 40%: a
 //     worker's next sync of the project is at the limit from its first request (issue 14).
-//     Every run records it in the run log of the state (GoodRate), and a new process's budget
-//     starts from the latest record (Remember): a restarted or redeployed worker does not start
-//     at 40% either;
+//     Every run records it in the run log of the state with the budget's name (GoodRate,
+//     BudgetName), and a new process's budget starts from the project's latest record
+//     (Remember): a restarted or redeployed worker does not start at 40% either;
 //  7. tells another client's share from an overshoot. An episode is the 429s between two calm
 //     periods. It is someone else's when its first 429 came at a rate no higher than the good
 //     rate (we did not rise: another client's burst, or one jittered request refused by a
@@ -184,6 +191,7 @@ const idleRestart = 30 * time.Second
 // response, a GC pause) is not followed by requests back to back, which a limit counted in a
 // strict one-second window refuses (issue 14). An unlimited budget (+Inf) never waits.
 type Budget struct {
+	name        string // BudgetName; "" for a budget made outside Budgets
 	mu          sync.Mutex
 	ctl         controlParams
 	ceiling     float64 // configured requests/s; +Inf = unlimited
@@ -265,6 +273,9 @@ func (b *Budget) Ceiling() float64 {
 	return b.ceiling
 }
 
+// Name is the budget's BudgetName ("" for a budget made outside Budgets).
+func (b *Budget) Name() string { return b.name }
+
 // GoodRate is the project's good rate as this budget knows it, in requests/s: learnt in this
 // process (step 6) or remembered from an earlier one; 0 when neither. A run records it in the
 // run log, so that the next process to sync the project starts there.
@@ -275,7 +286,7 @@ func (b *Budget) GoodRate() float64 {
 }
 
 // Remember gives the budget the good rate an earlier process learnt (the run log's latest
-// record), so that a restarted worker does not start at 40%. It acts once per budget: load runs
+// record of the budget), so that a restarted worker does not start at 40%. It acts once per budget: load runs
 // on the first call only, and not at all when this process has learnt a rate already or the
 // budget is unlimited. load's error is returned and not tried again: a run had better start
 // slowly than read the warehouse before each of its chunks.

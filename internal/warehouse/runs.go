@@ -115,6 +115,11 @@ type RunRecord struct {
 	// knew it (0 when unknown: nothing was sent, or no rate was learnt). A new worker process
 	// starts the project's next run there instead of at 40% of the ceiling.
 	SendRate float64 `json:"sendRate,omitempty"`
+	// SendBudget names the rate budget SendRate belongs to: the SHA-256 of the project's API
+	// key, "/" and the endpoint (iterable.BudgetName). It is not a secret, and it lets every
+	// activation of the project start from the project's latest rate (LastSendRate). The
+	// worker sets it when it writes the record, so it never travels through Temporal.
+	SendBudget string `json:"sendBudget,omitempty"`
 }
 
 // RunLog writes and reads the run log of the state. Both planners implement it; callers
@@ -127,7 +132,13 @@ type RunLog interface {
 	// Runs returns the activation's latest records, newest first (by At); limit <= 0 means
 	// DefaultRunsLimit, and it is capped at MaxRunsLimit.
 	Runs(ctx context.Context, activationID string, limit int) ([]RunRecord, error)
+	// LastSendRate is the SendRate of the newest record of any activation whose SendBudget is
+	// budget, written at or after since; 0 when there is none.
+	LastSendRate(ctx context.Context, budget string, since time.Time) (float64, error)
 }
+
+// MaxSendBudgetBytes bounds RunRecord.SendBudget (a 64-character digest, "/" and an endpoint).
+const MaxSendBudgetBytes = 200
 
 // RunsTable is the table of the state that holds every activation's run log.
 const RunsTable = "runs"
@@ -200,6 +211,8 @@ func CheckRunRecord(r RunRecord) (RunRecord, error) {
 		return r, bad("durations and bytes billed cannot be negative")
 	case r.SendRate < 0 || math.IsNaN(r.SendRate) || math.IsInf(r.SendRate, 0):
 		return r, bad("send rate %v is not a rate", r.SendRate)
+	case len(r.SendBudget) > MaxSendBudgetBytes || !utf8.ValidString(r.SendBudget):
+		return r, bad("a send budget name is valid UTF-8 of at most %d bytes", MaxSendBudgetBytes)
 	}
 	for _, c := range r.PauseCauses {
 		if !pauseCausePattern.MatchString(c) {
@@ -349,10 +362,15 @@ func floatCol(name string, f func(r *RunRecord) *float64) runColumn {
 		}}
 }
 
-// nullFloatCol is a float column whose 0 is stored as NULL (unknown).
-func nullFloatCol(name string, f func(r *RunRecord) *float64) runColumn {
-	c := floatCol(name, f)
+// added marks a column that came after the runs table's first version.
+func added(c runColumn) runColumn {
 	c.Added = true
+	return c
+}
+
+// nullFloatCol is a float column that came later, whose 0 is stored as NULL (unknown).
+func nullFloatCol(name string, f func(r *RunRecord) *float64) runColumn {
+	c := added(floatCol(name, f))
 	c.get = func(r *RunRecord) any {
 		if x := *f(r); x != 0 {
 			return x
@@ -438,6 +456,7 @@ var runColumns = slices.Concat(
 		intCol("list_id", true, func(r *RunRecord) *int64 { return &r.ListID }),
 		// Columns added later come last: an earlier version's table gets them with ADD COLUMN.
 		nullFloatCol("send_rate", func(r *RunRecord) *float64 { return &r.SendRate }),
+		added(strCol("send_budget", false, func(r *RunRecord) *string { return &r.SendBudget })),
 	},
 )
 

@@ -256,7 +256,7 @@ func TestOpenUpgradesRejections(t *testing.T) {
 }
 
 func TestOpenUpgradesRuns(t *testing.T) {
-	t.Run("a table of an earlier version gets send_rate", func(t *testing.T) {
+	t.Run("a table of an earlier version gets send_rate and send_budget", func(t *testing.T) {
 		fake := bqfake.New(t)
 		fake.AddDataset(dataset, "EU")
 		var old []*bq.TableFieldSchema
@@ -270,24 +270,24 @@ func TestOpenUpgradesRuns(t *testing.T) {
 		jobs := fake.Jobs()
 		require.Len(t, jobs, 2)
 		require.Equal(t, "ALTER TABLE `test-proj`.`activations`.`runs`\n"+
-			"ADD COLUMN IF NOT EXISTS `send_rate` FLOAT64", jobs[1].SQL)
+			"ADD COLUMN IF NOT EXISTS `send_rate` FLOAT64,\nADD COLUMN IF NOT EXISTS `send_budget` STRING", jobs[1].SQL)
 		require.False(t, jobs[1].DryRun)
 		require.Equal(t, "upgrade", jobs[1].Labels["step"])
 	})
-	t.Run("a new table has it", func(t *testing.T) {
+	t.Run("a new table has them", func(t *testing.T) {
 		fake := bqfake.New(t)
 		open(t, fake)
 		open(t, fake) // finds the table it created
 		fields := fake.Table(dataset + ".runs").Schema.Fields
-		require.Equal(t, "send_rate", fields[len(fields)-1].Name)
-		require.Equal(t, "FLOAT", fields[len(fields)-1].Type)
+		require.Equal(t, "send_rate FLOAT", fields[len(fields)-2].Name+" "+fields[len(fields)-2].Type)
+		require.Equal(t, "send_budget STRING", fields[len(fields)-1].Name+" "+fields[len(fields)-1].Type)
 		for _, j := range fake.Jobs() {
 			require.NotContains(t, j.SQL, "ALTER TABLE")
 		}
 	})
 	t.Run("a failed upgrade fails Open", func(t *testing.T) {
 		err := openWithRefusedUpgrade(t, "runs")
-		require.ErrorContains(t, err, "upgrade table runs: add columns send_rate")
+		require.ErrorContains(t, err, "upgrade table runs: add columns send_rate, send_budget")
 		require.ErrorContains(t, err, "roles/bigquery.dataEditor")
 	})
 }

@@ -24,6 +24,7 @@ var _ warehouse.RunLog = (*Planner)(nil)
 const (
 	stepRecordRun = "record-run"
 	stepRuns      = "runs"
+	stepSendRate  = "send-rate"
 )
 
 // runsSchema is the runs table's schema, as Open creates it: warehouse.RunColumns in BigQuery's
@@ -122,6 +123,16 @@ FROM ` + runs + `
 WHERE activation_id = @activation_id
 ORDER BY ` + quoteIdent("at") + ` DESC, run_id, event
 LIMIT @limit`
+}
+
+// lastSendRateSQL reads the send rate of a budget's newest record (parameters @send_budget,
+// @since). The filter on at prunes the partitions older than since.
+func lastSendRateSQL(runs string) string {
+	return `SELECT send_rate
+FROM ` + runs + `
+WHERE send_budget = @send_budget AND send_rate > 0 AND ` + quoteIdent("at") + ` >= @since
+ORDER BY ` + quoteIdent("at") + ` DESC
+LIMIT 1`
 }
 
 // runParams are the query parameters of recordRunSQL: one per column, typed even when NULL.
@@ -325,4 +336,22 @@ func (p *Planner) tally(ctx context.Context, j job, src *bigquery.Job, status *b
 	if qs, ok := status.Statistics.Details.(*bigquery.QueryStatistics); ok {
 		p.billed.add(key, qs.TotalBytesBilled)
 	}
+}
+
+// LastSendRate is the send rate of budget's newest record at or after since (0 when none).
+func (p *Planner) LastSendRate(ctx context.Context, budget string, since time.Time) (float64, error) {
+	j := job{step: stepSendRate, sql: lastSendRateSQL(p.qualified(RunsTable)),
+		params: []bigquery.QueryParameter{{Name: "send_budget", Value: budget},
+			{Name: "since", Value: warehouse.RunTime(since)}}}
+	var rate float64
+	err := p.query(ctx, j, func(row []bigquery.Value, _ bigquery.Schema) error {
+		if len(row) == 1 {
+			rate, _ = row[0].(float64)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("last send rate: %w", p.explain(err))
+	}
+	return rate, nil
 }

@@ -16,9 +16,10 @@ func TestGoldenRunsSQL(t *testing.T) {
 	p := &Planner{project: "acme-prod", dataset: "activations"}
 	runs := p.qualified(RunsTable)
 	for file, sql := range map[string]string{
-		"runs_record.sql":  recordRunSQL(runs),
-		"runs_select.sql":  runsSQL(runs),
-		"runs_upgrade.sql": upgradeRunsSQL(runs, addedRunColumns()),
+		"runs_record.sql":    recordRunSQL(runs),
+		"runs_select.sql":    runsSQL(runs),
+		"runs_upgrade.sql":   upgradeRunsSQL(runs, addedRunColumns()),
+		"runs_send_rate.sql": lastSendRateSQL(runs),
 	} {
 		t.Run(file, func(t *testing.T) {
 			path := filepath.Join("testdata", file)

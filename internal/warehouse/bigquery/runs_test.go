@@ -337,6 +337,34 @@ func (f *fakeRunsTable) query(j *bqfake.Job) bqfake.Result {
 	return bqfake.Result{Schema: &bq.TableSchema{Fields: f.cols}, Rows: out, StatementType: "SELECT"}
 }
 
+// lastSendRate answers lastSendRateSQL: the send rate of the budget's newest row at or after
+// @since with a rate.
+func (f *fakeRunsTable) lastSendRate(j *bqfake.Job) bqfake.Result {
+	budget, _ := j.Param("send_budget")
+	sinceText, _ := j.Param("since")
+	since, err := time.Parse("2006-01-02 15:04:05.999999-07:00", sinceText)
+	require.NoError(f.t, err)
+	col := map[string]int{}
+	for i, c := range f.cols {
+		col[c.Name] = i
+	}
+	var best []any
+	for _, r := range f.rows {
+		rate, _ := r[col["send_rate"]].(float64)
+		at := r[col["at"]].(int64)
+		if r[col["send_budget"]] == budget && rate > 0 && at >= since.UnixMicro() &&
+			(best == nil || at > best[1].(int64)) {
+			best = []any{rate, at}
+		}
+	}
+	out := [][]any{}
+	if best != nil {
+		out = append(out, []any{best[0]})
+	}
+	return bqfake.Result{Schema: &bq.TableSchema{Fields: []*bq.TableFieldSchema{bqfake.Field("send_rate", "FLOAT")}},
+		Rows: out, StatementType: "SELECT"}
+}
+
 // TestRunLogSuiteOnFake runs the run log's conformance suite through the real client against
 // bqfake answering as fakeRunsTable.
 func TestRunLogSuiteOnFake(t *testing.T) {
@@ -346,6 +374,7 @@ func TestRunLogSuiteOnFake(t *testing.T) {
 		f := &fakeRunsTable{t: t, cols: runsSchema(t, fake).Fields}
 		fake.HandleFunc("MERGE `test-proj`.`activations`.`runs`", f.merge)
 		fake.HandleFunc("FROM `test-proj`.`activations`.`runs`", f.query)
+		fake.HandleFunc("WHERE send_budget = @send_budget", f.lastSendRate)
 		return p
 	})
 }

@@ -2,8 +2,11 @@ package duckdb
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/activation-engine/activations/internal/warehouse"
 )
@@ -114,4 +117,16 @@ func (p *Planner) Runs(ctx context.Context, activationID string, limit int) ([]w
 		return nil, fmt.Errorf("runs of %s after %d records: %w", activationID, len(out), err)
 	}
 	return out, nil
+}
+
+// LastSendRate is the send rate of budget's newest record at or after since (0 when none).
+func (p *Planner) LastSendRate(ctx context.Context, budget string, since time.Time) (float64, error) {
+	var rate sql.NullFloat64
+	err := p.db.QueryRowContext(ctx, `SELECT send_rate FROM `+p.qualified(RunsTable)+`
+WHERE send_budget = ? AND send_rate > 0 AND "at" >= CAST(? AS TIMESTAMP)
+ORDER BY "at" DESC LIMIT 1`, budget, warehouse.RunTime(since)).Scan(&rate)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("last send rate: %w", err)
+	}
+	return rate.Float64, nil
 }

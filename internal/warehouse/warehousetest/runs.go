@@ -25,6 +25,7 @@ func RunLogSuite(t *testing.T, newLog func(t *testing.T) warehouse.RunLog) {
 		{"limit", testRunLimit},
 		{"other activations' records are not returned", testRunOtherActivations},
 		{"invalid records are refused", testRunInvalid},
+		{"the last send rate of a budget, whichever activation recorded it", testRunLastSendRate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, newLog(t)) })
@@ -71,6 +72,7 @@ func endRecord(id, run string) warehouse.RunRecord {
 	r.Requests, r.RateLimited, r.SyncSeconds, r.BytesBilled = 91, 9, 300.125, 1<<34+1
 	r.ListID = 0
 	r.SendRate = 4.875 // the pause has none (NULL)
+	r.SendBudget = strings.Repeat("ab", 32) + "/bulkUpdate"
 	return r
 }
 
@@ -217,4 +219,36 @@ func testRunInvalid(t *testing.T, l warehouse.RunLog) {
 	require.True(t, utf8.ValidString(got[0].PauseReason))
 	require.True(t, strings.HasSuffix(got[0].PauseReason, "é…"), "cut whole characters, marked")
 	require.Equal(t, stored(t, long), got[0])
+}
+
+func testRunLastSendRate(t *testing.T, l warehouse.RunLog) {
+	ctx := context.Background()
+	bulk, subscribe := strings.Repeat("0f", 32)+"/bulkUpdate", strings.Repeat("0f", 32)+"/listSubscribe"
+	other := strings.Repeat("e1", 32) + "/bulkUpdate"
+	at := func(d time.Duration) time.Time { return runStart.Add(d) }
+	rec := func(id, run string, t time.Time, budget string, rate float64) warehouse.RunRecord {
+		r := endRecord(id, run)
+		r.At, r.EndedAt, r.SendBudget, r.SendRate = t, t, budget, rate
+		return r
+	}
+	last := func(budget string, since time.Time) float64 {
+		t.Helper()
+		rate, err := l.LastSendRate(ctx, budget, since)
+		require.NoError(t, err)
+		return rate
+	}
+	require.Zero(t, last(bulk, at(-time.Hour)), "no record")
+	record(t, l,
+		rec("rate-a", "run-1", at(0), bulk, 4.5),
+		rec("rate-b", "run-1", at(time.Hour), bulk, 3.25), // another activation of the project, later
+		rec("rate-a", "run-2", at(2*time.Hour), bulk, 0),  // a run that learnt no rate
+		rec("rate-c", "run-1", at(3*time.Hour), subscribe, 4.75),
+		rec("rate-d", "run-1", at(4*time.Hour), other, 2.5),
+	)
+	require.Equal(t, 3.25, last(bulk, at(-time.Hour)), "the newest with a rate, whichever activation")
+	require.Equal(t, 3.25, last(bulk, at(time.Hour)), "since is inclusive")
+	require.Zero(t, last(bulk, at(time.Hour+time.Second)), "nothing as recent")
+	require.Equal(t, 4.75, last(subscribe, at(-time.Hour)), "each endpoint its own")
+	require.Equal(t, 2.5, last(other, at(-time.Hour)), "each project its own")
+	require.Zero(t, last(strings.Repeat("77", 32)+"/bulkUpdate", at(-time.Hour)))
 }

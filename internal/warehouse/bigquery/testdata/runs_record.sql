@@ -13,7 +13,7 @@ WHEN NOT MATCHED THEN
     `still_rejected_added`, `still_rejected_changed`, `still_rejected_removed`,
     `unconfirmed_added`, `unconfirmed_changed`, `unconfirmed_removed`, `committed`,
     `pause_causes`, `pause_reason`, `requests`, `rate_limited`, `plan_seconds`,
-    `sync_seconds`, `bytes_billed`, `list_id`, `send_rate`)
+    `sync_seconds`, `bytes_billed`, `list_id`, `send_rate`, `send_budget`)
   VALUES (@activation_id, @run_id, @workflow_id, @event, @at, @trigger, @started_at, @ended_at,
     @state, @model_rows, @unchanged, @null_keys, @duplicate_keys, @duplicate_identifiers,
     @planned_added, @planned_changed, @planned_removed, @attempted_added,
@@ -24,4 +24,4 @@ WHEN NOT MATCHED THEN
     @still_rejected_changed, @still_rejected_removed, @unconfirmed_added,
     @unconfirmed_changed, @unconfirmed_removed, @committed, @pause_causes, @pause_reason,
     @requests, @rate_limited, @plan_seconds, @sync_seconds, @bytes_billed, @list_id,
-    @send_rate)
+    @send_rate, @send_budget)

@@ -8,7 +8,7 @@ SELECT `activation_id`, `run_id`, `workflow_id`, `event`, `at`, `trigger`, `star
   `still_rejected_added`, `still_rejected_changed`, `still_rejected_removed`,
   `unconfirmed_added`, `unconfirmed_changed`, `unconfirmed_removed`, `committed`,
   `pause_causes`, `pause_reason`, `requests`, `rate_limited`, `plan_seconds`,
-  `sync_seconds`, `bytes_billed`, `list_id`, `send_rate`
+  `sync_seconds`, `bytes_billed`, `list_id`, `send_rate`, `send_budget`
 FROM `acme-prod`.`activations`.`runs`
 WHERE activation_id = @activation_id
 ORDER BY `at` DESC, run_id, event
