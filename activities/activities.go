@@ -298,10 +298,18 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 // the project's other clients may have changed since. Older, a run starts slowly.
 const sendRateMaxAge = 7 * 24 * time.Hour
 
-// sendBudget is the budget of the endpoint that carries most of the activation's records:
-// bulkUpdate, or subscribe for a list's members.
-func sendBudget(act spec.Activation, c *iterable.Client) *iterable.Budget {
+// sendEndpoint is the endpoint that carries most of the activation's records: bulkUpdate, or
+// subscribe for a list's members. Its budget's good rate is what the run log remembers.
+func sendEndpoint(act spec.Activation) string {
 	if act.Destination.List != nil {
+		return iterable.EndpointSubscribe
+	}
+	return iterable.EndpointBulkUpdate
+}
+
+// sendBudget is the client's budget of sendEndpoint.
+func sendBudget(act spec.Activation, c *iterable.Client) *iterable.Budget {
+	if sendEndpoint(act) == iterable.EndpointSubscribe {
 		return c.SubscribeBudget()
 	}
 	return c.BulkBudget()
@@ -328,10 +336,7 @@ func sendBudgetName(act spec.Activation) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if act.Destination.List != nil {
-		return iterable.BudgetName(key, iterable.EndpointSubscribe), nil
-	}
-	return iterable.BudgetName(key, iterable.EndpointBulkUpdate), nil
+	return iterable.BudgetName(key, sendEndpoint(act)), nil
 }
 
 // withCursor attaches the chunk's cursor to its error (as the details of an application error

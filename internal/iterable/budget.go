@@ -286,10 +286,10 @@ func (b *Budget) GoodRate() float64 {
 }
 
 // Remember gives the budget the good rate an earlier process learnt (the run log's latest
-// record of the budget), so that a restarted worker does not start at 40%. It acts once per budget: load runs
-// on the first call only, and not at all when this process has learnt a rate already or the
-// budget is unlimited. load's error is returned and not tried again: a run had better start
-// slowly than read the warehouse before each of its chunks.
+// record of the budget), so that a restarted worker does not start at 40%. It acts once per
+// budget: load runs on the first call only, and not at all when this process has learnt a rate
+// already or the budget is unlimited. load's error is returned and not tried again: a run had
+// better start slowly than read the warehouse before each of its chunks.
 func (b *Budget) Remember(load func() (float64, error)) error {
 	b.seedMu.Lock()
 	defer b.seedMu.Unlock()
