@@ -554,3 +554,58 @@ func TestUUIDIdentifierIsText(t *testing.T) {
 	}
 	require.Equal(t, "0189d5b6-3f7a-7c3e-9a6b-1234567890ab", got["1"], "the removal names the same profile")
 }
+
+// TestFirstPlanHashesLikeLaterPlans: a first plan and a full resync compute row hashes in the
+// plan table, not in the snapshot; the hashes they commit, and those their skipped duplicate
+// keys and shared identifiers are recorded with, are the ones a plan against a state with rows
+// computes, so the next plan finds every row unchanged and prior rejections still match.
+func TestFirstPlanHashesLikeLaterPlans(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.duckdb")
+	p := open(t, duckdb.Options{Path: path})
+	req := baseRequest("hashes", `SELECT * FROM (VALUES
+		(1, 'a@example.com', 'Ann', 31), (2, 'b@example.com', 'Bob', 42), (2, 'b2@example.com', 'Bob', 43),
+		(3, 'shared@example.com', 'Cy', 50), (4, 'SHARED@example.com', 'Di', NULL), (5, NULL, NULL, 7),
+		(6, 'f@example.com', 'Fé "x"', 0)) AS t(id, email, name, age)`)
+	req.IdentifierLowerCase = true
+	for i, tc := range []struct {
+		name       string
+		fullResync bool
+		want       warehouse.Counts
+	}{
+		{"first plan", false, warehouse.Counts{ModelRows: 7, Added: 3, DuplicateKeys: 2, DuplicateIdentifiers: 2}},
+		{"against the state", false, warehouse.Counts{ModelRows: 7, Unchanged: 3, DuplicateKeys: 2, DuplicateIdentifiers: 2}},
+		{"full resync", true, warehouse.Counts{ModelRows: 7, Added: 3, DuplicateKeys: 2, DuplicateIdentifiers: 2}},
+		{"against the resynced state", false, warehouse.Counts{ModelRows: 7, Unchanged: 3, DuplicateKeys: 2, DuplicateIdentifiers: 2}},
+	} {
+		req.RunID, req.FullResync = fmt.Sprintf("run-%d", i+1), tc.fullResync
+		plan, err := p.Plan(ctx, req)
+		require.NoError(t, err, tc.name)
+		got := plan.Counts
+		got.Retried, got.Known = 0, 0
+		require.Equal(t, tc.want, got, tc.name)
+		commitAll(t, p, req, plan)
+	}
+	require.NoError(t, p.Close())
+
+	db, err := sql.Open("duckdb", path)
+	require.NoError(t, err)
+	defer db.Close()
+	rows, err := db.Query(`SELECT key || ' ' || class, list(DISTINCT row_hash), count(DISTINCT run_id)
+		FROM rejections WHERE activation_id = 'hashes' GROUP BY 1 ORDER BY 1`)
+	require.NoError(t, err)
+	defer rows.Close()
+	var keys []string
+	for rows.Next() {
+		var key string
+		var hashes []any
+		var runs int
+		require.NoError(t, rows.Scan(&key, &hashes, &runs))
+		keys = append(keys, key)
+		require.Equal(t, 4, runs, key)
+		require.Len(t, hashes, 1, "%s: one row hash in every run, whichever way it was computed", key)
+		require.Len(t, hashes[0], 32, key)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"2 duplicate-key", "3 shared-identifier", "4 shared-identifier"}, keys)
+}

@@ -53,7 +53,16 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	// this plan: discard it instead of returning it to the pool.
 	defer func() { _ = conn.Raw(func(any) error { return driver.ErrBadConn }) }()
 
-	if err := p.snapshot(ctx, conn, req, fields); err != nil {
+	// A first plan (the state holds no row) or a full resync plans every row as an add: its row
+	// hash is then computed once, with the field hashes, by the plan table, instead of by the
+	// snapshot as well (two fifths of a first plan's hashing).
+	hashInPlan := req.FullResync
+	if !hashInPlan {
+		if hashInPlan, err = p.stateEmpty(ctx, conn, id); err != nil {
+			return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
+		}
+	}
+	if err := p.snapshot(ctx, conn, req, fields, !hashInPlan); err != nil {
 		return warehouse.Plan{}, err
 	}
 	snapTook := time.Since(start)
@@ -66,12 +75,12 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	if err := p.prepareState(ctx, conn, id, state); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
-	if err := p.findHeldBack(ctx, conn, req, state); err != nil {
+	if err := p.findHeldBack(ctx, conn, req, fields, hashInPlan); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
 
 	table := warehouse.PlanTable(id, req.RunID)
-	refreshed, err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows)
+	refreshed, err := p.writePlan(ctx, conn, req, fields, table, state, chunkRows, hashInPlan)
 	if err != nil {
 		return warehouse.Plan{}, err
 	}
@@ -163,6 +172,23 @@ func (p *Planner) prepareState(ctx context.Context, conn *sql.Conn, id, state st
 	return p.dropStateIndex(ctx, conn, id)
 }
 
+// stateEmpty tells whether the activation's state table is missing or holds no row.
+func (p *Planner) stateEmpty(ctx context.Context, conn *sql.Conn, id string) (bool, error) {
+	var n int
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM duckdb_tables()
+		WHERE database_name = ? AND schema_name = 'main' AND table_name = ?`, p.catName, warehouse.StateTable(id)).Scan(&n); err != nil {
+		return false, fmt.Errorf("look for the state table: %w", err)
+	}
+	if n == 0 {
+		return true, nil
+	}
+	var rows bool
+	if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM `+p.qualified(warehouse.StateTable(id))+`)`).Scan(&rows); err != nil {
+		return false, fmt.Errorf("read state: %w", err)
+	}
+	return !rows, nil
+}
+
 // stateColumns are the state table's columns, in order.
 const stateColumns = "key, row_hash, field_hashes, ident_hash, synced_at, ident"
 
@@ -177,8 +203,25 @@ func normIdent(expr string, lowerCase bool) string {
 }
 
 // findHeldBack writes the temp tables of the rows that take no part in the diff (duplicate keys,
-// identifiers shared by several keys) and of the keys' latest rejections by earlier runs.
-func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, state string) error {
+// identifiers shared by several keys), with the row hash their skip is recorded with, and of the
+// keys' latest rejections by earlier runs. When the snapshot holds no row hash (hashInPlan),
+// the hash of those few rows is computed here.
+func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field, hashInPlan bool) error {
+	hashOf := func(alias string) string {
+		if !hashInPlan {
+			return alias + ".row_hash"
+		}
+		return rowHash(fields, alias+".ident", func(f warehouse.Field) string {
+			return alias + "." + quoteIdent(warehouse.ValueColumn(f.Field))
+		})
+	}
+	var values string // the snapshot's value columns, which the shared rows' hash needs
+	if hashInPlan {
+		values = ", s.ident"
+		for _, f := range fields {
+			values += ", s." + quoteIdent(warehouse.ValueColumn(f.Field))
+		}
+	}
 	// Both searches group by a 64-bit hash first: grouping millions of distinct strings is what
 	// cost (a hash table of every key, spilled past the memory limit), and the few candidate
 	// hashes that repeat are then grouped by their strings, which settles collisions exactly.
@@ -186,7 +229,7 @@ func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehous
 		WITH cand AS (
 		  SELECT hash(key) AS h FROM `+snapshotTable+` WHERE key IS NOT NULL GROUP BY h HAVING count(*) > 1
 		)
-		SELECT key, count(*) AS n, any_value(row_hash) AS row_hash FROM `+snapshotTable+` AS s
+		SELECT key, count(*) AS n, any_value(`+hashOf("s")+`) AS row_hash FROM `+snapshotTable+` AS s
 		SEMI JOIN cand ON hash(s.key) = cand.h
 		WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1`); err != nil {
 		return fmt.Errorf("find duplicate keys: %w", err)
@@ -194,7 +237,7 @@ func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehous
 	// An identifier carried by two keys would be sent as two users, the last write winning
 	// field by field: every key that shares one is held back, whatever the state held.
 	nid := normIdent("s.ident", req.IdentifierLowerCase)
-	clean := `SELECT s.key, s.row_hash, ` + nid + ` AS nid FROM ` + snapshotTable + ` AS s
+	clean := `SELECT s.key, s.row_hash` + values + `, ` + nid + ` AS nid FROM ` + snapshotTable + ` AS s
 		  ANTI JOIN ` + duplicatesTable + ` AS d ON s.key = d.key
 		  WHERE s.key IS NOT NULL AND s.ident IS NOT NULL AND ` + nid + ` <> ''`
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_shared AS
@@ -203,7 +246,7 @@ func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehous
 		), maybe AS (
 		  SELECT c.* FROM (`+clean+`) AS c SEMI JOIN cand ON hash(c.nid) = cand.h
 		), shared AS (SELECT nid, count(*) AS n FROM maybe GROUP BY nid HAVING count(*) > 1)
-		SELECT maybe.key, maybe.row_hash, shared.n FROM maybe JOIN shared USING (nid)`); err != nil {
+		SELECT maybe.key, `+hashOf("maybe")+` AS row_hash, shared.n FROM maybe JOIN shared USING (nid)`); err != nil {
 		return fmt.Errorf("find shared identifiers: %w", err)
 	}
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_prior AS
@@ -276,9 +319,10 @@ func (p *Planner) dropStateIndex(ctx context.Context, conn *sql.Conn, id string)
 }
 
 // snapshot runs the model once into a temp table: key, identifier, the mapped values in their
-// original types and the row hash. The per-field hashes and the identifier's hash are not kept:
-// they are functions of the stored values, and planSQL computes them again for the rows it plans.
-func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field) error {
+// original types and, with hashRows, the row hash (a first plan or a full resync leaves it to
+// the plan table). The per-field hashes and the identifier's hash are not kept: they are
+// functions of the stored values, and planSQL computes them again for the rows it plans.
+func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest, fields []warehouse.Field, hashRows bool) error {
 	id := req.ActivationID
 	// SET and USE take no parameters; both are session-scoped, and the connection is discarded.
 	if _, err := conn.ExecContext(ctx, `SET SESSION file_search_path = `+quoteLiteral(req.BaseDir)); err != nil {
@@ -289,7 +333,7 @@ func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.Pl
 			return fmt.Errorf("plan %s: use source database: %w", id, err)
 		}
 	}
-	if _, err := conn.ExecContext(ctx, snapshotSQL(req, fields)); err != nil {
+	if _, err := conn.ExecContext(ctx, snapshotSQL(req, fields, hashRows)); err != nil {
 		return modelError(ctx, id, err)
 	}
 	if p.source != "" {
@@ -305,6 +349,12 @@ func hashExpr(expr string) string {
 	return `coalesce(md5(CAST(to_json(` + expr + `) AS VARCHAR)), '` + nullHash + `')`
 }
 
+// rowHash is the row hash of a row whose identifier is ident and whose mapped values are
+// value(f): the md5 of the identifier's hash, ':' and the field_hashes object.
+func rowHash(fields []warehouse.Field, ident string, value func(warehouse.Field) string) string {
+	return "md5(" + hashExpr(ident) + " || ':' || " + fieldHashes(fields, value) + ")"
+}
+
 // fieldHashes is the field_hashes JSON object of a row: field name → hash of its value, in field
 // order. json_object keeps argument order and escapes names, so the encoding is unambiguous.
 func fieldHashes(fields []warehouse.Field, value func(warehouse.Field) string) string {
@@ -315,7 +365,9 @@ func fieldHashes(fields []warehouse.Field, value func(warehouse.Field) string) s
 	return "CAST(json_object(" + strings.Join(obj, ", ") + ") AS VARCHAR)"
 }
 
-func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
+// snapshotSQL runs the model into the snapshot: key, identifier, the mapped values and, with
+// hashRows, the row hash (NULL without: the plan table computes it).
+func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field, hashRows bool) string {
 	col := func(c string) string { return "model." + quoteIdent(c) }
 	ident := "NULL"
 	if req.Identifier != "" {
@@ -324,7 +376,6 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 	sel := []string{
 		"CAST(" + col(req.PrimaryKey) + " AS VARCHAR) AS key",
 		ident + " AS ident",
-		hashExpr(ident) + " AS ident_hash",
 	}
 	for _, f := range fields {
 		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
@@ -333,16 +384,18 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field) string {
 	// identifier's hash. Neither the object nor the identifier's hash is stored: at 10,000,000
 	// rows they would be most of the snapshot, spilled and read back by every step of the plan;
 	// the plan hashes again the few rows whose row hash moved.
-	sel = append(sel, fieldHashes(fields, func(f warehouse.Field) string { return col(f.Column) })+" AS field_hashes")
+	hash := "CAST(NULL AS VARCHAR)"
+	if hashRows {
+		hash = rowHash(fields, ident, func(f warehouse.Field) string { return col(f.Column) })
+	}
+	sel = append(sel, hash+" AS row_hash")
 	// A trailing ";" or "-- comment" in the model must not swallow the closing parenthesis.
 	query := strings.TrimRight(strings.TrimSpace(req.Query), "; \t\r\n")
 	return `CREATE OR REPLACE TEMP TABLE activation_snapshot AS
-SELECT * EXCLUDE (field_hashes, ident_hash), md5(ident_hash || ':' || field_hashes) AS row_hash FROM (
-  SELECT ` + strings.Join(sel, ",\n    ") + `
-  FROM (
+SELECT ` + strings.Join(sel, ",\n    ") + `
+FROM (
 ` + query + `
-  ) AS model
-)`
+) AS model`
 }
 
 // writePlan records the duplicate keys and shared identifiers as skipped, materialises the
@@ -350,7 +403,7 @@ SELECT * EXCLUDE (field_hashes, ident_hash), md5(ident_hash || ':' || field_hash
 // activation's old rejections, in one transaction so a retried Plan replaces all of it. It
 // returns the number of state rows refreshed.
 func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.PlanRequest,
-	fields []warehouse.Field, table, state string, chunkRows int) (int64, error) {
+	fields []warehouse.Field, table, state string, chunkRows int, hashInPlan bool) (int64, error) {
 	id := req.ActivationID
 	hold := !req.FullResync && !req.RetryRejected
 	// Against a state that holds rows, most rows are usually unchanged: the wide join is left to
@@ -361,7 +414,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 			return 0, fmt.Errorf("plan %s: read state: %w", id, err)
 		}
 	}
-	sortedSQL, tableSQL := planSQL(state, fields, req, hold, narrow, rowidSeq, chunkRows)
+	sortedSQL, tableSQL := planSQL(state, fields, req, hold, narrow, hashInPlan, rowidSeq, chunkRows)
 	// The diff is a temp table of this connection, written before the transaction: row ids of
 	// rows inserted by an open transaction are not yet their final ones.
 	if _, err := conn.ExecContext(ctx, sortedSQL); err != nil {
@@ -374,7 +427,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 	if !dense || p.numberWithWindow {
 		// Should a DuckDB version number them otherwise, a window numbers them (a second sort).
 		p.log.WarnContext(ctx, "row ids of the sorted diff are not dense: numbering with a window", "activation", id)
-		_, tableSQL = planSQL(state, fields, req, hold, narrow, windowSeq, chunkRows)
+		_, tableSQL = planSQL(state, fields, req, hold, narrow, hashInPlan, windowSeq, chunkRows)
 	}
 	ddl := planTableDDL(ctx, conn, p.qualified(table), tableSQL)
 	tx, err := conn.BeginTx(ctx, nil)
@@ -510,7 +563,7 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 // synced with (old_ident), and keep_profile when a current model row carries that identifier
 // (the key changed, the person did not). It reads activation_sorted in row id order, so the plan
 // table's row groups hold narrow seq ranges, which a chunk's seq range reads through zone maps.
-func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, narrow bool, seqExpr string,
+func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, narrow, hashInPlan bool, seqExpr string,
 	chunkRows int) (sorted, plan string) {
 	var names, paths, values, hashes []string
 	for _, f := range fields {
@@ -596,9 +649,22 @@ WITH out AS (
 SELECT * EXCLUDE (kind, op), CASE WHEN kind = 'diff' AND len(changed_fields) = 0 THEN 'refresh' ELSE op END AS op
 FROM classified
 ORDER BY op = 'refresh', key`
+	// The new hashes of the planned rows; with hashInPlan (every row an add, or a removal of a
+	// full resync), the row hash too, from the same two expressions.
+	rowsFrom, fieldHashesOf, identHashOf := "numbered", newHashes, hashExpr("ident")
+	hashed := ""
+	if hashInPlan {
+		rowsFrom, fieldHashesOf, identHashOf = "hashed", "new_field_hashes", "new_ident_hash"
+		hashed = `, hashes AS (
+  SELECT * EXCLUDE (row_hash), ` + newHashes + ` AS new_field_hashes, ` + hashExpr("ident") + ` AS new_ident_hash
+  FROM numbered
+), hashed AS (
+  SELECT *, CASE WHEN op <> 'remove' THEN md5(new_ident_hash || ':' || new_field_hashes) END AS row_hash FROM hashes
+)`
+	}
 	plan = `WITH numbered AS (
   SELECT CASE WHEN op <> 'refresh' THEN ` + seqExpr + ` END AS seq, * FROM ` + sortedTable + `
-), kept AS (
+)` + hashed + `, kept AS (
   -- the current identifiers that a removal or a change of identifier names (usually few)
   SELECT DISTINCT ` + normIdent("s.ident", lower) + ` AS nid FROM ` + snapshotTable + ` AS s
   SEMI JOIN (SELECT ` + normIdent("old_ident", lower) + ` AS nid FROM ` + sortedTable + ` WHERE old_ident IS NOT NULL) AS o
@@ -606,15 +672,15 @@ ORDER BY op = 'refresh', key`
   WHERE s.key IS NOT NULL AND s.ident IS NOT NULL
 )
 SELECT seq, CAST((seq - 1) // ` + fmt.Sprint(chunkRows) + ` AS INTEGER) AS chunk, n.key, op, changed_fields, n.row_hash,
-  CASE WHEN op <> 'remove' THEN ` + newHashes + ` END AS field_hashes,
-  CASE WHEN op <> 'remove' THEN ` + hashExpr("ident") + ` END AS ident_hash, ident, old_ident,
+  CASE WHEN op <> 'remove' THEN ` + fieldHashesOf + ` END AS field_hashes,
+  CASE WHEN op <> 'remove' THEN ` + identHashOf + ` END AS ident_hash, ident, old_ident,
   old_ident IS NOT NULL AND ` + normIdent("old_ident", lower) + ` IN (SELECT nid FROM kept) AS keep_profile,
   CASE WHEN op IN ('add', 'change') THEN pr.r.outcome END AS prior_outcome,
   CASE WHEN op IN ('add', 'change') THEN pr.r.class END AS prior_class,
   CASE WHEN op IN ('add', 'change') THEN pr.r.field END AS prior_field,
   CASE WHEN op IN ('add', 'change') THEN pr.r.reason END AS prior_reason,
   op IN ('add', 'change') AND ` + holdExpr + ` AS hold` + valueList + `
-FROM numbered AS n
+FROM ` + rowsFrom + ` AS n
 -- an equi-join (the rejection counts for adds and changes only, above): a condition on op here
 -- made DuckDB run it as a nested loop join, every plan row against every rejection
 LEFT JOIN ` + priorTable + ` AS pr ON pr.key = n.key AND pr.r.row_hash = n.row_hash`
