@@ -609,3 +609,33 @@ func TestFirstPlanHashesLikeLaterPlans(t *testing.T) {
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{"2 duplicate-key", "3 shared-identifier", "4 shared-identifier"}, keys)
 }
+
+// TestStateColumnsCompression: a state's strings are stored with FSST, the method its DDL names
+// (naming it spares DuckDB the analysis of the others, which make bench-planner measures; DuckDB
+// picks FSST for them anyway). Storing field_hashes uncompressed was tried: it grew the state
+// file a quarter (docs/benchmarks.md).
+func TestStateColumnsCompression(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.duckdb")
+	p := open(t, duckdb.Options{Path: path})
+	req := baseRequest("storage", "SELECT range AS id, 'u' || range || '@example.com' AS email, 'N' || range AS name, range AS age FROM range(200000)")
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	commitAll(t, p, req, plan)
+	require.NoError(t, p.Close())
+	db, err := sql.Open("duckdb", path)
+	require.NoError(t, err)
+	defer db.Close()
+	rows, err := db.Query(`SELECT column_name, string_agg(DISTINCT compression, ',' ORDER BY compression)
+		FROM pragma_storage_info('state_storage') WHERE segment_type = 'VARCHAR' GROUP BY column_name`)
+	require.NoError(t, err)
+	defer rows.Close()
+	got := map[string]string{}
+	for rows.Next() {
+		var col, comp string
+		require.NoError(t, rows.Scan(&col, &comp))
+		got[col] = comp
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, map[string]string{"key": "FSST", "row_hash": "FSST", "field_hashes": "FSST", "ident_hash": "FSST",
+		"ident": "FSST"}, got)
+}

@@ -148,14 +148,16 @@ func createStateSQL(state string) string {
 	// (duplicates are never committed) and Commit deletes a key's old row before inserting its
 	// new one. The hash columns are random hex, which DuckDB compresses with FSST in the end:
 	// naming it skips the analysis of the other methods, a third of the cost of writing
-	// field_hashes (1,000,000 rows: 1.65 → 1.16 CPU-s, the same 97 MiB).
+	// field_hashes (1,000,000 rows: 1.65 → 1.16 CPU-s, the same 97 MiB). key and ident are
+	// unique strings, where a dictionary never wins: naming FSST for them too took committing
+	// 1,000,000 adds from 2.4 – 2.8 to 2.1 – 2.3 CPU-s, the same state file.
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
-		key VARCHAR NOT NULL,
+		key VARCHAR NOT NULL USING COMPRESSION fsst,
 		row_hash VARCHAR NOT NULL USING COMPRESSION fsst,
 		field_hashes VARCHAR NOT NULL USING COMPRESSION fsst,
 		ident_hash VARCHAR USING COMPRESSION fsst,
 		synced_at TIMESTAMP NOT NULL,
-		ident VARCHAR
+		ident VARCHAR USING COMPRESSION fsst
 	)`
 }
 
