@@ -53,9 +53,10 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	// this plan: discard it instead of returning it to the pool.
 	defer func() { _ = conn.Raw(func(any) error { return driver.ErrBadConn }) }()
 
-	// A first plan (the state holds no row) or a full resync plans every row as an add: its row
-	// hash is then computed once, with the field hashes, by the plan table, instead of by the
-	// snapshot as well (two fifths of a first plan's hashing).
+	// A first plan (the state holds no row) or a full resync plans every model row as an add:
+	// its row hash is then computed once, with the field hashes, by the plan table, instead of
+	// by the snapshot as well (two fifths of a first plan's hashing), and no row hash can settle
+	// a row early (planSQL joins the whole snapshot with the state).
 	hashInPlan := req.FullResync
 	if !hashInPlan {
 		if hashInPlan, err = p.stateEmpty(ctx, conn, id); err != nil {
@@ -408,15 +409,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 	fields []warehouse.Field, table, state string, chunkRows int, hashInPlan bool) (int64, error) {
 	id := req.ActivationID
 	hold := !req.FullResync && !req.RetryRejected
-	// Against a state that holds rows, most rows are usually unchanged: the wide join is left to
-	// the rows whose hash moved (see planSQL). A first plan, or a full resync, plans every row.
-	narrow := false
-	if !req.FullResync {
-		if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM `+state+`)`).Scan(&narrow); err != nil {
-			return 0, fmt.Errorf("plan %s: read state: %w", id, err)
-		}
-	}
-	sortedSQL, tableSQL := planSQL(state, fields, req, hold, narrow, hashInPlan, rowidSeq, chunkRows)
+	sortedSQL, tableSQL := planSQL(state, fields, req, hold, hashInPlan, rowidSeq, chunkRows)
 	// The diff is a temp table of this connection, written before the transaction: row ids of
 	// rows inserted by an open transaction are not yet their final ones.
 	if _, err := conn.ExecContext(ctx, sortedSQL); err != nil {
@@ -429,7 +422,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 	if !dense || p.numberWithWindow {
 		// Should a DuckDB version number them otherwise, a window numbers them (a second sort).
 		p.log.WarnContext(ctx, "row ids of the sorted diff are not dense: numbering with a window", "activation", id)
-		_, tableSQL = planSQL(state, fields, req, hold, narrow, hashInPlan, windowSeq, chunkRows)
+		_, tableSQL = planSQL(state, fields, req, hold, hashInPlan, windowSeq, chunkRows)
 	}
 	ddl := planTableDDL(ctx, conn, p.qualified(table), tableSQL)
 	tx, err := conn.BeginTx(ctx, nil)
@@ -549,11 +542,12 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 // planSQL returns the two statements of the diff. The first joins the snapshot with the state
 // into the temp table activation_sorted. Keys that are NULL or duplicated in the model, or whose
 // identifier other keys carry too, take no part: they are never sent, and such a key that was
-// synced before is not removed. Equal row hashes settle most rows at once (narrow: against a
-// state with rows, keys and row hashes are joined first, and only the rows whose hash moved are
-// joined with their values and the state's field hashes); only the others hash their values
-// again, field by field, and compare them with the state's field_hashes to list the changed
-// fields. changed_fields is stored for changes only (an add changes every field, a removal none).
+// synced before is not removed. Equal row hashes settle most rows at once (against a state with
+// rows, unless a full resync, keys and row hashes are joined first, and only the rows whose
+// hash moved are joined with their values and the state's field hashes); only the others hash
+// their values again, field by field, and compare them with the state's field_hashes to list
+// the changed fields. changed_fields is stored for changes only (an add changes every field, a
+// removal none).
 // A row whose hash moved only because a field left the mapping gets op 'refresh' and no seq (see
 // refresh). The rows are written sorted by key, refreshes last, which is the one sort of the
 // plan: the table's row ids, 0 to n-1 in that order (checkDense), number the rows to send.
@@ -565,7 +559,11 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 // synced with (old_ident), and keep_profile when a current model row carries that identifier
 // (the key changed, the person did not). It reads activation_sorted in row id order, so the plan
 // table's row groups hold narrow seq ranges, which a chunk's seq range reads through zone maps.
-func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, narrow, hashInPlan bool, seqExpr string,
+//
+// hashInPlan (a first plan or a full resync: every model row is an add, and the snapshot has no
+// row hash) joins the whole snapshot with the state and computes the row hashes in the plan
+// table.
+func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, hashInPlan bool, seqExpr string,
 	chunkRows int) (sorted, plan string) {
 	var names, paths, values, hashes []string
 	for _, f := range fields {
@@ -610,9 +608,10 @@ func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, 
 ), st AS (
   SELECT t.* FROM ` + state + ` AS t ANTI JOIN out AS d ON t.key = d.key
 )`
-	if narrow {
-		// Join keys and row hashes first: only the rows whose hash moved bring their values and
-		// the state's field hashes into the wide join.
+	if !hashInPlan {
+		// Most rows are usually unchanged: join keys and row hashes first, so that only the
+		// rows whose hash moved bring their values and the state's field hashes into the wide
+		// join.
 		sides = `moved AS (
   SELECT coalesce(a.key, b.key) AS key
   FROM (SELECT s.key, s.row_hash FROM ` + snapshotTable + ` AS s ANTI JOIN out AS d ON s.key = d.key
