@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -21,7 +22,8 @@ const (
 	sortedTable     = "temp.main.activation_sorted"
 )
 
-// nullHash stands for a NULL value: md5 never produces it, so NULL differs from every value,
+// nullHash stands for a NULL value where a value's JSON or text is hashed: to_json never
+// produces it, and an identifier's text is hashed after '=', so NULL differs from every value,
 // including the string 'null'.
 const nullHash = "∅"
 
@@ -73,7 +75,7 @@ func (p *Planner) Plan(ctx context.Context, req warehouse.PlanRequest) (warehous
 	}
 
 	state := p.qualified(warehouse.StateTable(id))
-	if err := p.prepareState(ctx, conn, id, state); err != nil {
+	if err := p.prepareState(ctx, conn, id, state, fields); err != nil {
 		return warehouse.Plan{}, fmt.Errorf("plan %s: %w", id, err)
 	}
 	if err := p.findHeldBack(ctx, conn, req, fields, hashInPlan); err != nil {
@@ -147,30 +149,37 @@ func createStateSQL(state string) string {
 	// PRIMARY KEY constraint: DuckDB keeps such an index in memory, growing with the state past
 	// any memory limit. Keys stay unique without it: the plan never holds a key twice
 	// (duplicates are never committed) and Commit deletes a key's old row before inserting its
-	// new one. The hash columns are random hex, which DuckDB compresses with FSST in the end:
-	// naming it skips the analysis of the other methods, a third of the cost of writing
-	// field_hashes (1,000,000 rows: 1.65 → 1.16 CPU-s, the same 97 MiB). key and ident are
-	// unique strings, where a dictionary never wins: naming FSST for them too took committing
-	// 1,000,000 adds from 2.4 – 2.8 to 2.1 – 2.3 CPU-s, the same state file.
+	// new one. The hashes are 64-bit numbers (format 2, see hashFormat); key and ident are unique
+	// strings, where a dictionary never wins: naming FSST spares DuckDB the analysis of the other
+	// methods (committing 1,000,000 adds: 2.4 – 2.8 → 2.1 – 2.3 CPU-s, the same state file).
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
 		key VARCHAR NOT NULL USING COMPRESSION fsst,
-		row_hash VARCHAR NOT NULL USING COMPRESSION fsst,
-		field_hashes VARCHAR NOT NULL USING COMPRESSION fsst,
-		ident_hash VARCHAR USING COMPRESSION fsst,
+		row_hash UBIGINT NOT NULL,
+		field_hashes UBIGINT[] NOT NULL,
+		ident_hash UBIGINT,
 		synced_at TIMESTAMP NOT NULL,
 		ident VARCHAR USING COMPRESSION fsst
 	)`
 }
 
 // prepareState creates the state table, or brings one of an earlier version up to date: it
-// adds the ident column (the identifier a key was last synced with, which removals need) and
-// drops a key index.
-func (p *Planner) prepareState(ctx context.Context, conn *sql.Conn, id, state string) error {
+// adds the ident column (the identifier a key was last synced with, which removals need),
+// rewrites format-1 hashes in format 2 (migrateState, with the snapshot) and drops a key index.
+func (p *Planner) prepareState(ctx context.Context, conn *sql.Conn, id, state string, fields []warehouse.Field) error {
 	if _, err := conn.ExecContext(ctx, createStateSQL(state)); err != nil {
 		return fmt.Errorf("create state table: %w", err)
 	}
 	if _, err := conn.ExecContext(ctx, `ALTER TABLE `+state+` ADD COLUMN IF NOT EXISTS ident VARCHAR`); err != nil {
 		return fmt.Errorf("add ident to state table: %w", err)
+	}
+	format1, err := p.stateFormat1(ctx, conn, id)
+	if err != nil {
+		return err
+	}
+	if format1 {
+		if err := p.migrateState(ctx, conn, id, state, fields); err != nil {
+			return err
+		}
 	}
 	return p.dropStateIndex(ctx, conn, id)
 }
@@ -254,7 +263,7 @@ func (p *Planner) findHeldBack(ctx context.Context, conn *sql.Conn, req warehous
 	}
 	if _, err := conn.ExecContext(ctx, `CREATE OR REPLACE TEMP TABLE activation_prior AS
 		SELECT key, arg_max(struct_pack(outcome := outcome, class := class, field := field,
-		  reason := reason, row_hash := row_hash), "at") AS r
+		  reason := reason, row_hash := TRY_CAST(row_hash AS UBIGINT)), "at") AS r
 		FROM `+p.qualified(RejectionsTable)+`
 		WHERE activation_id = ? AND run_id <> ? AND key IS NOT NULL GROUP BY key`,
 		req.ActivationID, req.RunID); err != nil {
@@ -347,25 +356,59 @@ func (p *Planner) snapshot(ctx context.Context, conn *sql.Conn, req warehouse.Pl
 	return nil
 }
 
-func hashExpr(expr string) string {
-	// to_json keeps the type visible (1 vs "1") and NULL stays NULL until coalesced.
-	return `coalesce(md5(CAST(to_json(` + expr + `) AS VARCHAR)), '` + nullHash + `')`
+// The state's hashes (format 2) are 64 bits of an md5: one md5 block per field and none per
+// row. Format 1 (migrate.go) stored md5 hex strings, a JSON object of them per row and an md5 of
+// that object as the row hash: twice the hashing, and four times the bytes to write, compress
+// and read back (docs/benchmarks.md). md5_number, cut to 64 bits, costs a third of
+// md5_number_lower, which gives the same bits (DuckDB 1.5). TestHashFormat pins the values: a
+// DuckDB that computed them otherwise would see every row as changed.
+func md5Bits(text string) string {
+	return `CAST(md5_number(` + text + `) >> 64 AS UBIGINT)`
+}
+
+// fieldHash is the hash of one mapped field: of its name as JSON, ':' and its value as JSON, '∅'
+// for NULL (to_json keeps the type visible, 1 vs "1", and never yields '∅'). The name is part of
+// it, so a field's hash never stands for another field's, and the row hash can combine them in
+// any order.
+func fieldHash(name, expr string) string {
+	return md5Bits(quoteLiteral(jsonString(name)+":") + ` || coalesce(CAST(to_json(` + expr + `) AS VARCHAR), '` + nullHash + `')`)
+}
+
+// jsonString is s as a JSON string.
+func jsonString(s string) string {
+	b, _ := json.Marshal(s) // a string always marshals
+	return string(b)
+}
+
+// identHash is the hash of an identifier, compared as text (what Iterable compares): '=' and
+// the text, '∅' for NULL.
+func identHash(expr string) string {
+	return md5Bits(`coalesce('=' || CAST(` + expr + ` AS VARCHAR), '` + nullHash + `')`)
 }
 
 // rowHash is the row hash of a row whose identifier is ident and whose mapped values are
-// value(f): the md5 of the identifier's hash, ':' and the field_hashes object.
+// value(f): the XOR of the identifier's hash and every field's hash (each holds its field's
+// name, so XOR loses nothing but order, which the names make irrelevant).
 func rowHash(fields []warehouse.Field, ident string, value func(warehouse.Field) string) string {
-	return "md5(" + hashExpr(ident) + " || ':' || " + fieldHashes(fields, value) + ")"
+	h := identHash(ident)
+	for _, f := range fields {
+		h = "xor(" + h + ", " + fieldHash(f.Field, value(f)) + ")"
+	}
+	return h
 }
 
-// fieldHashes is the field_hashes JSON object of a row: field name → hash of its value, in field
-// order. json_object keeps argument order and escapes names, so the encoding is unambiguous.
+// rowHashOf is rowHash from the identifier's hash and the field_hashes list already computed.
+func rowHashOf(identHash, fieldHashes string) string {
+	return "xor(" + identHash + ", coalesce(list_bit_xor(" + fieldHashes + "), CAST(0 AS UBIGINT)))"
+}
+
+// fieldHashes is the field_hashes list of a row: its fields' hashes, in field order.
 func fieldHashes(fields []warehouse.Field, value func(warehouse.Field) string) string {
-	var obj []string
+	var hs []string
 	for _, f := range fields {
-		obj = append(obj, quoteLiteral(f.Field), hashExpr(value(f)))
+		hs = append(hs, fieldHash(f.Field, value(f)))
 	}
-	return "CAST(json_object(" + strings.Join(obj, ", ") + ") AS VARCHAR)"
+	return "CAST([" + strings.Join(hs, ", ") + "] AS UBIGINT[])"
 }
 
 // snapshotSQL runs the model into the snapshot: key, identifier, the mapped values and, with
@@ -387,7 +430,7 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field, hashRows b
 	// identifier's hash. Neither the object nor the identifier's hash is stored: at 10,000,000
 	// rows they would be most of the snapshot, spilled and read back by every step of the plan;
 	// the plan hashes again the few rows whose row hash moved.
-	hash := "CAST(NULL AS VARCHAR)"
+	hash := "CAST(NULL AS UBIGINT)"
 	if hashRows {
 		hash = rowHash(fields, ident, func(f warehouse.Field) string { return col(f.Column) })
 	}
@@ -446,7 +489,7 @@ func (p *Planner) writePlan(ctx context.Context, conn *sql.Conn, req warehouse.P
 	} {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO `+rejections+`
 			(activation_id, run_id, key, op, outcome, field, reason, "at", class, row_hash)
-			SELECT ?, ?, key, ?, ?, NULL, printf(?, n), ?, ?, row_hash FROM `+skip.table,
+			SELECT ?, ?, key, ?, ?, NULL, printf(?, n), ?, ?, CAST(row_hash AS VARCHAR) FROM `+skip.table,
 			id, req.RunID, string(warehouse.OpAdd), string(warehouse.OutcomeSkipped), skip.format,
 			now, string(skip.class)); err != nil {
 			return 0, fmt.Errorf("plan %s: record %s rows: %w", id, skip.class, err)
@@ -525,13 +568,13 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 	}
 	var legacy bool
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM `+state+`
-		WHERE ident IS NULL AND ident_hash IS DISTINCT FROM '`+nullHash+`')`).Scan(&legacy); err != nil {
+		WHERE ident IS NULL AND ident_hash IS DISTINCT FROM `+identHash("CAST(NULL AS VARCHAR)")+`)`).Scan(&legacy); err != nil {
 		return 0, fmt.Errorf("look for state rows without identifier: %w", err)
 	}
 	if legacy {
 		if _, err := tx.ExecContext(ctx, `UPDATE `+state+` AS st SET ident = CAST(s.ident AS VARCHAR)
 			FROM `+snapshotTable+` AS s
-			WHERE st.ident IS NULL AND s.key = st.key AND s.ident IS NOT NULL AND `+hashExpr("s.ident")+` = st.ident_hash`); err != nil {
+			WHERE st.ident IS NULL AND s.key = st.key AND s.ident IS NOT NULL AND `+identHash("s.ident")+` = st.ident_hash`); err != nil {
 			return 0, fmt.Errorf("fill in identifiers of state rows: %w", err)
 		}
 		p.log.InfoContext(ctx, "state rows given their identifier", "activation", id)
@@ -565,22 +608,18 @@ func (p *Planner) refresh(ctx context.Context, tx *sql.Tx, id, plan, state strin
 // table.
 func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, hold, hashInPlan bool, seqExpr string,
 	chunkRows int) (sorted, plan string) {
-	var names, paths, values, hashes []string
+	var names, values []string
 	for _, f := range fields {
-		v := quoteIdent(warehouse.ValueColumn(f.Field))
 		names = append(names, quoteLiteral(f.Field))
-		paths = append(paths, quoteLiteral(jsonPointer(f.Field)))
-		values = append(values, v)
-		hashes = append(hashes, hashExpr(v))
+		values = append(values, quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
 	allList := "CAST([" + strings.Join(names, ", ") + "] AS VARCHAR[])"
+	newHashes := fieldHashes(fields, func(f warehouse.Field) string { return quoteIdent(warehouse.ValueColumn(f.Field)) })
 	diffList := "CAST([] AS VARCHAR[])"
 	if len(fields) > 0 {
-		// One comprehension, so the old JSON object is parsed once per row: field name, new
-		// hash, old hash. A field missing from the old object (newly mapped) counts as changed.
-		p := "[" + strings.Join(paths, ", ") + "]"
-		diffList = "[f[1] FOR f IN list_zip(" + allList + ", CAST([" + strings.Join(hashes, ", ") +
-			"] AS VARCHAR[]), json_extract_string(old_hashes, " + p + ")) IF f[2] IS DISTINCT FROM f[3]]"
+		// A field whose hash (its name and value) is not among the old ones changed, or is
+		// newly mapped.
+		diffList = "[f[1] FOR f IN list_zip(" + allList + ", " + newHashes + ") IF NOT list_contains(old_hashes, f[2])]"
 	}
 	full := "false"
 	if req.FullResync {
@@ -600,7 +639,6 @@ func planSQL(state string, fields []warehouse.Field, req warehouse.PlanRequest, 
 		valueList = ", " + strings.Join(values, ", ")
 		snapValues = ", snap." + strings.Join(values, ", snap.")
 	}
-	newHashes := fieldHashes(fields, func(f warehouse.Field) string { return quoteIdent(warehouse.ValueColumn(f.Field)) })
 	lower := req.IdentifierLowerCase
 	sides := `snap AS (
   SELECT s.* FROM ` + snapshotTable + ` AS s ANTI JOIN out AS d ON s.key = d.key
@@ -633,7 +671,7 @@ WITH out AS (
     CASE WHEN snap.key IS NULL THEN 'remove'
          WHEN st.key IS NULL OR ` + full + ` THEN 'add'
          WHEN snap.row_hash = st.row_hash THEN 'same'
-         WHEN ` + hashExpr("snap.ident") + ` IS DISTINCT FROM st.ident_hash THEN 'ident'
+         WHEN ` + identHash("snap.ident") + ` IS DISTINCT FROM st.ident_hash THEN 'ident'
          ELSE 'diff' END AS kind,
     snap.row_hash, snap.ident, st.ident AS old_ident, st.field_hashes AS old_hashes` + snapValues + `
   FROM snap FULL OUTER JOIN st ON snap.key = st.key
@@ -652,15 +690,15 @@ FROM classified
 ORDER BY op = 'refresh', key`
 	// The new hashes of the planned rows; with hashInPlan (every row an add, or a removal of a
 	// full resync), the row hash too, from the same two expressions.
-	rowsFrom, fieldHashesOf, identHashOf := "numbered", newHashes, hashExpr("ident")
+	rowsFrom, fieldHashesOf, identHashOf := "numbered", newHashes, identHash("ident")
 	hashed := ""
 	if hashInPlan {
 		rowsFrom, fieldHashesOf, identHashOf = "hashed", "new_field_hashes", "new_ident_hash"
 		hashed = `, hashes AS (
-  SELECT * EXCLUDE (row_hash), ` + newHashes + ` AS new_field_hashes, ` + hashExpr("ident") + ` AS new_ident_hash
+  SELECT * EXCLUDE (row_hash), ` + newHashes + ` AS new_field_hashes, ` + identHash("ident") + ` AS new_ident_hash
   FROM numbered
 ), hashed AS (
-  SELECT *, CASE WHEN op <> 'remove' THEN md5(new_ident_hash || ':' || new_field_hashes) END AS row_hash FROM hashes
+  SELECT *, CASE WHEN op <> 'remove' THEN ` + rowHashOf("new_ident_hash", "new_field_hashes") + ` END AS row_hash FROM hashes
 )`
 	}
 	plan = `WITH numbered AS (
@@ -756,11 +794,6 @@ func checkDense(ctx context.Context, conn *sql.Conn) (bool, error) {
 		return false, fmt.Errorf("number planned rows: %w", err)
 	}
 	return lo == 0 && hi == n-1, nil
-}
-
-// jsonPointer addresses one key of the field_hashes object whatever characters it holds.
-func jsonPointer(key string) string {
-	return "/" + strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
 func readChunks(ctx context.Context, conn *sql.Conn, plan string) ([]warehouse.Chunk, error) {

@@ -33,7 +33,7 @@ func (p *Planner) readChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	if err != nil {
 		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
 	}
-	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "coalesce(row_hash, '') AS row_hash",
+	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "coalesce(CAST(plan.row_hash AS VARCHAR), '') AS row_hash",
 		"keep_profile", "prior_outcome", "prior_class", "prior_field", "prior_reason", "hold"}
 	// An add changes every field; the plan stores no list for it. The list is shared, read-only,
 	// by every add of the chunk.
@@ -61,8 +61,6 @@ func (p *Planner) readChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	for i, c := range cols {
 		if !strings.Contains(c, " AS ") {
 			cols[i] = "plan." + c
-		} else if strings.HasPrefix(c, "coalesce(") {
-			cols[i] = strings.Replace(c, "coalesce(", "coalesce(plan.", 1)
 		}
 	}
 	buffered := req.Chunk.LastSeq-after <= maxBufferedChunkRows
