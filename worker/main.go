@@ -19,6 +19,8 @@ package main
 
 import (
 	"context"
+	"debug/elf"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -233,6 +236,9 @@ func run(logger *slog.Logger) error {
 	// On SIGTERM the worker stops polling and gives in-flight chunks stopTimeout to finish (they
 	// commit sooner, and resume from their cursor elsewhere if cut off); keep it below the pod's
 	// terminationGracePeriodSeconds.
+	if id := buildID(debug.ReadBuildInfo()); id != "" {
+		worker.SetBinaryChecksum(id) // see buildID
+	}
 	w := worker.New(c, queue, worker.Options{WorkerStopTimeout: stopTimeout, OnFatalError: func(err error) {
 		select {
 		case fatal <- err:
@@ -257,4 +263,57 @@ func run(logger *slog.Logger) error {
 	probes.SetReady(false)
 	w.Stop()
 	return runErr
+}
+
+// buildID names the worker's code in Temporal (the UI's list of a task queue's workers, each
+// workflow task's completion): the VCS revision Go stamped into the binary ("+dirty" when the tree
+// had local changes), else the Go build ID of the executable (a hash of its content, like the
+// SDK's own default, the binary checksum). Unless it is given one (worker.SetBinaryChecksum), the
+// SDK reads and hashes the whole executable, about 80 MB with DuckDB: 0.15 CPU-s at every start,
+// 1.5 % of a 1,000,000-user run.
+func buildID(info *debug.BuildInfo, ok bool) string {
+	if ok && info != nil {
+		var rev, dirty string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+dirty"
+				}
+			}
+		}
+		if rev != "" {
+			return rev + dirty
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return goBuildID(exe)
+}
+
+// goBuildID reads the Go build ID from an ELF executable's .note.go.buildid section (a note:
+// name size, description size, type, "Go\x00\x00", the ID); "" when there is none.
+func goBuildID(path string) string {
+	f, err := elf.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sec := f.Section(".note.go.buildid")
+	if sec == nil {
+		return ""
+	}
+	data, err := sec.Data()
+	if err != nil || len(data) < 16 {
+		return ""
+	}
+	n := int(binary.LittleEndian.Uint32(data[4:8]))
+	if 16+n > len(data) {
+		return ""
+	}
+	return string(data[16 : 16+n])
 }
