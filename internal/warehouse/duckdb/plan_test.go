@@ -231,6 +231,43 @@ func TestStateMigrationPlansWhatFormat1Planned(t *testing.T) {
 	}
 }
 
+// A run planned by a release of hash format 1 finishes on this one: its plan table and the state
+// keep format 1 through its reads and commits, and the next plan migrates the state and finds
+// every committed row unchanged.
+func TestPlanOfFormat1Commits(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.duckdb")
+	p := open(t, duckdb.Options{Path: path})
+	req := baseRequest("midrun", `SELECT range AS id, 'u' || range || '@example.com' AS email, 'N' || range AS name,
+		CAST(range AS INTEGER) AS age FROM range(50)`)
+	plan, err := p.Plan(ctx, req)
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	// The plan table and the state as format 1 wrote them: the same rows, hashes as md5 hex.
+	h := func(e string) string { return `coalesce(md5(CAST(to_json(` + e + `) AS VARCHAR)), '∅')` }
+	obj := `CAST(json_object('age', ` + h(warehouse.ValueColumn("age")) + `, 'firstName', ` +
+		h(warehouse.ValueColumn("firstName")) + `) AS VARCHAR)`
+	state := warehouse.StateTable("midrun")
+	writeDB(t, path, `DROP TABLE IF EXISTS `+state,
+		`CREATE TABLE `+state+` (key VARCHAR NOT NULL, row_hash VARCHAR NOT NULL,
+			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL, ident VARCHAR)`,
+		`ALTER TABLE `+plan.Table+` ALTER field_hashes SET DATA TYPE VARCHAR USING `+obj,
+		`ALTER TABLE `+plan.Table+` ALTER ident_hash SET DATA TYPE VARCHAR USING `+h("ident"),
+		`ALTER TABLE `+plan.Table+` ALTER row_hash SET DATA TYPE VARCHAR USING md5(ident_hash || ':' || field_hashes)`)
+
+	p = open(t, duckdb.Options{Path: path})
+	rows := readAll(t, p, req, plan)
+	require.Len(t, rows, 50)
+	require.Len(t, rows[0].RowHash, 32, "the plan's format-1 row hash, as recorded with rejections")
+	require.Equal(t, warehouse.CommitResult{Upserted: 50}, commitAll(t, p, req, plan))
+	require.NoError(t, p.DropPlan(ctx, plan.Table))
+
+	req.RunID = "run-2"
+	plan, err = p.Plan(ctx, req)
+	require.NoError(t, err)
+	require.Equal(t, warehouse.Counts{ModelRows: 50, Unchanged: 50}, plan.Counts)
+}
+
 // A plan of several row groups, written by two threads, numbers its rows in key order, and
 // each row group of the plan table holds a narrow range of seq (which ReadChunk's seq range
 // reads through zone maps).
