@@ -155,6 +155,22 @@ func TestRelativeReadCSV(t *testing.T) {
 }
 
 // writeDB creates a database file with one table, then releases it.
+// committedState plans and commits req on a new state file, closes the planner and returns the
+// file, opened.
+func committedState(t *testing.T, req warehouse.PlanRequest) *sql.DB {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "state.duckdb")
+	p := open(t, duckdb.Options{Path: path})
+	plan, err := p.Plan(context.Background(), req)
+	require.NoError(t, err)
+	commitAll(t, p, req, plan)
+	require.NoError(t, p.Close())
+	db, err := sql.Open("duckdb", path)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
 func writeDB(t *testing.T, path string, stmts ...string) {
 	t.Helper()
 	db, err := sql.Open("duckdb", path)
@@ -616,16 +632,8 @@ func TestFirstPlanHashesLikeLaterPlans(t *testing.T) {
 // (naming it spares DuckDB the analysis of the others, which make bench-planner measures; DuckDB
 // picks FSST for them anyway). The hashes are numbers since hash format 2.
 func TestStateColumnsCompression(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.duckdb")
-	p := open(t, duckdb.Options{Path: path})
-	req := baseRequest("storage", "SELECT range AS id, 'u' || range || '@example.com' AS email, 'N' || range AS name, range AS age FROM range(200000)")
-	plan, err := p.Plan(context.Background(), req)
-	require.NoError(t, err)
-	commitAll(t, p, req, plan)
-	require.NoError(t, p.Close())
-	db, err := sql.Open("duckdb", path)
-	require.NoError(t, err)
-	defer db.Close()
+	db := committedState(t, baseRequest("storage",
+		"SELECT range AS id, 'u' || range || '@example.com' AS email, 'N' || range AS name, range AS age FROM range(200000)"))
 	rows, err := db.Query(`SELECT column_name, string_agg(DISTINCT compression, ',' ORDER BY compression)
 		FROM pragma_storage_info('state_storage') WHERE segment_type = 'VARCHAR' GROUP BY column_name`)
 	require.NoError(t, err)

@@ -96,18 +96,8 @@ func fieldHash2(text string) uint64 {
 // TestHashFormat pins hash format 2 to values computed without DuckDB: a DuckDB version that
 // computed them otherwise would make every state row look changed.
 func TestHashFormat(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.duckdb")
-	p := open(t, duckdb.Options{Path: path})
-	req := baseRequest("format", `SELECT * FROM (VALUES (1, 'a@example.com', 'Ann "A"', 31), (2, NULL, NULL, NULL))
-		AS t(id, email, name, age)`)
-	plan, err := p.Plan(context.Background(), req)
-	require.NoError(t, err)
-	commitAll(t, p, req, plan)
-	require.NoError(t, p.Close())
-
-	db, err := sql.Open("duckdb", path)
-	require.NoError(t, err)
-	defer db.Close()
+	db := committedState(t, baseRequest("format", `SELECT * FROM (VALUES (1, 'a@example.com', 'Ann "A"', 31),
+		(2, NULL, NULL, NULL)) AS t(id, email, name, age)`))
 	rows, err := db.Query(`SELECT key, row_hash, CAST(field_hashes AS VARCHAR), ident_hash FROM state_format ORDER BY key`)
 	require.NoError(t, err)
 	defer rows.Close()
