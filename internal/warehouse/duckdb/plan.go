@@ -149,7 +149,7 @@ func createStateSQL(state string) string {
 	// PRIMARY KEY constraint: DuckDB keeps such an index in memory, growing with the state past
 	// any memory limit. Keys stay unique without it: the plan never holds a key twice
 	// (duplicates are never committed) and Commit deletes a key's old row before inserting its
-	// new one. The hashes are 64-bit numbers (format 2, see hashFormat); key and ident are unique
+	// new one. The hashes are 64-bit numbers (format 2, see md5Bits); key and ident are unique
 	// strings, where a dictionary never wins: naming FSST spares DuckDB the analysis of the other
 	// methods (committing 1,000,000 adds: 2.4 – 2.8 → 2.1 – 2.3 CPU-s, the same state file).
 	return `CREATE TABLE IF NOT EXISTS ` + state + ` (
@@ -426,9 +426,9 @@ func snapshotSQL(req warehouse.PlanRequest, fields []warehouse.Field, hashRows b
 	for _, f := range fields {
 		sel = append(sel, col(f.Column)+" AS "+quoteIdent(warehouse.ValueColumn(f.Field)))
 	}
-	// The row hash covers the field names and hashes (the field_hashes object) and the
-	// identifier's hash. Neither the object nor the identifier's hash is stored: at 10,000,000
-	// rows they would be most of the snapshot, spilled and read back by every step of the plan;
+	// The row hash covers every field's hash (its name and value) and the identifier's hash.
+	// Neither the field_hashes list nor the identifier's hash is stored: at 10,000,000 rows they
+	// would be a large part of the snapshot, spilled and read back by every step of the plan;
 	// the plan hashes again the few rows whose row hash moved.
 	hash := "CAST(NULL AS UBIGINT)"
 	if hashRows {
