@@ -390,14 +390,10 @@ func identHash(expr string) string {
 // value(f): the XOR of the identifier's hash and every field's hash (each holds its field's
 // name, so XOR loses nothing but order, which the names make irrelevant).
 func rowHash(fields []warehouse.Field, ident string, value func(warehouse.Field) string) string {
-	h := identHash(ident)
-	for _, f := range fields {
-		h = "xor(" + h + ", " + fieldHash(f.Field, value(f)) + ")"
-	}
-	return h
+	return rowHashOf(identHash(ident), fieldHashes(fields, value))
 }
 
-// rowHashOf is rowHash from the identifier's hash and the field_hashes list already computed.
+// rowHashOf is rowHash from the identifier's hash and the field_hashes list.
 func rowHashOf(identHash, fieldHashes string) string {
 	return "xor(" + identHash + ", coalesce(list_bit_xor(" + fieldHashes + "), CAST(0 AS UBIGINT)))"
 }
