@@ -18,6 +18,32 @@ import (
 	"github.com/activation-engine/activations/internal/warehouse/warehousetest"
 )
 
+// Hash format 1 in SQL, as the releases before format 2 computed it, for the states they wrote:
+// v1h is a value's hash, v1Obj the field_hashes object of name and expression pairs (in field name
+// order), v1Row the row hash of an identifier and such an object.
+func v1h(e string) string { return `coalesce(md5(CAST(to_json(` + e + `) AS VARCHAR)), '∅')` }
+
+func v1Obj(pairs ...string) string {
+	var args []string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		args = append(args, "'"+pairs[i]+"'", v1h(pairs[i+1]))
+	}
+	return `CAST(json_object(` + strings.Join(args, ", ") + `) AS VARCHAR)`
+}
+
+func v1Row(ident, obj string) string { return `md5(` + v1h(ident) + ` || ':' || ` + obj + `)` }
+
+// format1State is the DDL of a format-1 state table (key is its PRIMARY KEY with pk, as the
+// earliest releases made it; they had no ident column either).
+func format1State(table string, pk bool) string {
+	if pk {
+		return `CREATE TABLE ` + table + ` (key VARCHAR PRIMARY KEY, row_hash VARCHAR NOT NULL,
+			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL)`
+	}
+	return `CREATE TABLE ` + table + ` (key VARCHAR NOT NULL, row_hash VARCHAR NOT NULL,
+			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL, ident VARCHAR)`
+}
+
 // A state written by earlier versions (hash format 1) keeps working: the first plan rewrites it
 // in format 2. The state rows are written here with the formula those versions used (per field
 // md5 of the value as JSON, '∅' for NULL, in a JSON object in field name order; the row hash the
@@ -33,14 +59,10 @@ func TestStateOfEarlierVersions(t *testing.T) {
 	}
 	fields := []warehouse.Field{{Column: "name", Field: "firstName"}, {Column: "age", Field: "age"},
 		{Column: "score", Field: "score"}, {Column: "signup", Field: "signupDate"}, {Column: "pro", Field: "pro"}}
-	h := func(e string) string { return `coalesce(md5(CAST(to_json(` + e + `) AS VARCHAR)), '∅')` }
-	// in field name order
-	obj := `CAST(json_object('age', ` + h("age") + `, 'firstName', ` + h("name") + `, 'pro', ` + h("pro") +
-		`, 'score', ` + h("score") + `, 'signupDate', ` + h("signup") + `) AS VARCHAR)`
+	obj := v1Obj("age", "age", "firstName", "name", "pro", "pro", "score", "score", "signupDate", "signup")
 	state := warehouse.StateTable("earlier")
-	writeDB(t, path, `CREATE TABLE `+state+` (key VARCHAR NOT NULL, row_hash VARCHAR NOT NULL,
-			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL, ident VARCHAR)`,
-		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), md5(`+h("email")+` || ':' || `+obj+`), `+obj+`, `+h("email")+`,
+	writeDB(t, path, format1State(state, false),
+		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), `+v1Row("email", obj)+`, `+obj+`, `+v1h("email")+`,
 			TIMESTAMP '2026-01-01', email FROM (`+model("'Name '")+`)`)
 
 	p := open(t, duckdb.Options{Path: path})
@@ -140,10 +162,7 @@ func TestStateMigrationPlansWhatFormat1Planned(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "state.duckdb")
 	require.NoError(t, open(t, duckdb.Options{Path: path}).Close()) // creates the rejections table
-	h := func(e string) string { return `coalesce(md5(CAST(to_json(` + e + `) AS VARCHAR)), '∅')` }
-	obj := func(age, name string) string {
-		return `CAST(json_object('age', ` + h(age) + `, 'firstName', ` + h(name) + `) AS VARCHAR)`
-	}
+	obj := v1Obj("age", "age", "firstName", "name")
 	state := warehouse.StateTable("mig")
 	old := `SELECT * FROM (VALUES (1, 'a@x.com', 'A', 1), (2, 'b@x.com', 'B', 2), (3, 'c@x.com', 'C', 3),
 		(4, 'd@x.com', 'D', 4), (5, 'e@x.com', 'E', 5), (6, 'f@x.com', 'F', 6), (9, 'i@x.com', 'I', 9))
@@ -153,21 +172,18 @@ func TestStateMigrationPlansWhatFormat1Planned(t *testing.T) {
 		(8, 'h@x.com', 'H', 8), (9, 'i@x.com', 'I', 9), (10, 'j@x.com', 'J', 10), (11, 'k@x.com', 'K', 11))
 		AS t(id, email, name, age)`
 	// Key 10 was synced before age was mapped; key 11 when city was mapped too.
-	onlyName := `CAST(json_object('firstName', ` + h("name") + `) AS VARCHAR)`
-	withCity := `CAST(json_object('age', ` + h("age") + `, 'city', ` + h("'Paris'") + `, 'firstName', ` + h("name") + `) AS VARCHAR)`
-	row := func(o string) string { return `md5(` + h("email") + ` || ':' || ` + o + `)` }
-	writeDB(t, path, `CREATE TABLE `+state+` (key VARCHAR NOT NULL, row_hash VARCHAR NOT NULL,
-			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL, ident VARCHAR)`,
-		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), `+row(obj("age", "name"))+`, `+obj("age", "name")+`, `+h("email")+`,
-			TIMESTAMP '2026-01-01', email FROM (`+old+`)`,
-		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), `+row(onlyName)+`, `+onlyName+`, `+h("email")+`,
-			TIMESTAMP '2026-01-01', email FROM (`+model+`) WHERE id = 10`,
-		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), `+row(withCity)+`, `+withCity+`, `+h("email")+`,
-			TIMESTAMP '2026-01-01', email FROM (`+model+`) WHERE id = 11`,
+	onlyName := v1Obj("firstName", "name")
+	withCity := v1Obj("age", "age", "city", "'Paris'", "firstName", "name")
+	insert := func(obj, from, where string) string {
+		return `INSERT INTO ` + state + ` SELECT CAST(id AS VARCHAR), ` + v1Row("email", obj) + `, ` + obj + `, ` +
+			v1h("email") + `, TIMESTAMP '2026-01-01', email FROM (` + from + `) WHERE ` + where
+	}
+	writeDB(t, path, format1State(state, false),
+		insert(obj, old, "true"), insert(onlyName, model, "id = 10"), insert(withCity, model, "id = 11"),
 		// Key 8 was rejected before sending, for a value that cannot change while the row does not.
 		`INSERT INTO rejections (activation_id, run_id, key, op, outcome, field, reason, "at", class, row_hash)
 			SELECT 'mig', 'run-0', '8', 'add', 'rejected', 'age', 'not a number', TIMESTAMP '2026-01-01', 'value',
-			`+row(obj("age", "name"))+` FROM (`+model+`) WHERE id = 8`)
+			`+v1Row("email", obj)+` FROM (`+model+`) WHERE id = 8`)
 
 	p := open(t, duckdb.Options{Path: path})
 	req := baseRequest("mig", model)
@@ -234,16 +250,12 @@ func TestPlanOfFormat1Commits(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, p.Close())
 	// The plan table and the state as format 1 wrote them: the same rows, hashes as md5 hex.
-	h := func(e string) string { return `coalesce(md5(CAST(to_json(` + e + `) AS VARCHAR)), '∅')` }
-	obj := `CAST(json_object('age', ` + h(warehouse.ValueColumn("age")) + `, 'firstName', ` +
-		h(warehouse.ValueColumn("firstName")) + `) AS VARCHAR)`
+	obj := v1Obj("age", warehouse.ValueColumn("age"), "firstName", warehouse.ValueColumn("firstName"))
 	state := warehouse.StateTable("midrun")
-	writeDB(t, path, `DROP TABLE IF EXISTS `+state,
-		`CREATE TABLE `+state+` (key VARCHAR NOT NULL, row_hash VARCHAR NOT NULL,
-			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL, ident VARCHAR)`,
+	writeDB(t, path, `DROP TABLE IF EXISTS `+state, format1State(state, false),
 		`ALTER TABLE `+plan.Table+` ALTER field_hashes SET DATA TYPE VARCHAR USING `+obj,
-		`ALTER TABLE `+plan.Table+` ALTER ident_hash SET DATA TYPE VARCHAR USING `+h("ident"),
-		`ALTER TABLE `+plan.Table+` ALTER row_hash SET DATA TYPE VARCHAR USING md5(ident_hash || ':' || field_hashes)`)
+		`ALTER TABLE `+plan.Table+` ALTER ident_hash SET DATA TYPE VARCHAR USING `+v1h("ident"),
+		`ALTER TABLE `+plan.Table+` ALTER row_hash SET DATA TYPE VARCHAR USING `+v1Row("ident", obj))
 
 	p = open(t, duckdb.Options{Path: path})
 	rows := readAll(t, p, req, plan)

@@ -99,21 +99,16 @@ func TestStateWithPrimaryKey(t *testing.T) {
 			range AS age FROM range(%d)`, name, rows)
 	}
 	req := baseRequest("legacy", model(5, "A"))
-	p, err := duckdb.Open(context.Background(), duckdb.Options{Path: path})
-	require.NoError(t, err)
-	plan, err := p.Plan(context.Background(), req)
-	require.NoError(t, err)
-	commitAll(t, p, req, plan)
-	require.NoError(t, p.Close())
-	writeDB(t, path, `CREATE TABLE old AS SELECT * FROM `+state, `DROP TABLE `+state,
-		`CREATE TABLE `+state+` (key VARCHAR PRIMARY KEY, row_hash VARCHAR NOT NULL,
-			field_hashes VARCHAR NOT NULL, ident_hash VARCHAR, synced_at TIMESTAMP NOT NULL)`,
-		`INSERT INTO `+state+` SELECT key, row_hash, field_hashes, ident_hash, synced_at FROM old`, `DROP TABLE old`)
+	// The state of model A as those versions wrote it (hash format 1, no ident column).
+	obj := v1Obj("age", "age", "firstName", "name")
+	writeDB(t, path, format1State(state, true),
+		`INSERT INTO `+state+` SELECT CAST(id AS VARCHAR), `+v1Row("email", obj)+`, `+obj+`, `+v1h("email")+`,
+			TIMESTAMP '2026-01-01' FROM (`+model(5, "A")+`)`)
 	require.Equal(t, 1, constraints())
 
-	p = open(t, duckdb.Options{Path: path})
+	p := open(t, duckdb.Options{Path: path})
 	req.RunID, req.Query = "run-2", model(4, "B") // four changed, one removed
-	plan, err = p.Plan(context.Background(), req)
+	plan, err := p.Plan(context.Background(), req)
 	require.NoError(t, err)
 	require.Equal(t, 0, constraints(), "the plan rebuilt the state without its key index")
 	require.Equal(t, warehouse.Counts{ModelRows: 4, Changed: 4, Removed: 1}, plan.Counts)
