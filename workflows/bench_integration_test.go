@@ -217,8 +217,8 @@ func runBenchInput(b *testing.B, in workflows.RunInput, queue string) workflows.
 // whole engine to an emulator enforcing Iterable's 5 bulkUpdate requests/s, and reports how
 // close the sync phase comes to the physical limit: users/s ÷ (5 × 1,000). The worker process
 // then stops, a new one starts (a restart, a deploy) and a full resync sends every user again:
-// ratio-after-restart is that run's, which starts at the good rate the first run recorded in the
-// run log instead of at 40% of the ceiling.
+// ratio-after-restart is that run's, which knows the good rate the first run recorded in the run
+// log. Both start at 98% of the ceiling (issue 14).
 //
 //	go test -tags integration -run '^$' -bench SyncAtTheRateLimit -benchtime 1x -timeout 30m ./workflows/
 func BenchmarkSyncAtTheRateLimit(b *testing.B) {

@@ -113,7 +113,8 @@ type RunRecord struct {
 	// SendRate is the project's good rate, in requests/s, of the endpoint the activation sends
 	// with (bulkUpdate; subscribe for a list), as the worker that sent the run's last chunk
 	// knew it (0 when unknown: nothing was sent, or no rate was learnt). A new worker process
-	// starts the project's next run there instead of at 40% of the ceiling.
+	// knows it from its first request: another client's burst is then told from its own
+	// overshoot (iterable's rate control, steps 6 and 7).
 	SendRate float64 `json:"sendRate,omitempty"`
 	// SendBudget names the rate budget SendRate belongs to: the SHA-256 of the project's API
 	// key, "/" and the endpoint (iterable.BudgetName). It is not a secret, and it lets every
