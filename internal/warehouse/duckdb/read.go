@@ -33,7 +33,7 @@ func (p *Planner) readChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	if err != nil {
 		return fmt.Errorf("read chunk %d of %s: %w", req.Chunk.Index, id, err)
 	}
-	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "coalesce(CAST(plan.row_hash AS VARCHAR), '') AS row_hash",
+	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "row_hash",
 		"keep_profile", "prior_outcome", "prior_class", "prior_field", "prior_reason", "hold"}
 	// An add changes every field; the plan stores no list for it. The list is shared, read-only,
 	// by every add of the chunk.
@@ -177,7 +177,12 @@ func chunkRow(dest []driver.Value, fields []warehouse.Field, all []string, conv 
 	r.Key, _ = dest[warehouse.ChunkColKey].(string)
 	op, _ := dest[warehouse.ChunkColOp].(string)
 	r.Op = warehouse.Op(op)
-	r.RowHash, _ = dest[warehouse.ChunkColRowHash].(string)
+	switch h := dest[warehouse.ChunkColRowHash].(type) {
+	case uint64:
+		r.RowHash = strconv.FormatUint(h, 10)
+	case string: // a plan table written by a release before hash format 2
+		r.RowHash = h
+	}
 	r.KeepProfile, _ = dest[warehouse.ChunkColKeepProfile].(bool)
 	r.Known, _ = dest[len(dest)-1].(bool)
 	if outcome, ok := dest[warehouse.ChunkColPriorOutcome].(string); ok {
