@@ -56,8 +56,7 @@ func TestBudgetRateCurve(t *testing.T) {
 	require.InDelta(t, 9.8, b.rate, 1e-9, "never above 98% of the ceiling")
 
 	// The start's first 429, 10 s in: the share is about 10/11 of the rate. The rate drops to
-	// 60% (10/20 would be lower: a late 429 drops no lower than 60%) and regains 10/11.5 of
-	// the rate within 2 s; then it probes.
+	// 10/(10+10) of it (at most 60%) and regains 10/11.5 of it within 2 s; then it probes.
 	b.rateLimitedAt(at(sec(10)), b.epoch, 0)
 	require.InDelta(t, 9.8*0.5, b.rate, 1e-9)
 	share := 9.8 * 10 / 11.5
