@@ -318,8 +318,7 @@ func sendBudget(act spec.Activation, c *iterable.Client) *iterable.Budget {
 // rememberSendRate gives a budget this process has not used yet the project's good rate that the
 // run log last recorded for it, by any activation (at most sendRateMaxAge old), so that a
 // restarted worker knows the rate another client's burst interrupts (iterable's rate control,
-// step 7) from its first request. It reads the
-// run log once per budget and process.
+// step 7) from its first request. It reads the run log once per budget and process.
 func rememberSendRate(ctx context.Context, b *iterable.Budget, planner warehouse.Planner, now time.Time) error {
 	runLog, ok := planner.(warehouse.RunLog)
 	if !ok || b.Name() == "" {

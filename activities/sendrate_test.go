@@ -41,7 +41,7 @@ func (p *runLogPlanner) LastSendRate(ctx context.Context, budget string, since t
 // and reports the rate for the next record (and the budget tells another client's burst from its
 // own overshoot with it). A record too old, one of another project, or none is not taken. Every
 // case sends at 98% of the ceiling from its first request (issue 14).
-func TestSyncChunkStartsAtTheRecordedRate(t *testing.T) {
+func TestSyncChunkRemembersTheRecordedRate(t *testing.T) {
 	emu := iterabletest.NewServer(iterabletest.Options{BulkUpdateRPS: 5})
 	defer emu.Close()
 	emu.AddProject("rate-key", iterabletest.ProjectHybrid)
