@@ -163,7 +163,7 @@ func (b *Budgets) Wait(ctx context.Context, apiKey, endpoint string, rps float64
 //
 // Measured with BenchmarkThreeProcessesTwoActivations (three processes, two activations each, at
 // Iterable's real limit, no Retry-After): 0.979–0.993 of the limit with 2.0–2.9% of the requests
-// answered 429 (3 runs; 4 of them in the first 10 s), against 0.98–1.01 and 2.6–3.3% with the
+// answered 429 (4 runs; 4 of them in the first 10 s of each), against 0.98–1.01 and 2.6–3.3% with the
 // slow start; a lone process (BenchmarkOneProcessAtTheLimit): 0.980 of the limit, no 429, against
 // 0.95–0.97. TestBudgetSimulation checks the same on a simulated clock, for more cases;
 // TestBudgetSimulationAnotherClientsBurst, ...SteadyShare and ...RemembersAcrossRuns check steps
