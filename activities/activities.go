@@ -279,6 +279,7 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 		ActivationID: act.ID, Table: in.Table, Fields: PlanRequest(act, in.RunID, false).Fields,
 		Chunk: in.Chunk, AfterSeq: prog.AfterSeq,
 		KnownTable: in.KnownTable, KnownLowerCase: act.Destination.Identifier.Field == "email",
+		Lead: chunkLead(in.Chunk, prog, s.window),
 	}, func(r warehouse.Row) error { return s.add(ctx, r) })
 	if err == nil {
 		err = s.flush(ctx)
@@ -292,6 +293,17 @@ func (a *Activities) SyncChunk(ctx context.Context, in SyncChunkInput) (_ ChunkR
 	log.InfoContext(ctx, "chunk synced", "attempted", res.Attempted.Total(), "succeeded", res.Succeeded.Total(),
 		"rejected", res.Rejected.Total(), "requests", res.Requests, "rate_limited", res.RateLimited)
 	return res, nil
+}
+
+// chunkLead is the rows a chunk's reader hands over before reading the rest: one request's worth
+// for the run's first chunk, whose first request starts the sync (it would otherwise wait for the
+// whole chunk to be read, while the other first chunks are read too), none for the others, whose
+// reads overlap with the requests of the chunks in flight.
+func chunkLead(ch warehouse.Chunk, prog ChunkProgress, window int) int {
+	if ch.Index != 0 || prog.Result.Resumed {
+		return 0
+	}
+	return window
 }
 
 // sendRateMaxAge bounds how old a recorded good rate may be for a new process to start there:

@@ -25,9 +25,11 @@ type fakePlanner struct {
 	warehouse.Planner
 	n        int
 	rejected int
+	leads    []int // ChunkRequest.Lead of each read
 }
 
 func (p *fakePlanner) ReadChunk(_ context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
+	p.leads = append(p.leads, req.Lead)
 	for i := 1; i <= p.n; i++ {
 		if int64(i) <= req.AfterSeq {
 			continue
@@ -99,6 +101,36 @@ func TestSyncChunkStopsAfterConsecutiveFailedRequests(t *testing.T) {
 	require.Contains(t, appErr.Message(), "3 consecutive requests failed (last: HTTP 503)")
 	require.Equal(t, int64(3), requests.Load(), "exactly maxConsecutiveFailedRequests requests were made")
 	require.Less(t, time.Since(start), 10*time.Second)
+}
+
+// TestSyncChunkLead: the run's first chunk asks its reader for one request's rows first (its
+// first request starts the sync); the other chunks, and a resumed first chunk, read whole.
+func TestSyncChunkLead(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"successCount":10,"failCount":0}`))
+	}))
+	defer srv.Close()
+	tests := []struct {
+		name   string
+		index  int
+		resume *ChunkProgress
+		want   int
+	}{
+		{name: "first chunk", index: 0, want: 10},
+		{name: "another chunk", index: 1, want: 0},
+		{name: "first chunk resumed", index: 0, resume: &ChunkProgress{AfterSeq: 10, Result: ChunkResult{Chunk: 0}}, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			planner := &fakePlanner{n: 20}
+			acts := &Activities{Planners: fakePlanners{planner}, Budgets: iterable.NewBudgets(), Logger: slog.New(slog.DiscardHandler)}
+			act := controlSpec(t, srv.URL, nil)
+			_, err := activityEnv(t, acts).ExecuteActivity(acts.SyncChunk, SyncChunkInput{Spec: act, RunID: "r1", Table: "plan_control_x",
+				Chunk: warehouse.Chunk{Index: tt.index, FirstSeq: 1, LastSeq: 20, Added: 20}, Resume: tt.resume})
+			require.NoError(t, err)
+			require.Equal(t, []int{tt.want}, planner.leads)
+		})
+	}
 }
 
 // TestFailureCounterResetsOnAnswers: failures interleaved with answers never add up.

@@ -279,6 +279,11 @@ type ChunkRequest struct {
 	// whether its identifier is in it; KnownLowerCase compares lower-cased (emails), as loaded.
 	KnownTable     string
 	KnownLowerCase bool
+	// Lead, when positive, asks a reader that reads a chunk whole before handing its rows over
+	// to read its first Lead rows on their own first, so that their request leaves while the rest
+	// is read. A run's first request waits for it (the sync's start, issue 14); a streaming
+	// reader ignores it.
+	Lead int
 }
 
 // Outcome is the final state of a row that did not enter the state.

@@ -166,21 +166,24 @@ type StoredUser struct {
 
 // Stats count what a project received.
 type Stats struct {
-	BulkRequests       int // bulkUpdate requests with the project's key, whatever the answer
-	RateLimited        int // 429 answers (rate limit and Burst429)
-	UsersReceived      int // users in bulk bodies that were decoded (applied or not)
-	FieldsReceived     int // dataFields entries in bulk bodies that were processed
-	UsersUpdated       int // sum of successCount
-	UsersFailed        int // sum of failCount
-	Errors5xx          int
-	DroppedConnections int
-	BadRequests        int // 400 answers of any endpoint
-	GetFieldsRequests  int
-	LookupRequests     int // getByEmail and byUserId
-	ExportRequests     int // export/data.json, whatever the answer
-	ExportedUsers      int // lines streamed by export/data.json
-	Bursts429          int // bursts started by Faults.Burst429Every
-	Burst429RetryAfter int // 429 answers of those bursts that carried Retry-After
+	BulkRequests int // bulkUpdate requests with the project's key, whatever the answer
+	// FirstBulkAt is when the first of them arrived, LastBulkAt when the last answer was
+	// written: a benchmark tells the wire's span from the run's.
+	FirstBulkAt, LastBulkAt time.Time
+	RateLimited             int // 429 answers (rate limit and Burst429)
+	UsersReceived           int // users in bulk bodies that were decoded (applied or not)
+	FieldsReceived          int // dataFields entries in bulk bodies that were processed
+	UsersUpdated            int // sum of successCount
+	UsersFailed             int // sum of failCount
+	Errors5xx               int
+	DroppedConnections      int
+	BadRequests             int // 400 answers of any endpoint
+	GetFieldsRequests       int
+	LookupRequests          int // getByEmail and byUserId
+	ExportRequests          int // export/data.json, whatever the answer
+	ExportedUsers           int // lines streamed by export/data.json
+	Bursts429               int // bursts started by Faults.Burst429Every
+	Burst429RetryAfter      int // 429 answers of those bursts that carried Retry-After
 	// MiscountedAnswers counts bulkUpdate answers whose successCount Faults.MiscountUser raised.
 	MiscountedAnswers int
 	// UnknownCategoryAnswers counts bulkUpdate answers to which Faults.UnknownCategoryUser added
@@ -540,6 +543,14 @@ func (s *Server) bulkUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.stats.BulkRequests++
+	if p.stats.FirstBulkAt.IsZero() {
+		p.stats.FirstBulkAt = time.Now()
+	}
+	defer func() {
+		s.mu.Lock()
+		p.stats.LastBulkAt = time.Now()
+		s.mu.Unlock()
+	}()
 	f := &s.faults
 	switch {
 	case f.DropConnections > 0:

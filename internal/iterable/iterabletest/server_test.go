@@ -139,6 +139,8 @@ func TestValidation(t *testing.T) {
 func TestRateLimits(t *testing.T) {
 	s := newHandler(iterabletest.Options{BulkUpdateRPS: 2, GetFieldsRPS: 1, LookupRPS: 1}, iterabletest.ProjectEmail)
 	body := `{"users":[{"email":"a@example.com"}]}`
+	require.True(t, s.Stats(key).FirstBulkAt.IsZero(), "no bulk request yet")
+	began := time.Now()
 	var codes []int
 	for range 3 {
 		status, _ := bulk(t, s, body)
@@ -151,6 +153,12 @@ func TestRateLimits(t *testing.T) {
 	time.Sleep(550 * time.Millisecond)
 	status, _ = bulk(t, s, body)
 	require.Equal(t, 200, status, "a token came back after 1/rate")
+	ended := time.Now()
+	wire := s.Stats(key)
+	require.False(t, wire.FirstBulkAt.Before(began), "the first bulk request's arrival")
+	require.Less(t, wire.FirstBulkAt.Sub(began), 500*time.Millisecond, "the first bulk request's arrival")
+	require.GreaterOrEqual(t, wire.LastBulkAt.Sub(wire.FirstBulkAt), 550*time.Millisecond, "the last answer's time")
+	require.False(t, wire.LastBulkAt.After(ended), "the last answer's time")
 
 	for _, path := range []string{"/api/users/getFields", "/api/users/getByEmail?email=a@example.com", "/api/users/byUserId/x"} {
 		status, _ = call(t, s, "GET", path, key, "")

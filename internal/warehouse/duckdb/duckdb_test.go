@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -646,4 +647,60 @@ func TestStateColumnsCompression(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, map[string]string{"key": "FSST", "ident": "FSST"}, got)
+}
+
+// TestReadChunkLead: with a lead, a chunk's first rows are handed over before the rest is read
+// (the run's first request leaves while the rest of its chunk is read), and the chunk is read
+// exactly as without: every row once, in seq order. The rows past the lead are deleted when the
+// first row arrives: a reader that read them already (the whole chunk at once) still hands
+// them over.
+func TestReadChunkLead(t *testing.T) {
+	const rows = 3000
+	tests := []struct {
+		name            string
+		lead            int
+		after           int64 // the resume cursor: rows up to it were sent
+		want, wantCut   int   // rows handed over; rows handed over when the rest is deleted at the first row
+		wantFirst, last int64 // first and last seq handed over (without the cut)
+	}{
+		{name: "no lead", lead: 0, want: rows, wantCut: rows, wantFirst: 1, last: rows},
+		{name: "lead", lead: 500, want: rows, wantCut: 500, wantFirst: 1, last: rows},
+		{name: "lead of a resumed chunk", lead: 500, after: 1200, want: rows - 1200, wantCut: 500, wantFirst: 1201, last: rows},
+		{name: "lead past the chunk's end", lead: 5000, want: rows, wantCut: rows, wantFirst: 1, last: rows},
+		{name: "lead of exactly what is left", lead: 1000, after: 2000, want: 1000, wantCut: 1000, wantFirst: 2001, last: rows},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			p := open(t, duckdb.Options{})
+			req := baseRequest("lead", fmt.Sprintf(
+				"SELECT range AS id, 'u' || range || '@example.com' AS email, 'N' || range AS name, range %% 90 AS age FROM range(%d)", rows))
+			plan, err := p.Plan(ctx, req)
+			require.NoError(t, err)
+			require.Len(t, plan.Chunks, 1)
+			chunk := plan.Chunks[0]
+			read := func(cut bool) []int64 {
+				var seqs []int64
+				err := p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: req.ActivationID, Table: plan.Table,
+					Fields: req.Fields, Chunk: chunk, AfterSeq: tt.after, Lead: tt.lead}, func(r warehouse.Row) error {
+					if len(seqs) == 0 && cut {
+						if err := duckdb.DeletePlanRowsAfter(ctx, p, plan.Table, r.Seq+int64(tt.lead)-1); err != nil {
+							return err
+						}
+					}
+					require.NotEmpty(t, r.Values["firstName"], "row %d", r.Seq)
+					seqs = append(seqs, r.Seq)
+					return nil
+				})
+				require.NoError(t, err)
+				return seqs
+			}
+			seqs := read(false)
+			require.Equal(t, tt.want, len(seqs))
+			require.Equal(t, tt.wantFirst, seqs[0])
+			require.Equal(t, tt.last, seqs[len(seqs)-1])
+			require.True(t, slices.IsSorted(seqs), "in seq order")
+			require.Equal(t, tt.wantCut, len(read(true)), "rows handed over when those past the lead are deleted at the first row")
+		})
+	}
 }
