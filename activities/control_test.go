@@ -35,7 +35,7 @@ func (p *fakePlanner) ReadChunk(_ context.Context, req warehouse.ChunkRequest, f
 			continue
 		}
 		err := fn(warehouse.Row{Seq: int64(i), Key: fmt.Sprint(i), Op: warehouse.OpAdd,
-			Identifier: fmt.Sprintf("user%d@example.com", i), Values: map[string]any{"a": int64(i)}, Changed: []string{"a"}})
+			Identifier: fmt.Sprintf("user%d@example.com", i), Values: warehouse.ValuesOf(map[string]any{"a": int64(i)}), Changed: []string{"a"}})
 		if err != nil {
 			return err
 		}

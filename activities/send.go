@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,19 +208,30 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 			return u, nil // deleted, not updated: it carries no fields
 		}
 	default:
-		// An add's own map becomes the user's: its values are converted in place (the row's
-		// values are not read again) and the NULLs a spec ignores are dropped, which saves a map
-		// per user.
+		// An add's own values become the user's fields: they are converted in place (the row's
+		// values are not read again; value i is read before slot i is written) and keep the
+		// chunk's shared sorted names, which saves a slice and a map per user. The NULLs a spec
+		// ignores are dropped; the user then has its own names.
 		inPlace := changesEveryValue(r)
-		dst := r.Values
+		names := r.Changed
+		vals := r.Values.Vals[:0]
 		if !inPlace {
-			dst = make(map[string]any, len(r.Changed))
+			if !slices.IsSorted(names) { // the encoder writes fields in sorted order
+				names = slices.Sorted(slices.Values(names))
+			}
+			vals = make([]any, 0, len(names))
 		}
-		for _, name := range r.Changed {
-			raw := r.Values[name]
+		var kept []string // the names once a NULL was dropped; until then names[:len(vals)]
+		for i, name := range names {
+			var raw any
+			if inPlace {
+				raw = r.Values.Vals[i]
+			} else {
+				raw, _ = r.Values.Get(name)
+			}
 			if raw == nil && d.IgnoresNulls() {
-				if inPlace {
-					delete(dst, name)
+				if kept == nil {
+					kept = slices.Clone(names[:i])
 				}
 				continue
 			}
@@ -230,28 +242,27 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 			if err != nil {
 				return nil, reject(warehouse.ClassValue, name, fmt.Sprintf("field %s: %v", name, err))
 			}
-			dst[name] = v
+			vals = append(vals, v)
+			if kept != nil {
+				kept = append(kept, name)
+			}
 		}
-		u.DataFields = dst
+		if kept != nil {
+			names = kept
+		}
+		u.Fields = iterable.Fields{Names: names, Values: vals}
 	}
-	if len(u.DataFields) == 0 && (d.List == nil || r.Op != warehouse.OpAdd) {
+	if u.FieldCount() == 0 && (d.List == nil || r.Op != warehouse.OpAdd) {
 		return nil, nil // a subscriber needs no field: joining the list is the update
 	}
 	return u, nil
 }
 
 // changesEveryValue says whether the row's changed fields are exactly the fields of its values
-// (an add): its values map can then be the user's dataFields.
+// (an add): its values can then be the user's fields.
 func changesEveryValue(r warehouse.Row) bool {
-	if len(r.Changed) != len(r.Values) || len(r.Values) == 0 {
-		return false
-	}
-	for _, name := range r.Changed {
-		if _, ok := r.Values[name]; !ok {
-			return false
-		}
-	}
-	return true
+	return len(r.Changed) == r.Values.Len() && r.Values.Len() > 0 && len(r.Values.Names) == len(r.Changed) &&
+		(&r.Changed[0] == &r.Values.Names[0] || slices.Equal(r.Changed, r.Values.Names))
 }
 
 // notInIterable skips a row in update mode: it is not committed and is looked at again next run.

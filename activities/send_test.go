@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -16,7 +17,12 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 		Fields:     []spec.Field{{Column: "a", Field: "alpha"}, {Column: "b", Field: "beta"}, {Column: "t", Field: "when"}},
 	}
 	ts := time.Date(2023, 2, 5, 20, 42, 10, 0, time.UTC)
-	values := map[string]any{"alpha": int32(7), "beta": "x", "when": ts}
+	values := func() warehouse.Values { // a new row's: an add's fields are converted in place
+		return warehouse.ValuesOf(map[string]any{"alpha": int32(7), "beta": "x", "when": ts})
+	}
+	withNull := func() warehouse.Values {
+		return warehouse.ValuesOf(map[string]any{"alpha": nil, "beta": "x", "when": nil})
+	}
 	tests := []struct {
 		name       string
 		edit       func(*spec.Destination)
@@ -33,19 +39,33 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 		conflicts    map[string]string
 	}{
 		{name: "add sends every field",
-			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values, Changed: []string{"alpha", "beta", "when"}},
+			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values(), Changed: []string{"alpha", "beta", "when"}},
 			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": int64(7), "beta": "x", "when": "2023-02-05 20:42:10 +00:00"}},
 		{name: "change sends only the changed field",
-			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: values, Changed: []string{"beta"}},
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: values(), Changed: []string{"beta"}},
 			wantEmail: "a@example.com", wantFields: map[string]any{"beta": "x"}},
 		{name: "a value that became NULL clears the field",
-			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: map[string]any{"beta": nil}, Changed: []string{"beta"}},
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: warehouse.ValuesOf(map[string]any{"beta": nil}), Changed: []string{"beta"}},
 			wantEmail: "a@example.com", wantFields: map[string]any{"beta": nil}},
+		{name: "an add whose NULLs the spec ignores sends the other fields",
+			edit:      func(d *spec.Destination) { d.Nulls = "ignore" },
+			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: withNull(), Changed: []string{"alpha", "beta", "when"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"beta": "x"}},
+		{name: "an add sends its NULLs as nulls",
+			row:       warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: withNull(), Changed: []string{"alpha", "beta", "when"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": nil, "beta": "x", "when": nil}},
+		{name: "a change whose NULLs the spec ignores sends the other changed fields",
+			edit:      func(d *spec.Destination) { d.Nulls = "ignore" },
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: withNull(), Changed: []string{"alpha", "beta"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"beta": "x"}},
+		{name: "a change listed out of order is sent in field order",
+			row:       warehouse.Row{Op: warehouse.OpChange, Identifier: "a@example.com", Values: values(), Changed: []string{"when", "alpha"}},
+			wantEmail: "a@example.com", wantFields: map[string]any{"alpha": int64(7), "when": "2023-02-05 20:42:10 +00:00"}},
 		{name: "NULL identifier is rejected locally",
-			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: nil, Values: values, Changed: []string{"alpha"}},
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: nil, Values: values(), Changed: []string{"alpha"}},
 			wantReject: "identifier column email is NULL or empty"},
 		{name: "NaN is rejected with the field",
-			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: map[string]any{"alpha": nan()}, Changed: []string{"alpha"}},
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: warehouse.ValuesOf(map[string]any{"alpha": nan()}), Changed: []string{"alpha"}},
 			wantReject: "field alpha"},
 		{name: "removal kept in Iterable needs no request",
 			row:      warehouse.Row{Op: warehouse.OpRemove, Identifier: "a@example.com"},
@@ -70,12 +90,12 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 			row:        warehouse.Row{Op: warehouse.OpRemove, Identifier: "42"},
 			wantUserID: "42", wantFields: map[string]any{"alpha": nil, "beta": nil, "when": nil}, wantNoPrefer: true},
 		{name: "a type conflict is rejected with its class and field",
-			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values, Changed: []string{"beta"}, RowHash: "h"},
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: "a@example.com", Values: values(), Changed: []string{"beta"}, RowHash: "h"},
 			conflicts:  map[string]string{"beta": "type conflict: beta"},
 			wantReject: "type conflict: beta", wantClass: warehouse.ClassType},
 		{name: "userId identifier asks email-based projects to create",
 			edit:       func(d *spec.Destination) { d.Identifier = spec.Identifier{Column: "id", Field: "userId"} },
-			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: int64(42), Values: values, Changed: []string{"beta"}},
+			row:        warehouse.Row{Op: warehouse.OpAdd, Identifier: int64(42), Values: values(), Changed: []string{"beta"}},
 			wantUserID: "42", wantFields: map[string]any{"beta": "x"}},
 	}
 	for _, tc := range tests {
@@ -108,7 +128,12 @@ func TestUserCarriesOnlyWhatChanged(t *testing.T) {
 				require.NotNil(t, u)
 				require.Equal(t, tc.wantEmail, u.Email)
 				require.Equal(t, tc.wantUserID, u.UserID)
-				require.Equal(t, tc.wantFields, u.DataFields)
+				require.Equal(t, tc.wantFields, u.FieldMap())
+				if u.DataFields == nil {
+					// What Pack writes: names sorted, one value each.
+					require.True(t, slices.IsSorted(u.Fields.Names), "%v", u.Fields.Names)
+					require.Len(t, u.Fields.Values, len(u.Fields.Names))
+				}
 				if tc.wantUserID != "" && !tc.wantNoPrefer {
 					require.NotNil(t, u.PreferUserID)
 					require.True(t, *u.PreferUserID)

@@ -57,7 +57,7 @@ func TestWindowKnownRejections(t *testing.T) {
 	s, rec, srv := newWindow(t, d, iterabletest.ProjectHybrid)
 	s.conflicts = map[string]string{"b": "type conflict: b is string in Iterable"}
 	bad := "invalid email in column email: "
-	u, rej := s.user(warehouse.Row{Op: warehouse.OpAdd, Identifier: "not-an-email", Values: map[string]any{"a": int64(1)}, Changed: []string{"a"}})
+	u, rej := s.user(warehouse.Row{Op: warehouse.OpAdd, Identifier: "not-an-email", Values: warehouse.ValuesOf(map[string]any{"a": int64(1)}), Changed: []string{"a"}})
 	require.Nil(t, u)
 	bad = rej.Reason
 	prior := func(class warehouse.Class, field, reason string, hold bool) *warehouse.Prior {
@@ -65,7 +65,7 @@ func TestWindowKnownRejections(t *testing.T) {
 	}
 	add := func(key, email string, p *warehouse.Prior, changed ...string) warehouse.Row {
 		return warehouse.Row{Key: key, Op: warehouse.OpAdd, Identifier: email, RowHash: "h" + key,
-			Values: map[string]any{"a": int64(1), "b": int64(2)}, Changed: changed, Prior: p}
+			Values: warehouse.ValuesOf(map[string]any{"a": int64(1), "b": int64(2)}), Changed: changed, Prior: p}
 	}
 	res := s.sendRows(t,
 		add("held", "not-an-email", prior(warehouse.ClassIdentifier, "email", bad, true), "a"),
@@ -98,8 +98,8 @@ func TestWindowDeletes(t *testing.T) {
 		Fields: []spec.Field{{Column: "a", Field: "a"}}}
 	s, rec, srv := newWindow(t, d, iterabletest.ProjectEmail)
 	ctx := context.Background()
-	s.sendRows(t, warehouse.Row{Key: "1", Op: warehouse.OpAdd, Identifier: "one@example.com", Values: map[string]any{"a": int64(1)}, Changed: []string{"a"}},
-		warehouse.Row{Key: "2", Op: warehouse.OpAdd, Identifier: "two@example.com", Values: map[string]any{"a": int64(1)}, Changed: []string{"a"}})
+	s.sendRows(t, warehouse.Row{Key: "1", Op: warehouse.OpAdd, Identifier: "one@example.com", Values: warehouse.ValuesOf(map[string]any{"a": int64(1)}), Changed: []string{"a"}},
+		warehouse.Row{Key: "2", Op: warehouse.OpAdd, Identifier: "two@example.com", Values: warehouse.ValuesOf(map[string]any{"a": int64(1)}), Changed: []string{"a"}})
 	require.True(t, srv.HasUser("key", "one@example.com", ""))
 	s.prog = ChunkProgress{}
 	res := s.sendRows(t,
@@ -122,7 +122,7 @@ func TestWindowClearNeverCreates(t *testing.T) {
 	d := spec.Destination{Mode: spec.ModeUpsert, OnRemoved: "clear", Identifier: spec.Identifier{Column: "email", Field: "email"},
 		Fields: []spec.Field{{Column: "a", Field: "a"}}}
 	s, rec, srv := newWindow(t, d, iterabletest.ProjectEmail)
-	s.sendRows(t, warehouse.Row{Key: "1", Op: warehouse.OpAdd, Identifier: "one@example.com", Values: map[string]any{"a": int64(1)}, Changed: []string{"a"}})
+	s.sendRows(t, warehouse.Row{Key: "1", Op: warehouse.OpAdd, Identifier: "one@example.com", Values: warehouse.ValuesOf(map[string]any{"a": int64(1)}), Changed: []string{"a"}})
 	s.prog = ChunkProgress{}
 	s.removalExistence = RemovalExistenceStrategy(spec.Activation{Destination: d}, ExistenceNone, 2)
 	require.Equal(t, ExistenceLookup, s.removalExistence)

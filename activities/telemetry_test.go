@@ -41,7 +41,7 @@ func (p *telemetryPlanner) Plan(context.Context, warehouse.PlanRequest) (warehou
 func (p *telemetryPlanner) ReadChunk(_ context.Context, req warehouse.ChunkRequest, fn func(warehouse.Row) error) error {
 	for i := req.AfterSeq + 1; i <= p.rows(); i++ {
 		r := warehouse.Row{Seq: i, Key: fmt.Sprint(i), Op: warehouse.OpAdd, Identifier: fmt.Sprintf("secret.user%d@example.com", i),
-			Values: map[string]any{"a": i}, Changed: []string{"a"}}
+			Values: warehouse.ValuesOf(map[string]any{"a": i}), Changed: []string{"a"}}
 		switch i {
 		case int64(p.valid) + 1:
 			r.Identifier = "secret-not-an-email"

@@ -299,6 +299,36 @@ type User struct {
 	UserID       string         `json:"userId,omitempty"`
 	PreferUserID *bool          `json:"preferUserId,omitempty"`
 	DataFields   map[string]any `json:"dataFields,omitempty"`
+	// Fields are the dataFields as names and values, when DataFields is nil: what a warehouse
+	// row gives without a map per user. Pack writes them as it writes DataFields.
+	Fields Fields `json:"-"`
+}
+
+// Fields are dataFields as Names, sorted and unique, and Values, Values[i] that of Names[i]
+// (values Value returns).
+type Fields struct {
+	Names  []string
+	Values []any
+}
+
+// FieldCount is the number of the user's dataFields.
+func (u *User) FieldCount() int {
+	if u.DataFields != nil {
+		return len(u.DataFields)
+	}
+	return len(u.Fields.Values)
+}
+
+// FieldMap returns the user's dataFields by name: DataFields, or a new map of Fields.
+func (u *User) FieldMap() map[string]any {
+	if u.DataFields != nil || len(u.Fields.Values) == 0 {
+		return u.DataFields
+	}
+	m := make(map[string]any, len(u.Fields.Values))
+	for i, v := range u.Fields.Values {
+		m[u.Fields.Names[i]] = v
+	}
+	return m
 }
 
 // Record is one user to send, tagged with the caller's opaque index (the caller maps it back to

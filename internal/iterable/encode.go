@@ -56,12 +56,43 @@ func (e *userEncoder) appendUser(dst []byte, u *User) ([]byte, error) {
 		dst = append(dst, `"preferUserId":`...)
 		dst = strconv.AppendBool(dst, *u.PreferUserID)
 	}
-	if len(u.DataFields) > 0 {
+	switch {
+	case len(u.DataFields) > 0:
 		sep()
 		dst = append(dst, `"dataFields":`...)
 		var err error
 		dst, e.fields, err = e.appendMap(dst, u.DataFields, e.fields[:0], 1)
 		if err != nil {
+			return nil, err
+		}
+	case u.DataFields == nil && len(u.Fields.Values) > 0:
+		sep()
+		dst = append(dst, `"dataFields":`...)
+		var err error
+		if dst, err = e.appendFields(dst, &u.Fields); err != nil {
+			return nil, err
+		}
+	}
+	return append(dst, '}'), nil
+}
+
+// appendFields writes fields as appendMap writes a map: their names are sorted already.
+func (e *userEncoder) appendFields(dst []byte, fs *Fields) ([]byte, error) {
+	if len(fs.Names) != len(fs.Values) {
+		return nil, encodeErr("dataFields: " + strconv.Itoa(len(fs.Names)) + " names for " + strconv.Itoa(len(fs.Values)) + " values")
+	}
+	dst = append(dst, '{')
+	for i, v := range fs.Values {
+		if i > 0 {
+			if fs.Names[i] <= fs.Names[i-1] {
+				return nil, encodeErr("dataFields: names not sorted or repeated")
+			}
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, fs.Names[i])
+		dst = append(dst, ':')
+		var err error
+		if dst, err = e.appendValue(dst, v, 1); err != nil {
 			return nil, err
 		}
 	}

@@ -2,9 +2,11 @@ package iterable
 
 import (
 	"encoding/json"
+	"maps"
 	"math"
 	"math/big"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +69,44 @@ func TestUserEncoderMatchesEncodingJSON(t *testing.T) {
 		got, err := enc.appendUser(nil, &u)
 		require.NoError(t, err)
 		require.Equal(t, stdEncode(t, u), string(got))
+		// The same user with its fields as names and values (what a warehouse row gives) is
+		// written byte for byte the same.
+		if u.DataFields == nil {
+			continue
+		}
+		asFields := u
+		asFields.DataFields = nil
+		for _, name := range slices.Sorted(maps.Keys(u.DataFields)) {
+			asFields.Fields.Names = append(asFields.Fields.Names, name)
+			asFields.Fields.Values = append(asFields.Fields.Values, u.DataFields[name])
+		}
+		got, err = enc.appendUser(nil, &asFields)
+		require.NoError(t, err)
+		require.Equal(t, stdEncode(t, u), string(got), "as Fields")
+		if len(u.DataFields) > 0 {
+			require.Equal(t, u.FieldMap(), asFields.FieldMap())
+		}
+		require.Equal(t, len(u.DataFields), asFields.FieldCount())
+	}
+}
+
+// Fields whose names are out of order, repeated or not one per value are refused, not written
+// as JSON Iterable would read differently.
+func TestUserEncoderRefusesMalformedFields(t *testing.T) {
+	tests := []struct {
+		name string
+		f    Fields
+	}{
+		{name: "unsorted", f: Fields{Names: []string{"b", "a"}, Values: []any{1, 2}}},
+		{name: "repeated", f: Fields{Names: []string{"a", "a"}, Values: []any{1, 2}}},
+		{name: "more values", f: Fields{Names: []string{"a"}, Values: []any{1, 2}}},
+		{name: "more names", f: Fields{Names: []string{"a", "b"}, Values: []any{1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := newUserEncoder().appendUser(nil, &User{Email: "a@example.com", Fields: tt.f})
+			require.ErrorContains(t, encodeError(err), "dataFields")
+		})
 	}
 }
 

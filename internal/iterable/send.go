@@ -214,7 +214,8 @@ func singleRejection(r Record, e *APIError) RecordRejection {
 		cat = "HTTP" + strconv.Itoa(e.Status)
 	}
 	secrets := []string{r.User.Email, r.User.UserID}
-	for _, v := range r.User.DataFields {
+	fields := r.User.FieldMap()
+	for _, v := range fields {
 		switch x := v.(type) {
 		case string:
 			secrets = append(secrets, x)
@@ -226,7 +227,7 @@ func singleRejection(r Record, e *APIError) RecordRejection {
 	if e.Code != "" {
 		reason += " " + e.Code
 	}
-	if msg := sanitizeMsg(e.rawMsg, r.User.DataFields, secrets...); msg != "" {
+	if msg := sanitizeMsg(e.rawMsg, fields, secrets...); msg != "" {
 		reason += ": " + msg
 	}
 	return RecordRejection{Index: r.Index, Category: cat, Reason: reason}

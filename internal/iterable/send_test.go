@@ -366,13 +366,22 @@ func TestSendBatchSplitsInHalves(t *testing.T) {
 	}
 }
 
+// The reason keeps the user's field names and hides its values, whether the user's fields came
+// as a map or as names and values (a warehouse row's).
 func TestSendBatchRejectionReasonKeepsFieldNames(t *testing.T) {
-	e := newEnv(t, iterabletest.ProjectEmail, iterabletest.Options{}, iterable.Config{})
-	e.emu.InjectFaults(iterabletest.Faults{RejectField: "poison"})
-	res, err := e.send(t, true, withFields(email(1), "poison", "secret-value"))
-	require.NoError(t, err)
-	require.Len(t, res.Rejected, 1)
-	require.Equal(t, "Iterable refused a request holding only this user with HTTP 400 RequestFieldsTypesMismatched: Field types mismatched for field 'poison'", res.Rejected[0].Reason)
+	asMap := withFields(email(1), "poison", "secret-value")
+	asFields := email(1)
+	asFields.Fields = iterable.Fields{Names: []string{"poison"}, Values: []any{"secret-value"}}
+	for name, u := range map[string]iterable.User{"DataFields": asMap, "Fields": asFields} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, iterabletest.ProjectEmail, iterabletest.Options{}, iterable.Config{})
+			e.emu.InjectFaults(iterabletest.Faults{RejectField: "poison"})
+			res, err := e.send(t, true, u)
+			require.NoError(t, err)
+			require.Len(t, res.Rejected, 1)
+			require.Equal(t, "Iterable refused a request holding only this user with HTTP 400 RequestFieldsTypesMismatched: Field types mismatched for field 'poison'", res.Rejected[0].Reason)
+		})
+	}
 }
 
 func TestSendBatchRetries(t *testing.T) {

@@ -36,3 +36,27 @@ func TestCheckPlanRequestValueColumns(t *testing.T) {
 	require.NoError(t, err, "fields differing only in case are distinct")
 	require.Len(t, fields, 2)
 }
+
+func TestValues(t *testing.T) {
+	v := ValuesOf(map[string]any{"b": int64(2), "a": "x", "c": nil})
+	require.Equal(t, []string{"a", "b", "c"}, v.Names, "names sorted, as a reader gives them")
+	require.Equal(t, []any{"x", int64(2), nil}, v.Vals)
+	require.Equal(t, 3, v.Len())
+	tests := []struct {
+		name   string
+		want   any
+		wantOK bool
+	}{
+		{"a", "x", true}, {"b", int64(2), true}, {"c", nil, true}, {"d", nil, false}, {"", nil, false},
+	}
+	for _, tt := range tests {
+		got, ok := v.Get(tt.name)
+		require.Equal(t, tt.wantOK, ok, tt.name)
+		require.Equal(t, tt.want, got, tt.name)
+	}
+	require.Equal(t, map[string]any{"a": "x", "b": int64(2), "c": nil}, v.Map())
+	require.Equal(t, Values{}, ValuesOf(nil))
+	require.Equal(t, map[string]any{}, Values{}.Map())
+	_, ok := Values{}.Get("a")
+	require.False(t, ok)
+}

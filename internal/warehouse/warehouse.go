@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 )
@@ -223,11 +224,52 @@ type Row struct {
 	// Values holds the value of every mapped field by destination field name, as the warehouse
 	// driver returns it (int64, float64, bool, string, time.Time, []any, map[string]any, ...).
 	// For OpRemove it is empty.
-	Values map[string]any
+	Values Values
 	// Changed lists the destination fields whose values changed (all fields for OpAdd), sorted.
 	Changed []string
 	// Known tells whether the identifier is in ChunkRequest.KnownTable (false when none was given).
 	Known bool
+}
+
+// Values are a row's mapped values: Names, the destination fields sorted (shared, read-only, by
+// the rows of a chunk), and Vals, Vals[i] the value of Names[i]. Slices rather than a map per
+// row: a map costs a chunk's reader twice the memory and a third more CPU (issue 14), and the
+// encoder writes fields in sorted order anyway.
+type Values struct {
+	Names []string
+	Vals  []any
+}
+
+// Len is the number of values.
+func (v Values) Len() int { return len(v.Vals) }
+
+// Get returns the value of the field name, and whether the row has that field.
+func (v Values) Get(name string) (any, bool) {
+	if i, ok := slices.BinarySearch(v.Names, name); ok && i < len(v.Vals) {
+		return v.Vals[i], true
+	}
+	return nil, false
+}
+
+// ValuesOf returns m as Values, its names sorted (what a reader gives; for tests and fixtures).
+func ValuesOf(m map[string]any) Values {
+	if len(m) == 0 {
+		return Values{}
+	}
+	v := Values{Names: slices.Sorted(maps.Keys(m))}
+	for _, name := range v.Names {
+		v.Vals = append(v.Vals, m[name])
+	}
+	return v
+}
+
+// Map returns the values by field name (a new map; empty, not nil, for no value).
+func (v Values) Map() map[string]any {
+	m := make(map[string]any, len(v.Vals))
+	for i, val := range v.Vals {
+		m[v.Names[i]] = val
+	}
+	return m
 }
 
 // Prior is an earlier run's rejection of the same row (same key, same row hash).

@@ -208,7 +208,7 @@ func TestRealTypes(t *testing.T) {
 		"st": map[string]any{"x": int64(1), "z": "y"}, "j": map[string]any{"x": []any{int64(1), true}},
 		"g": "POINT(1 2)", "iv": "0-0 3 0:0:0",
 		"r": map[string]any{"start": time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC), "end": nil},
-	}, rows[0].Values)
+	}, rows[0].Values.Map())
 	_, err = p.Commit(ctx, warehouse.CommitRequest{ActivationID: "types", RunID: "run-1", Table: plan.Table, Chunks: []int{0}})
 	require.NoError(t, err)
 

@@ -473,10 +473,13 @@ func TestReadChunk(t *testing.T) {
 	values := map[string]any{"age": int64(33), "blob": "AAE=", "day": time.Date(2024, 2, 3, 0, 0, 0, 0, time.UTC),
 		"firstName": "Ann", "info": map[string]any{"a": int64(7)}, "payload": map[string]any{"k": []any{int64(1), "x"}},
 		"score": 12.5, "signup": signup, "tags": []any{"x", "y"}}
-	require.Equal(t, warehouse.Row{Seq: 3, Key: "d", Op: warehouse.OpAdd, Identifier: "u@example.com", Values: values,
+	require.Equal(t, values, got[0].Values.Map())
+	require.Equal(t, got[0].Changed, got[0].Values.Names, "an add's values are named by its changed fields")
+	got[0].Values = warehouse.Values{}
+	require.Equal(t, warehouse.Row{Seq: 3, Key: "d", Op: warehouse.OpAdd, Identifier: "u@example.com",
 		RowHash: "h", Changed: []string{"age", "blob", "day", "firstName", "info", "payload", "score", "signup", "tags"}}, got[0])
 	require.Equal(t, []string{"firstName", "tags"}, got[1].Changed)
-	require.Equal(t, warehouse.Row{Seq: 5, Key: "f", Op: warehouse.OpRemove, Identifier: "old@example.com", Values: map[string]any{}}, got[2],
+	require.Equal(t, warehouse.Row{Seq: 5, Key: "f", Op: warehouse.OpRemove, Identifier: "old@example.com"}, got[2],
 		"a removal names the identifier it was last synced with")
 
 	jobs := jobsAfterOpen(fake)
@@ -567,15 +570,22 @@ func TestReadChunkStorageRead(t *testing.T) {
 		Chunk: warehouse.Chunk{FirstSeq: 1, LastSeq: 3}, KnownTable: warehouse.KnownTable("crm-users", "run-1"), KnownLowerCase: true},
 		func(r warehouse.Row) error { got = append(got, r); return nil })
 	require.NoError(t, err)
+	values := make([]map[string]any, len(got))
+	for i := range got {
+		values[i] = got[i].Values.Map()
+		got[i].Values = warehouse.Values{}
+	}
+	require.Equal(t, []map[string]any{{"firstName": "Ann", "age": int64(31), "signup": signup},
+		{"firstName": nil, "age": int64(42), "signup": nil}, {}}, values)
 	require.Equal(t, []warehouse.Row{
 		{Seq: 1, Key: "1", Op: warehouse.OpAdd, Identifier: "a@example.com", Known: true, RowHash: "h1",
-			Prior:  &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable, Reason: "refused"},
-			Values: map[string]any{"firstName": "Ann", "age": int64(31), "signup": signup}, Changed: []string{"age", "firstName", "signup"}},
-		{Seq: 2, Key: "2", Op: warehouse.OpChange, Values: map[string]any{"firstName": nil, "age": int64(42), "signup": nil},
+			Prior:   &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassIterable, Reason: "refused"},
+			Changed: []string{"age", "firstName", "signup"}},
+		{Seq: 2, Key: "2", Op: warehouse.OpChange,
 			RowHash: "h2", Prior: &warehouse.Prior{Outcome: warehouse.OutcomeRejected, Class: warehouse.ClassValue, Field: "age",
 				Reason: "NaN", Hold: true},
 			Changed: []string{"age"}},
-		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "c@example.com", Known: true, KeepProfile: true, Values: map[string]any{}},
+		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "c@example.com", Known: true, KeepProfile: true},
 	}, got)
 	require.Equal(t, 1, fake.ReadSessions(), "the rows came through the Storage Read API")
 	jobs := jobsAfterOpen(fake)

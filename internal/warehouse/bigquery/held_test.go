@@ -154,14 +154,14 @@ func TestReadChunkPriorAndRemovals(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []warehouse.Row{
 		{Seq: 1, Key: "1", Op: warehouse.OpAdd, Identifier: "a@example.com", RowHash: "h1", Changed: []string{"age"},
-			Values: map[string]any{"age": int64(31)}, Prior: &warehouse.Prior{Outcome: warehouse.OutcomeRejected,
+			Values: warehouse.ValuesOf(map[string]any{"age": int64(31)}), Prior: &warehouse.Prior{Outcome: warehouse.OutcomeRejected,
 				Class: warehouse.ClassType, Field: "age", Reason: "type conflict", Hold: true}},
 		{Seq: 2, Key: "2", Op: warehouse.OpChange, Identifier: "b@example.com", RowHash: "h2", Changed: []string{"age"},
-			Values: map[string]any{"age": int64(32)}, Prior: &warehouse.Prior{Outcome: warehouse.OutcomeSkipped,
+			Values: warehouse.ValuesOf(map[string]any{"age": int64(32)}), Prior: &warehouse.Prior{Outcome: warehouse.OutcomeSkipped,
 				Class: warehouse.ClassSharedIdentifier, Reason: "shared"}},
-		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "C@example.com", KeepProfile: true, Values: map[string]any{}},
-		{Seq: 4, Key: "4", Op: warehouse.OpRemove, Values: map[string]any{}},
-		{Seq: 5, Key: "5", Op: warehouse.OpAdd, RowHash: "h5", Changed: []string{"age"}, Values: map[string]any{"age": int64(35)}},
+		{Seq: 3, Key: "3", Op: warehouse.OpRemove, Identifier: "C@example.com", KeepProfile: true},
+		{Seq: 4, Key: "4", Op: warehouse.OpRemove},
+		{Seq: 5, Key: "5", Op: warehouse.OpAdd, RowHash: "h5", Changed: []string{"age"}, Values: warehouse.ValuesOf(map[string]any{"age": int64(35)})},
 	}, got)
 	require.Nil(t, got[3].Identifier, "a removal without identifier has a nil one, not an empty string")
 	require.True(t, warehouse.HeldByPrior(got[0].Prior, map[string]string{"age": "type conflict"}))

@@ -267,7 +267,6 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 	}
 	if r.Op == warehouse.OpRemove {
 		// A removal names the profile it was last synced with (nil when the state has none).
-		r.Values = map[string]any{}
 		r.Identifier = nil
 		if old, ok := row[warehouse.ChunkColOldIdent].(string); ok {
 			r.Identifier = old
@@ -276,9 +275,9 @@ func chunkRow(row []bigquery.Value, schema bigquery.Schema, fields []warehouse.F
 		if old, ok := row[warehouse.ChunkColOldIdent].(string); ok {
 			r.PreviousIdentifier = old // the identifier changed: another profile
 		}
-		r.Values = make(map[string]any, len(fields))
-		for i, f := range fields {
-			r.Values[f.Field] = normalize(row[warehouse.ChunkColValues+i], at(warehouse.ChunkColValues+i))
+		r.Values = warehouse.Values{Names: all, Vals: make([]any, len(fields))}
+		for i := range fields {
+			r.Values.Vals[i] = normalize(row[warehouse.ChunkColValues+i], at(warehouse.ChunkColValues+i))
 		}
 	}
 	switch r.Op {

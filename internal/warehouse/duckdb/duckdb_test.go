@@ -150,7 +150,7 @@ func TestRelativeReadCSV(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, int64(2), plan.Counts.Added)
 			rows := readAll(t, p, r, plan)
-			require.Equal(t, map[string]any{"firstName": "Ann", "age": int64(31)}, rows[0].Values)
+			require.Equal(t, map[string]any{"firstName": "Ann", "age": int64(31)}, rows[0].Values.Map())
 		})
 	}
 }
@@ -353,7 +353,7 @@ func TestDriverTypesPassThrough(t *testing.T) {
 	require.NoError(t, err)
 	rows := readAll(t, p, req, plan)
 	require.Len(t, rows, 1)
-	v := rows[0].Values
+	v := rows[0].Values.Map()
 	require.Equal(t, int32(7), v["i"])
 	require.Equal(t, int64(8), v["b"])
 	require.Equal(t, 1.5, v["d"])
@@ -385,7 +385,7 @@ func TestIdentifierOnly(t *testing.T) {
 	rows := readAll(t, p, req, plan)
 	require.Len(t, rows, 1)
 	require.Equal(t, "a@example.com", rows[0].Identifier)
-	require.Empty(t, rows[0].Values)
+	require.Zero(t, rows[0].Values.Len())
 	commitAll(t, p, req, plan)
 
 	// With no field to compare, a new identifier is still another profile to write.
@@ -412,7 +412,7 @@ func TestAwkwardNames(t *testing.T) {
 	plan, err := p.Plan(context.Background(), req)
 	require.NoError(t, err)
 	rows := readAll(t, p, req, plan)
-	require.Equal(t, map[string]any{`a/b~c"d'e`: "a", "ünï cödé": int32(2), "Amount": int32(3), "amount": int32(4)}, rows[0].Values)
+	require.Equal(t, map[string]any{`a/b~c"d'e`: "a", "ünï cödé": int32(2), "Amount": int32(3), "amount": int32(4)}, rows[0].Values.Map())
 	commitAll(t, p, req, plan)
 
 	req.RunID, req.Query = "run-2", query("b")
@@ -688,7 +688,8 @@ func TestReadChunkLead(t *testing.T) {
 							return err
 						}
 					}
-					require.NotEmpty(t, r.Values["firstName"], "row %d", r.Seq)
+					name, _ := r.Values.Get("firstName")
+					require.NotEmpty(t, name, "row %d", r.Seq)
 					seqs = append(seqs, r.Seq)
 					return nil
 				})

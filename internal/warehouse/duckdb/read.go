@@ -36,7 +36,7 @@ func (p *Planner) readChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	cols := []string{"seq", "key", "op", "changed_fields", "ident", "old_ident", "row_hash",
 		"keep_profile", "prior_outcome", "prior_class", "prior_field", "prior_reason", "hold"}
 	// An add changes every field; the plan stores no list for it. The list is shared, read-only,
-	// by every add of the chunk.
+	// by every add of the chunk, and names every row's values (sorted, as SortedFields are).
 	all := make([]string, len(fields))
 	for i, f := range fields {
 		cols = append(cols, quoteIdent(warehouse.ValueColumn(f.Field)))
@@ -193,7 +193,6 @@ func chunkRow(dest []driver.Value, fields []warehouse.Field, all []string, conv 
 	oldIdent, hasOld := dest[warehouse.ChunkColOldIdent].(string)
 	if r.Op == warehouse.OpRemove {
 		// A removal names the profile it was last synced with (nil when the state has none).
-		r.Values = map[string]any{}
 		if hasOld {
 			r.Identifier = oldIdent
 		}
@@ -203,9 +202,9 @@ func chunkRow(dest []driver.Value, fields []warehouse.Field, all []string, conv 
 		r.PreviousIdentifier = oldIdent // the identifier changed: another profile
 	}
 	r.Identifier = conv.value(len(fields), owned(dest[warehouse.ChunkColIdent]))
-	r.Values = make(map[string]any, len(fields))
-	for i, f := range fields {
-		r.Values[f.Field] = conv.value(i, owned(dest[warehouse.ChunkColValues+i]))
+	r.Values = warehouse.Values{Names: all, Vals: make([]any, len(fields))}
+	for i := range fields {
+		r.Values.Vals[i] = conv.value(i, owned(dest[warehouse.ChunkColValues+i]))
 	}
 	switch r.Op {
 	case warehouse.OpAdd:

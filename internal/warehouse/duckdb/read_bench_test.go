@@ -40,7 +40,7 @@ func BenchmarkReadChunk(b *testing.B) {
 		for _, c := range plan.Chunks {
 			err := p.ReadChunk(ctx, warehouse.ChunkRequest{ActivationID: req.ActivationID, Table: plan.Table,
 				Fields: req.Fields, Chunk: c}, func(r warehouse.Row) error {
-				if r.Identifier == nil || len(r.Values) != 4 || len(r.Changed) != 4 {
+				if r.Identifier == nil || r.Values.Len() != 4 || len(r.Changed) != 4 {
 					return fmt.Errorf("row %s: %+v", r.Key, r)
 				}
 				n++

@@ -143,7 +143,8 @@ func TestValueTypeMatrix(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			field := fields[i].Field
 			require.Equal(t, tc.typ, types[field])
-			got, err := iterable.Value(rows[0].Values[field])
+			raw, _ := rows[0].Values.Get(field)
+			got, err := iterable.Value(raw)
 			if tc.wantErr != "" {
 				require.EqualError(t, err, tc.wantErr)
 				return
