@@ -91,30 +91,35 @@ func (a *Activities) chainRuns(ctx context.Context, in WaitForCloseInput) (bool,
 	return info.GetStatus() == enums.WORKFLOW_EXECUTION_STATUS_RUNNING && info.GetFirstRunId() == in.RunID, nil
 }
 
-// waitPoll bounds one long poll of WaitForClose, well inside its heartbeat timeout.
-const waitPoll = 20 * time.Second
+// waitBeat is how often WaitForClose heartbeats while it long-polls (its heartbeat timeout is
+// a minute).
+const waitBeat = 15 * time.Second
 
 // WaitForClose returns when the run is closed in any way (completed, failed, terminated, timed
 // out) or unknown, so that a lock is not held forever by a run that never released it. A run
 // that continued as new is followed to its last execution: the chain holds the lock as a whole.
+//
+// It long-polls the run's close with the activity's own context and heartbeats beside it. A
+// deadline of its own on each poll (20 s, before) made the server answer one second early and
+// the SDK ask again at once until the deadline: about a thousand requests in that second, every
+// 20 s of every run (TestWaitForCloseAsksEverySoOften).
 func (a *Activities) WaitForClose(ctx context.Context, in WaitForCloseInput) error {
 	if a.Temporal == nil {
 		return temporal.NewNonRetryableApplicationError(
 			"the worker has no Temporal client (Activities.Temporal) to watch a lock's holder", ErrTypeNoTemporalClient, nil)
 	}
+	activity.RecordHeartbeat(ctx)
+	stop := heartbeatWhile(ctx, waitBeat, func() any { return nil })
+	defer stop()
 	for {
-		activity.RecordHeartbeat(ctx)
-		pollCtx, cancel := context.WithTimeout(ctx, waitPoll)
-		err := a.Temporal.GetWorkflow(pollCtx, in.WorkflowID, in.RunID).Get(pollCtx, nil)
-		timedOut := pollCtx.Err() != nil
-		cancel()
+		err := a.Temporal.GetWorkflow(ctx, in.WorkflowID, in.RunID).Get(ctx, nil)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err == nil {
 			return nil
 		}
-		// Get fails for a failed run, a timed-out poll or a broken connection: ask.
+		// Get fails for a failed run or a broken connection: ask.
 		desc, derr := a.Temporal.DescribeWorkflowExecution(ctx, in.WorkflowID, in.RunID)
 		var nf *serviceerror.NotFound
 		switch {
@@ -129,8 +134,12 @@ func (a *Activities) WaitForClose(ctx context.Context, in WaitForCloseInput) err
 			}
 		case desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING:
 			return nil
-		case !timedOut:
-			time.Sleep(time.Second) // Get failed at once on a running run: do not spin
+		}
+		// Get failed at once on a running run: do not spin.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -5,11 +5,18 @@ package workflows_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	enums "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/testsuite"
+	"google.golang.org/grpc"
 
 	"github.com/activation-engine/activations/activities"
 	"github.com/activation-engine/activations/internal/iterable/iterabletest"
@@ -122,4 +129,57 @@ func TestLockIsFreedWhenTheHolderIsTerminated(t *testing.T) {
 	require.NoError(t, second.Get(ctx, &rep))
 	require.Equal(t, workflows.StateCompleted, rep.State)
 	h.requireIterableEqualsModel(us)
+}
+
+// TestWaitForCloseAsksEverySoOften: watching a holder that runs longer than one long poll of its
+// history (20 s on the dev server) costs a request per long poll, not a stream of them. Before,
+// each poll had a 20-second deadline: the server answered a second before it, and the SDK asked
+// again at once, about a thousand times in that last second (1,113 history requests in one
+// 20-second sync of the rate benchmark). It returns once the holder closed.
+func TestWaitForCloseAsksEverySoOften(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 2})
+	h.startWorker()
+	us := users(2400)
+	h.writeModel(us)
+	act := h.spec()
+	act.Sync = spec.SyncSettings{ChunkRows: 200, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 2}
+	holder := h.start(act)
+	waitForState(ctx, h, holder, workflows.StateRunning, time.Minute, "the holder sends")
+
+	var calls sync.Map // method -> *atomic.Int64
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		n, _ := calls.LoadOrStore(method, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	c, err := client.Dial(client.Options{HostPort: dev.HostPort, ConnectionOptions: client.ConnectionOptions{
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(count)}}})
+	require.NoError(t, err)
+	defer c.Close()
+	acts := activities.New(slog.New(slog.DiscardHandler))
+	acts.Temporal = c
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestActivityEnvironment()
+	env.RegisterActivity(acts)
+	env.SetTestTimeout(2 * time.Minute)
+	began := time.Now()
+	_, err = env.ExecuteActivity(acts.WaitForClose, activities.WaitForCloseInput{WorkflowID: holder.GetID(), RunID: holder.GetRunID()})
+	require.NoError(t, err)
+	watched := time.Since(began)
+
+	desc, err := h.c.DescribeWorkflowExecution(ctx, holder.GetID(), holder.GetRunID())
+	require.NoError(t, err)
+	require.Equal(t, enums.WORKFLOW_EXECUTION_STATUS_COMPLETED, desc.GetWorkflowExecutionInfo().GetStatus(), "it returned once the holder closed")
+	require.Greater(t, watched, 21*time.Second, "the holder outlived one long poll (2,400 users at 100 users/s)")
+	total := int64(0)
+	calls.Range(func(k, v any) bool {
+		if strings.Contains(k.(string), "WorkflowService/") && !strings.Contains(k.(string), "GetSystemInfo") {
+			total += v.(*atomic.Int64).Load()
+		}
+		return true
+	})
+	t.Logf("%d Temporal requests in %s", total, watched.Round(time.Millisecond))
+	require.LessOrEqual(t, total, int64(watched/(10*time.Second))+3, "Temporal requests while watching for %s", watched.Round(time.Millisecond))
 }
