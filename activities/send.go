@@ -261,8 +261,7 @@ func (s *chunkSender) user(r warehouse.Row) (*iterable.User, *warehouse.Rejectio
 // changesEveryValue says whether the row's changed fields are exactly the fields of its values
 // (an add): its values can then be the user's fields.
 func changesEveryValue(r warehouse.Row) bool {
-	return len(r.Changed) == r.Values.Len() && r.Values.Len() > 0 && len(r.Values.Names) == len(r.Changed) &&
-		(&r.Changed[0] == &r.Values.Names[0] || slices.Equal(r.Changed, r.Values.Names))
+	return r.Values.Len() > 0 && len(r.Values.Names) == r.Values.Len() && slices.Equal(r.Changed, r.Values.Names)
 }
 
 // notInIterable skips a row in update mode: it is not committed and is looked at again next run.

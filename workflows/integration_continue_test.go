@@ -25,14 +25,11 @@ import (
 func TestContinueAsNewKeepsTheLock(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	// 25 requests at 1 a second: the chain outlives one 20-second poll of the lock's watch
-	// (WaitForClose), which must then follow the chain rather than free the lock.
-	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 1})
-	h.startWorker()
-	us := users(1000)
-	h.writeModel(us)
-	act := h.spec()
-	act.Sync = spec.SyncSettings{ChunkRows: 125, UsersPerRequest: 40, RequestsPerSecond: 1, Concurrency: 1}
+	// 25 requests at 1 a second: the chain outlives one long poll of the lock's watch
+	// (WaitForClose; the server answers one after 20 s), which must then follow the chain
+	// rather than free the lock.
+	h, act, us := slowActivation(t, iterabletest.Options{BulkUpdateRPS: 1}, 1000,
+		spec.SyncSettings{ChunkRows: 125, UsersPerRequest: 40, RequestsPerSecond: 1, Concurrency: 1})
 
 	first, err := h.c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: fmt.Sprintf("it-%s-chain", h.queue), TaskQueue: h.queue,

@@ -25,6 +25,19 @@ import (
 	"github.com/activation-engine/activations/workflows"
 )
 
+// slowActivation starts a worker and writes a model of n users for an activation that sends
+// them at sync's pace: a run of it holds the lock for a while.
+func slowActivation(t *testing.T, opts iterabletest.Options, n int, sync spec.SyncSettings) (*harness, spec.Activation, []user) {
+	t.Helper()
+	h := newHarness(t, opts)
+	h.startWorker()
+	us := users(n)
+	h.writeModel(us)
+	act := h.spec()
+	act.Sync = sync
+	return h, act, us
+}
+
 // waitForState waits until the run's progress query answers the state, and returns that answer.
 func waitForState(ctx context.Context, h *harness, run client.WorkflowRun, state string, within time.Duration, msg string) workflows.Progress {
 	h.t.Helper()
@@ -112,12 +125,8 @@ func TestManualStartQueuesBehindScheduledRun(t *testing.T) {
 func TestLockIsFreedWhenTheHolderIsTerminated(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 1})
-	h.startWorker()
-	us := users(600)
-	h.writeModel(us)
-	act := h.spec()
-	act.Sync = spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 1}
+	h, act, us := slowActivation(t, iterabletest.Options{BulkUpdateRPS: 1}, 600,
+		spec.SyncSettings{ChunkRows: 100, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 1})
 
 	first := h.start(act)
 	waitForState(ctx, h, first, workflows.StateRunning, time.Minute, "the first run sends")
@@ -139,12 +148,8 @@ func TestLockIsFreedWhenTheHolderIsTerminated(t *testing.T) {
 func TestWaitForCloseAsksEverySoOften(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	h := newHarness(t, iterabletest.Options{BulkUpdateRPS: 2})
-	h.startWorker()
-	us := users(2400)
-	h.writeModel(us)
-	act := h.spec()
-	act.Sync = spec.SyncSettings{ChunkRows: 200, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 2}
+	h, act, _ := slowActivation(t, iterabletest.Options{BulkUpdateRPS: 2}, 2400,
+		spec.SyncSettings{ChunkRows: 200, UsersPerRequest: 100, RequestsPerSecond: 1, Concurrency: 2})
 	holder := h.start(act)
 	waitForState(ctx, h, holder, workflows.StateRunning, time.Minute, "the holder sends")
 
