@@ -328,6 +328,10 @@ type ChunkRequest struct {
 	Lead int
 }
 
+// After is the last seq of the chunk not to read: AfterSeq, or the seq before the chunk's
+// first when AfterSeq is before the chunk.
+func (r ChunkRequest) After() int64 { return max(r.AfterSeq, r.Chunk.FirstSeq-1) }
+
 // Outcome is the final state of a row that did not enter the state.
 type Outcome string
 

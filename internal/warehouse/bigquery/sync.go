@@ -41,7 +41,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		}
 		known = p.qualified(req.KnownTable)
 	}
-	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
+	after := req.After()
 	if after >= req.Chunk.LastSeq {
 		return nil // resumed past the end: nothing left to read
 	}

@@ -42,7 +42,7 @@ func (p *Planner) readChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 		cols = append(cols, quoteIdent(warehouse.ValueColumn(f.Field)))
 		all[i] = f.Field
 	}
-	after := max(req.AfterSeq, req.Chunk.FirstSeq-1)
+	after := req.After()
 	from := p.qualified(req.Table) + " AS plan"
 	cols = append(cols, "false AS known")
 	if req.KnownTable != "" {

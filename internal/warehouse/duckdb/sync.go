@@ -21,7 +21,7 @@ func (p *Planner) ReadChunk(ctx context.Context, req warehouse.ChunkRequest, fn 
 	// A chunk is read whole before its first row is handed over (read.go): 10,000 rows take
 	// 20 - 40 ms, which the run's first request would wait. With a lead, its first rows come
 	// from a query of their own (seq numbers rows densely: Lead seqs are Lead rows).
-	if after := max(req.AfterSeq, req.Chunk.FirstSeq-1); req.Lead > 0 && req.Chunk.LastSeq-after > int64(req.Lead) {
+	if after := req.After(); req.Lead > 0 && req.Chunk.LastSeq-after > int64(req.Lead) {
 		lead := req
 		lead.Chunk.LastSeq = after + int64(req.Lead)
 		if err := p.readChunk(ctx, lead, fn); err != nil {
